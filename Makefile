@@ -1,0 +1,33 @@
+# Godwit: `make demo` and `make test` are all a fresh machine needs (both run `setup` first).
+SHELL := /bin/bash
+SWIFT ?= swift
+BUILD_DIR := .build/debug
+GODWIT := $(BUILD_DIR)/godwit
+
+.PHONY: all setup build test demo bench clean distclean
+
+all: build
+
+# Idempotent: installs missing Debian packages, provisions CRIU >= 4.2, sets sysctls.
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(SWIFT) build
+
+# Unit tests and end-to-end tests (real namespaces, bridges, CRIU); needs root.
+test: build
+	$(SWIFT) test --no-parallel 2>&1 | tee .build/test.log; exit $${PIPESTATUS[0]}
+
+demo: build
+	$(GODWIT) demo
+
+bench: build
+	$(GODWIT) bench link
+
+clean:
+	rm -rf .build
+
+# Also removes the privately provisioned CRIU.
+distclean: clean
+	rm -rf .criu

@@ -1,0 +1,48 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Module map (one concern each; see README "Architecture"):
+//   CGodwit      C shim: syscalls and kernel structs Swift can't reach (uffd, PAGEMAP_SCAN, ptrace, pidfd)
+//   GodwitCore   errors with context, subprocess runner, paths, JSON output
+//   Checkpoint   the only module that knows CRIU (binary, flags, images, logs)
+//   Memory       dirty tracking (uffd-wp + PAGEMAP_SCAN, soft-dirty, hashing), page reading
+//   HostCheck    what this host supports, and which migration strategies follow from it
+//   Lab          simulated hosts on one machine: netns, fabric bridge, tbf shaping
+//   Runtime      system containers: namespaces, pivot_root, cgroups, veth
+//   godwit-spawn small C helper that sets up namespaces and execs (the daemon never forks)
+let package = Package(
+    name: "Godwit",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "godwit", targets: ["godwit"]),
+        .executable(name: "godwitd", targets: ["godwitd"]),
+        .executable(name: "godwit-spawn", targets: ["godwit-spawn"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .target(name: "CGodwit"),
+        .target(name: "GodwitCore"),
+        .target(name: "Checkpoint", dependencies: ["GodwitCore"]),
+        .target(name: "Memory", dependencies: ["CGodwit", "GodwitCore"]),
+        .target(name: "HostCheck", dependencies: ["CGodwit", "GodwitCore", "Checkpoint", "Memory"]),
+        .target(name: "Lab", dependencies: ["GodwitCore"]),
+        .target(name: "Runtime", dependencies: ["CGodwit", "GodwitCore"]),
+        .executableTarget(name: "godwit-spawn"),
+        .executableTarget(
+            name: "godwit",
+            dependencies: [
+                "GodwitCore", "Checkpoint", "HostCheck", "Lab", "Runtime", "Memory",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(name: "godwitd", dependencies: ["GodwitCore", "HostCheck", "Runtime", "Checkpoint"]),
+        .testTarget(name: "GodwitCoreTests", dependencies: ["GodwitCore"]),
+        .testTarget(name: "MemoryTests", dependencies: ["Memory", "CGodwit", "GodwitCore"]),
+        .testTarget(name: "HostCheckTests", dependencies: ["HostCheck", "Checkpoint", "GodwitCore"]),
+        .testTarget(name: "LabTests", dependencies: ["Lab", "GodwitCore"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "GodwitCore"]),
+        .testTarget(name: "CLITests", dependencies: ["GodwitCore"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

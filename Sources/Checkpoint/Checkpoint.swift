@@ -1,0 +1,2 @@
+// Checkpoint module
+import GodwitCore

@@ -1,0 +1,58 @@
+import Foundation
+
+/// Facts about the machine and the current process that several modules need.
+public enum HostEnvironment {
+    public static var isRoot: Bool { geteuid() == 0 }
+
+    /// Refuses early, with a hint, instead of failing halfway through with EPERM.
+    public static func requireRoot(for what: String) throws {
+        guard isRoot else {
+            throw GodwitError("\(what) needs root (namespaces, cgroups, CRIU)",
+                              hint: "run it as root, e.g. `sudo godwit ...`")
+        }
+    }
+
+    /// Whether `capability` (a CAP_* number) is in this process's bounding set.
+    public static func hasBoundingCapability(_ capability: Int) -> Bool {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapBnd:") }),
+              let mask = UInt64(line.split(separator: "\t").last.map(String.init) ?? "", radix: 16)
+        else { return false }
+        return mask & (UInt64(1) << UInt64(capability)) != 0
+    }
+
+    public static let capSysResource = 24
+
+    /// Reads a small /proc or /sys file, trimmed; nil when absent or unreadable.
+    public static func read(_ path: String) -> String? {
+        (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+/// Where Godwit keeps its files. The project checkout matters because `make setup`
+/// provisions CRIU into `<project>/.criu` when the system's CRIU is unusable.
+public enum GodwitPaths {
+    /// The directory holding this executable (resolves /proc/self/exe, so symlinks work).
+    public static var executableDirectory: URL {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: exe).deletingLastPathComponent()
+    }
+
+    /// The nearest ancestor of the executable that holds `relative`: a checkout's
+    /// `.build/debug/godwit` finds `<checkout>/.criu/...` this way without configuration.
+    public static func findUpwards(_ relative: String, from start: URL = executableDirectory) -> URL? {
+        var dir = start.standardizedFileURL
+        while dir.path != "/" {
+            let candidate = dir.appendingPathComponent(relative)
+            if FileManager.default.fileExists(atPath: candidate.path) { return candidate }
+            dir.deleteLastPathComponent()
+        }
+        return nil
+    }
+
+    /// A sibling executable built from this package (godwitd, godwit-spawn).
+    public static func sibling(_ name: String) -> String {
+        executableDirectory.appendingPathComponent(name).path
+    }
+}

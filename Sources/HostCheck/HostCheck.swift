@@ -1,0 +1,2 @@
+// HostCheck module
+import GodwitCore

@@ -1,0 +1,2 @@
+// Lab module
+import GodwitCore

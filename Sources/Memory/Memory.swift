@@ -1,0 +1,2 @@
+// Memory module
+import GodwitCore

@@ -1,0 +1,2 @@
+// Runtime module
+import GodwitCore
