@@ -1,5 +1,7 @@
 # Godwit: `make demo` and `make test` are all a fresh machine needs (both run `setup` first).
 SHELL := /bin/bash
+# A non-login shell (CI) may lack the toolchain in PATH.
+export PATH := /opt/swift/usr/bin:$(PATH):/usr/sbin:/sbin
 SWIFT ?= swift
 BUILD_DIR := .build/debug
 GODWIT := $(BUILD_DIR)/godwit

@@ -4,6 +4,7 @@ import PackageDescription
 // Module map (one concern each; see README "Architecture"):
 //   CGodwit      C shim: syscalls and kernel structs Swift can't reach (uffd, PAGEMAP_SCAN, ptrace, pidfd)
 //   GodwitCore   errors with context, subprocess runner, paths, JSON output
+//   API          what CLI and daemons exchange: container config keys, names, requests
 //   Checkpoint   the only module that knows CRIU (binary, flags, images, logs)
 //   Memory       dirty tracking (uffd-wp + PAGEMAP_SCAN, soft-dirty, hashing), page reading
 //   HostCheck    what this host supports, and which migration strategies follow from it
@@ -24,6 +25,7 @@ let package = Package(
     targets: [
         .target(name: "CGodwit"),
         .target(name: "GodwitCore"),
+        .target(name: "API", dependencies: ["GodwitCore"]),
         .target(name: "Checkpoint", dependencies: ["GodwitCore"]),
         .target(name: "Memory", dependencies: ["CGodwit", "GodwitCore"]),
         .target(name: "HostCheck", dependencies: ["CGodwit", "GodwitCore", "Checkpoint", "Memory"]),
@@ -33,7 +35,7 @@ let package = Package(
         .executableTarget(
             name: "godwit",
             dependencies: [
-                "GodwitCore", "Checkpoint", "HostCheck", "Lab", "Runtime", "Memory",
+                "GodwitCore", "API", "Checkpoint", "HostCheck", "Lab", "Runtime", "Memory",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "godwitd", dependencies: ["GodwitCore", "HostCheck", "Runtime", "Checkpoint"]),
@@ -43,6 +45,7 @@ let package = Package(
         .testTarget(name: "LabTests", dependencies: ["Lab", "GodwitCore"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "GodwitCore"]),
         .testTarget(name: "CLITests", dependencies: ["GodwitCore"]),
+        .testTarget(name: "APITests", dependencies: ["API", "GodwitCore"]),
     ],
     swiftLanguageModes: [.v5]
 )

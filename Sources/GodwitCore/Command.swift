@@ -44,15 +44,16 @@ public enum Command {
         }
         // Read both pipes concurrently: a child that fills one pipe while we block on the
         // other would deadlock.
-        var errData = Data()
+        let errBox = DataBox()
         let group = DispatchGroup()
         group.enter()
         DispatchQueue.global().async {
-            errData = errPipe.fileHandleForReading.readDataToEndOfFile()
+            errBox.data = errPipe.fileHandleForReading.readDataToEndOfFile()
             group.leave()
         }
         let outData = outPipe.fileHandleForReading.readDataToEndOfFile()
         group.wait()
+        let errData = errBox.data
         process.waitUntilExit()
         return CommandResult(argv: argv, status: process.terminationStatus,
                              stdout: String(decoding: outData, as: UTF8.self),
@@ -87,4 +88,9 @@ public enum Command {
         }
         return nil
     }
+}
+
+/// Holds what the stderr reader collected; the DispatchGroup orders the write before the read.
+private final class DataBox: @unchecked Sendable {
+    var data = Data()
 }

@@ -1,0 +1,167 @@
+import Foundation
+import GodwitCore
+
+/// The configuration keys a container accepts, each with its parser and default. One place,
+/// so the CLI, the daemon and migration all validate the same way and give the same errors.
+public enum ConfigKey {
+    public enum Kind: Sendable {
+        case bytes          // "256MiB", "1GiB", "512MB", "1048576"
+        case integer(ClosedRange<Int>)
+        case cpus           // "1", "0.5", "2"
+        case boolean
+        case milliseconds(ClosedRange<Int>)
+        case string
+    }
+
+    public struct Definition: Sendable {
+        public var key: String
+        public var kind: Kind
+        public var defaultValue: String?
+        public var help: String
+    }
+
+    public static let definitions: [Definition] = [
+        .init(key: "limits.memory", kind: .bytes, defaultValue: nil, help: "memory limit, e.g. 512MiB"),
+        .init(key: "limits.processes", kind: .integer(1...4_194_304), defaultValue: nil, help: "maximum number of processes"),
+        .init(key: "limits.cpu", kind: .cpus, defaultValue: nil, help: "CPU time as a number of CPUs, e.g. 0.5 or 2"),
+        .init(key: "migration.incremental.memory", kind: .boolean, defaultValue: "false",
+              help: "incremental (pre-copy) memory transfer to reduce downtime"),
+        .init(key: "migration.incremental.memory.goal", kind: .integer(1...100), defaultValue: "70",
+              help: "percentage of memory in sync before the final stop"),
+        .init(key: "migration.incremental.memory.iterations", kind: .integer(1...999), defaultValue: "10",
+              help: "maximum number of pre-copy rounds"),
+        .init(key: "migration.incremental.memory.downtime", kind: .milliseconds(1...600_000), defaultValue: "300",
+              help: "stop pre-copy once the predicted final pause is below this (ms)"),
+        .init(key: "migration.incremental.memory.autoconverge", kind: .boolean, defaultValue: "true",
+              help: "throttle the container's CPU when pre-copy rounds don't converge"),
+        .init(key: "migration.postcopy", kind: .boolean, defaultValue: "true",
+              help: "allow post-copy and hybrid moves (false: never risk losing the container mid-move)"),
+    ]
+
+    /// `environment.NAME` keys carry the init's environment; anything else must be defined above.
+    public static let environmentPrefix = "environment."
+
+    public static func definition(_ key: String) -> Definition? {
+        definitions.first { $0.key == key }
+    }
+
+    /// Returns the canonical form of `value` for `key`, or an error that says what is wrong.
+    public static func validate(_ key: String, _ value: String) throws -> String {
+        if key.hasPrefix(environmentPrefix) {
+            let name = key.dropFirst(environmentPrefix.count)
+            guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }), name.first?.isNumber == false else {
+                throw GodwitError("invalid environment key '\(key)'", hint: "use environment.NAME with letters, digits and _")
+            }
+            return value
+        }
+        guard let definition = definition(key) else {
+            throw GodwitError("unknown configuration key '\(key)'",
+                              hint: "known keys: " + definitions.map(\.key).joined(separator: ", ") + ", environment.*")
+        }
+        func bad(_ expected: String) -> GodwitError {
+            GodwitError("invalid value '\(value)' for \(key): expected \(expected)", hint: definition.help)
+        }
+        switch definition.kind {
+        case .bytes:
+            guard let bytes = ByteSize.parse(value), bytes > 0 else { throw bad("a size such as 256MiB, 1GiB or 1048576") }
+            return String(bytes)
+        case .integer(let range):
+            guard let n = Int(value), range.contains(n) else { throw bad("an integer in \(range.lowerBound)...\(range.upperBound)") }
+            return String(n)
+        case .milliseconds(let range):
+            let digits = value.hasSuffix("ms") ? String(value.dropLast(2)) : value
+            guard let n = Int(digits), range.contains(n) else { throw bad("milliseconds in \(range.lowerBound)...\(range.upperBound)") }
+            return String(n)
+        case .cpus:
+            guard let n = Double(value), n > 0, n <= 1024 else { throw bad("a positive number of CPUs such as 0.5 or 2") }
+            return value
+        case .boolean:
+            switch value.lowercased() {
+            case "true", "1", "yes", "on": return "true"
+            case "false", "0", "no", "off": return "false"
+            default: throw bad("true or false")
+            }
+        case .string:
+            return value
+        }
+    }
+
+    /// Parses "key=value" as given to `launch -c`.
+    public static func parseAssignment(_ text: String) throws -> (String, String) {
+        guard let eq = text.firstIndex(of: "="), eq != text.startIndex else {
+            throw GodwitError("invalid configuration '\(text)'", hint: "use key=value, e.g. -c limits.memory=256MiB")
+        }
+        let key = String(text[..<eq]), value = String(text[text.index(after: eq)...])
+        return (key, try validate(key, value))
+    }
+}
+
+/// A container's configuration: validated values, defaults filled in on read.
+public struct ContainerConfig: Codable, Sendable, Equatable {
+    public var values: [String: String]
+
+    public init(_ values: [String: String] = [:]) { self.values = values }
+
+    public init(validating raw: [String: String]) throws {
+        var values: [String: String] = [:]
+        for (key, value) in raw { values[key] = try ConfigKey.validate(key, value) }
+        self.values = values
+    }
+
+    public subscript(key: String) -> String? {
+        values[key] ?? ConfigKey.definition(key)?.defaultValue
+    }
+
+    public var memoryLimit: UInt64? { values["limits.memory"].flatMap { UInt64($0) } }
+    public var processLimit: Int? { values["limits.processes"].flatMap { Int($0) } }
+    public var cpuLimit: Double? { values["limits.cpu"].flatMap { Double($0) } }
+    public var environment: [String: String] {
+        var env: [String: String] = [:]
+        for (key, value) in values where key.hasPrefix(ConfigKey.environmentPrefix) {
+            env[String(key.dropFirst(ConfigKey.environmentPrefix.count))] = value
+        }
+        return env
+    }
+    public var incrementalMemory: Bool { self["migration.incremental.memory"] == "true" }
+    public var incrementalGoalPercent: Int { Int(self["migration.incremental.memory.goal"] ?? "70") ?? 70 }
+    public var incrementalIterations: Int { Int(self["migration.incremental.memory.iterations"] ?? "10") ?? 10 }
+    public var downtimeTargetMilliseconds: Int { Int(self["migration.incremental.memory.downtime"] ?? "300") ?? 300 }
+    public var autoConverge: Bool { self["migration.incremental.memory.autoconverge"] != "false" }
+    public var postCopyAllowed: Bool { self["migration.postcopy"] != "false" }
+}
+
+/// Sizes as users write them: binary (KiB, MiB, GiB) and decimal (kB, MB, GB) units.
+public enum ByteSize {
+    public static func parse(_ text: String) -> UInt64? {
+        let units: [(String, UInt64)] = [
+            ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40),
+            ("kB", 1_000), ("KB", 1_000), ("MB", 1_000_000), ("GB", 1_000_000_000), ("TB", 1_000_000_000_000),
+            ("B", 1),
+        ]
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        for (suffix, factor) in units where trimmed.hasSuffix(suffix) {
+            let number = trimmed.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)
+            guard let value = Double(number), value >= 0 else { return nil }
+            return UInt64(value * Double(factor))
+        }
+        return UInt64(trimmed)
+    }
+
+    public static func format(_ bytes: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var value = Double(bytes), unit = 0
+        while value >= 1024, unit < units.count - 1 { value /= 1024; unit += 1 }
+        return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+    }
+}
+
+/// Container (and image alias) names: what LXD accepts, so names work as hostnames.
+public enum ContainerName {
+    public static func validate(_ name: String) throws {
+        let allowed = name.allSatisfy { ($0.isASCII && ($0.isLetter || $0.isNumber)) || $0 == "-" }
+        guard !name.isEmpty, name.count <= 63, allowed, name.first?.isLetter == true, !name.hasSuffix("-") else {
+            throw GodwitError("invalid container name '\(name)'",
+                              hint: "use 1-63 letters, digits and '-', starting with a letter and not ending with '-'")
+        }
+    }
+}

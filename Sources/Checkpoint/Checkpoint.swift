@@ -1,2 +1,0 @@
-// Checkpoint module
-import GodwitCore
