@@ -43,9 +43,10 @@ let package = Package(
         .testTarget(name: "MemoryTests", dependencies: ["Memory", "CGodwit", "GodwitCore"]),
         .testTarget(name: "HostCheckTests", dependencies: ["HostCheck", "Checkpoint", "GodwitCore"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "GodwitCore"]),
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "GodwitCore"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Checkpoint", "GodwitCore"]),
         .testTarget(name: "CLITests", dependencies: ["GodwitCore"]),
         .testTarget(name: "APITests", dependencies: ["API", "GodwitCore"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "GodwitCore"]),
     ],
     swiftLanguageModes: [.v5]
 )

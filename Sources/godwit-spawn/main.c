@@ -1,1 +1,76 @@
-int main(void) { return 0; }
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "spawn.h"
+
+static const char usage[] =
+    "usage:\n"
+    "  godwit-spawn run --rootfs DIR --console PATH [--hostname NAME] [--cgroup DIR]...\n"
+    "                   [--env K=V]... -- INIT [ARG]...\n"
+    "      Starts INIT as pid 1 of new pid/mount/uts/ipc/net/cgroup namespaces rooted at DIR;\n"
+    "      its stdout/stderr go to PATH inside the container (created, appended to).\n"
+    "      Protocol: prints \"pid N\" (N = INIT's host pid), waits for a line \"go\" on stdin\n"
+    "      (the caller configures the network meanwhile), prints \"ok\" once INIT is exec'd.\n"
+    "  godwit-spawn exec --pid PID [--cgroup DIR]... [--env K=V]... [--cwd DIR] -- CMD [ARG]...\n"
+    "      Runs CMD inside the namespaces of the container whose init is PID; stdio passes\n"
+    "      through and CMD's exit status is ours (128+N when killed by signal N).\n";
+
+static const char *need_value(int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) die("%s needs a value\n%s", argv[*i], usage);
+    return argv[++*i];
+}
+
+static void parse(int argc, char **argv, struct spawn_options *o) {
+    int i;
+    for (i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0) { i++; break; }
+        if (strcmp(a, "--rootfs") == 0) o->rootfs = need_value(argc, argv, &i);
+        else if (strcmp(a, "--hostname") == 0) o->hostname = need_value(argc, argv, &i);
+        else if (strcmp(a, "--console") == 0) o->console = need_value(argc, argv, &i);
+        else if (strcmp(a, "--cwd") == 0) o->cwd = need_value(argc, argv, &i);
+        else if (strcmp(a, "--pid") == 0) o->target = (pid_t)atoi(need_value(argc, argv, &i));
+        else if (strcmp(a, "--cgroup") == 0) {
+            if (o->ncgroups == MAX_CGROUPS) die("too many --cgroup");
+            o->cgroups[o->ncgroups++] = need_value(argc, argv, &i);
+        } else if (strcmp(a, "--env") == 0) {
+            if (o->nenv == MAX_ENV) die("too many --env");
+            o->env[o->nenv++] = (char *)need_value(argc, argv, &i);
+        } else die("unknown option %s\n%s", a, usage);
+    }
+    if (i >= argc) die("missing -- COMMAND\n%s", usage);
+    o->argv = argv + i;
+    o->env[o->nenv] = NULL;
+}
+
+// Ignored signals and the blocked mask survive exec; the daemon's (Foundation ignores
+// SIGPIPE, for one) must not leak into the container's init.
+static void reset_signals(void) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL);
+}
+
+int main(int argc, char **argv) {
+    reset_signals();
+    struct spawn_options opts;
+    memset(&opts, 0, sizeof opts);
+    if (argc < 2) die("%s", usage);
+    parse(argc, argv, &opts);
+    if (strcmp(argv[1], "run") == 0) {
+        if (!opts.rootfs || opts.rootfs[0] != '/') die("run needs --rootfs with an absolute path");
+        if (!opts.console || opts.console[0] != '/')
+            die("run needs --console PATH, absolute inside the container");
+        return spawn_run(&opts);
+    }
+    if (strcmp(argv[1], "exec") == 0) {
+        if (opts.target <= 0) die("exec needs --pid PID");
+        return spawn_exec(&opts);
+    }
+    die("unknown mode %s\n%s", argv[1], usage);
+}

@@ -1,0 +1,167 @@
+import Foundation
+import GodwitCore
+
+/// A veth to recreate on restore: the container's interface, its new host end, the bridge.
+public struct VethMapping: Sendable, Equatable {
+    public var containerInterface: String
+    public var hostInterface: String
+    public var bridge: String
+
+    public init(containerInterface: String, hostInterface: String, bridge: String) {
+        self.containerInterface = containerInterface
+        self.hostInterface = hostInterface
+        self.bridge = bridge
+    }
+}
+
+/// What to dump. Every flag choice for a system container is made here and in RestoreOptions.
+public struct DumpOptions: Sendable {
+    public var pid: Int32
+    public var imagesDirectory: String
+    /// Established TCP connections are checkpointed (repair mode) instead of refused.
+    public var tcpEstablished = true
+    /// Freeze through the container's freezer cgroup: all tasks at once, new forks included.
+    public var freezerCgroup: String?
+    public var manageCgroups = true
+    public var leaveRunning = false
+    /// Lazy (post-copy) dump: memory stays on the source and is served by CRIU's page server.
+    public var lazyPages: PageServerAddress?
+    /// Stop-and-copy straight to a remote `criu page-server` instead of local files.
+    public var pageServer: PageServerAddress?
+
+    public init(pid: Int32, imagesDirectory: String) {
+        self.pid = pid
+        self.imagesDirectory = imagesDirectory
+    }
+}
+
+public struct PageServerAddress: Sendable, Equatable {
+    public var address: String
+    public var port: Int
+    public init(address: String, port: Int) { self.address = address; self.port = port }
+}
+
+public struct RestoreOptions: Sendable {
+    public var imagesDirectory: String
+    public var rootfs: String
+    public var pidFile: String
+    public var veths: [VethMapping] = []
+    public var tcpEstablished = true
+    public var manageCgroups = true
+    /// Restores the container's cgroups under this root (another host's cgroup parent).
+    public var cgroupRoot: String?
+    /// Restore with memory fetched on fault from `criu lazy-pages` (socket in the images dir).
+    public var lazyPages = false
+
+    public init(imagesDirectory: String, rootfs: String, pidFile: String) {
+        self.imagesDirectory = imagesDirectory
+        self.rootfs = rootfs
+        self.pidFile = pidFile
+    }
+}
+
+/// Figures from one CRIU run, with where its log is.
+public struct CRIURun: Sendable {
+    public var logPath: String
+    public var wallSeconds: Double
+    public var stats: CRIUStats?
+}
+
+/// Runs CRIU for system containers. The only code in Godwit that knows CRIU's flags.
+public struct CRIU: Sendable {
+    public var binary: CRIUBinary
+    /// Prefix that runs CRIU elsewhere, e.g. `nsenter --net=...`: restore creates the veth's
+    /// host end in the namespace CRIU runs in, which must hold the bridge.
+    public var launcher: [String]
+
+    public init(binary: CRIUBinary, launcher: [String] = []) {
+        self.binary = binary
+        self.launcher = launcher
+    }
+
+    public static func locate(setting: String? = nil) throws -> CRIU {
+        let binary = try CRIUBinary.locate(setting: setting)
+        _ = try binary.requireUsableVersion()
+        return CRIU(binary: binary)
+    }
+
+    public func dumpArguments(_ o: DumpOptions, logFile: String = "dump.log") -> [String] {
+        var args = ["dump", "-t", String(o.pid), "-D", o.imagesDirectory, "-o", logFile,
+                    // No iptables binaries on these hosts: lock the network with nftables.
+                    "--network-lock", "nftables"]
+        if o.tcpEstablished { args.append("--tcp-established") }
+        if o.manageCgroups { args.append("--manage-cgroups=full") }
+        if let freezer = o.freezerCgroup { args += ["--freeze-cgroup", freezer] }
+        if o.leaveRunning { args.append("--leave-running") }
+        if let lazy = o.lazyPages { args += ["--lazy-pages", "--address", lazy.address, "--port", String(lazy.port)] }
+        if let server = o.pageServer { args += ["--page-server", "--address", server.address, "--port", String(server.port)] }
+        return args
+    }
+
+    public func restoreArguments(_ o: RestoreOptions, logFile: String = "restore.log") -> [String] {
+        var args = ["restore", "-D", o.imagesDirectory, "-o", logFile, "-d", "--pidfile", o.pidFile,
+                    "--root", o.rootfs, "--network-lock", "nftables"]
+        if o.tcpEstablished { args.append("--tcp-established") }
+        if o.manageCgroups { args.append("--manage-cgroups=full") }
+        if let root = o.cgroupRoot { args += ["--cgroup-root", root] }
+        // The container's veth is dumped as an external device; restore recreates it with a
+        // new host end attached to this host's bridge (IP, routes and MAC come back inside).
+        for veth in o.veths {
+            args += ["--external", "veth[\(veth.containerInterface)]:\(veth.hostInterface)@\(veth.bridge)"]
+        }
+        if o.lazyPages { args.append("--lazy-pages") }
+        return args
+    }
+
+    @discardableResult
+    public func dump(_ options: DumpOptions) throws -> CRIURun {
+        try FileManager.default.createDirectory(atPath: options.imagesDirectory, withIntermediateDirectories: true)
+        return try run(dumpArguments(options), directory: options.imagesDirectory, log: "dump.log", phase: "dump")
+    }
+
+    /// Restores and returns the container init's host PID.
+    public func restore(_ options: RestoreOptions) throws -> (pid: Int32, run: CRIURun) {
+        // CRIU refuses to overwrite a pidfile.
+        try? FileManager.default.removeItem(atPath: options.pidFile)
+        let run = try run(restoreArguments(options), directory: options.imagesDirectory, log: "restore.log", phase: "restore")
+        guard let text = HostEnvironment.read(options.pidFile), let pid = Int32(text) else {
+            throw GodwitError("CRIU restore finished but wrote no pid to \(options.pidFile)",
+                              context: [("phase", "restore"), ("log", run.logPath)])
+        }
+        return (pid, run)
+    }
+
+    private func run(_ args: [String], directory: String, log: String, phase: String) throws -> CRIURun {
+        let start = Date()
+        let result = try Command.run(launcher + [binary.path] + args)
+        let logPath = directory + "/" + log
+        let wall = Date().timeIntervalSince(start)
+        guard result.succeeded else {
+            let line = CRIULog.firstError(path: logPath) ?? result.lastErrorLine
+            throw GodwitError("CRIU \(phase) failed: \(line)",
+                              hint: "the full log is \(logPath)",
+                              context: [("phase", phase), ("criu", binary.path)])
+        }
+        return CRIURun(logPath: logPath, wallSeconds: wall, stats: try? CRIUStats.read(directory: directory))
+    }
+}
+
+/// CRIU logs many lines per failure; the first "Error (" line is usually the cause, the
+/// later ones its consequences.
+public enum CRIULog {
+    /// Errors CRIU logs on every run here (no CAP_SYS_RESOURCE, no iptables binaries), which
+    /// never cause a failure.
+    static let harmless = ["RLIMIT_NOFILE", "Can't keep kdat cache", "iptables"]
+
+    public static func firstError(path: String) -> String? {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        return firstError(in: text)
+    }
+
+    public static func firstError(in text: String) -> String? {
+        let lines = text.split(separator: "\n")
+        let errors = lines.filter { line in line.contains("Error (") && !harmless.contains { line.contains($0) } }
+        let error = errors.first ?? lines.last { $0.contains("Error") }
+        return error.map { $0.trimmingCharacters(in: .whitespaces) }
+    }
+}

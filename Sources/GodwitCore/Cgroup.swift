@@ -1,0 +1,232 @@
+import Foundation
+import GodwitCore
+
+/// How cgroups are mounted on this host. Hybrid hosts (v1 controllers under
+/// /sys/fs/cgroup/<ctrl>, cgroup2 at /sys/fs/cgroup/unified, v1 freezer) and pure v2
+/// hosts (everything at /sys/fs/cgroup) both occur; code asks the layout, never assumes.
+public struct CgroupLayout: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable { case v1, v2, hybrid }
+
+    public var kind: Kind { unified == nil ? .v1 : (v1.isEmpty ? .v2 : .hybrid) }
+
+    /// Where freezing happens: the v1 freezer hierarchy, or cgroup2's cgroup.freeze.
+    public var freezerDescription: String {
+        if let freezer = v1["freezer"] { return "v1 at \(freezer)" }
+        return "cgroup2 cgroup.freeze under \(unified ?? "?")"
+    }
+
+    /// v1 controller name -> mount directory of its hierarchy.
+    public var v1: [String: String]
+    /// The cgroup2 mount, if any.
+    public var unified: String?
+
+    public init(v1: [String: String], unified: String?) {
+        self.v1 = v1
+        self.unified = unified
+    }
+
+    /// Reads the mount table (this process's view) rather than guessing paths.
+    public static func detect(mountinfo: String? = nil) throws -> CgroupLayout {
+        guard let text = mountinfo ?? HostEnvironment.read("/proc/self/mountinfo") else {
+            throw GodwitError("cannot read /proc/self/mountinfo")
+        }
+        var v1: [String: String] = [:]
+        var unified: String?
+        for line in text.split(separator: "\n") {
+            let halves = line.components(separatedBy: " - ")
+            guard halves.count == 2 else { continue }
+            let fields = halves[0].split(separator: " ").map(String.init)
+            let tail = halves[1].split(separator: " ").map(String.init)
+            // A cgroup mount whose root is not "/" shows a sub-tree (e.g. inside a cgroupns).
+            guard fields.count >= 5, tail.count >= 3, fields[3] == "/" else { continue }
+            let mountPoint = fields[4]
+            if tail[0] == "cgroup2", unified == nil {
+                unified = mountPoint
+            } else if tail[0] == "cgroup" {
+                for option in tail[2].split(separator: ",").map(String.init)
+                where option != "rw" && option != "ro" && !option.contains("=") && v1[option] == nil {
+                    v1[option] = mountPoint
+                }
+            }
+        }
+        guard !v1.isEmpty || unified != nil else {
+            throw GodwitError("no cgroup filesystem is mounted", hint: "mount cgroup2 on /sys/fs/cgroup")
+        }
+        return CgroupLayout(v1: v1, unified: unified)
+    }
+}
+
+/// One container's cgroup (or a parent of containers), the same relative path in every
+/// hierarchy Godwit uses.
+public struct Cgroup: Codable, Sendable, Equatable {
+    /// Relative to each hierarchy's root, e.g. "godwit-LAB-h1/web".
+    public let path: String
+    public let layout: CgroupLayout
+
+    /// Controllers whose limits or accounting Godwit uses; the rest stay where they were.
+    static let controllers = ["memory", "pids", "cpu", "cpuacct", "freezer"]
+
+    public init(path: String, layout: CgroupLayout) {
+        self.path = path.split(separator: "/").joined(separator: "/")
+        self.layout = layout
+    }
+
+    /// Every directory the container's processes join: one per v1 hierarchy used, plus
+    /// the cgroup2 one (pure v2: the only one; hybrid: for membership, cgroup.kill and
+    /// so that CRIU's --manage-cgroups sees a consistent picture).
+    public var directories: [String] {
+        var dirs: [String] = []
+        for name in Self.controllers {
+            if let mount = layout.v1[name], !dirs.contains(mount + "/" + path) { dirs.append(mount + "/" + path) }
+        }
+        if let unified = layout.unified { dirs.append(unified + "/" + path) }
+        return dirs
+    }
+
+    /// Where `controller`'s files are: its v1 hierarchy, or cgroup2 when it is not on v1.
+    public func directory(for controller: String) -> String? {
+        if let mount = layout.v1[controller] { return mount + "/" + path }
+        return layout.unified.map { $0 + "/" + path }
+    }
+
+    public var exists: Bool { directories.contains { FileManager.default.fileExists(atPath: $0) } }
+
+    public func create() throws {
+        if let unified = layout.unified { try enableControllers(unifiedRoot: unified) }
+        for dir in directories {
+            do {
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            } catch {
+                throw GodwitError("cannot create cgroup \(dir): \(error.localizedDescription)",
+                                  hint: "cgroups need root and a writable cgroup filesystem")
+            }
+        }
+    }
+
+    /// cgroup2 only hands a controller to a child when every ancestor lists it in
+    /// cgroup.subtree_control; on hybrid hosts the controllers are on v1 and this is a no-op.
+    private func enableControllers(unifiedRoot: String) throws {
+        let wanted = ["memory", "pids", "cpu"].filter { layout.v1[$0] == nil }
+        var dir = unifiedRoot
+        for component in path.split(separator: "/").dropLast().map(String.init) + [""] {
+            let available = (HostEnvironment.read(dir + "/cgroup.controllers") ?? "").split(separator: " ").map(String.init)
+            let enabled = (HostEnvironment.read(dir + "/cgroup.subtree_control") ?? "").split(separator: " ").map(String.init)
+            for controller in wanted where available.contains(controller) && !enabled.contains(controller) {
+                do {
+                    try write("+" + controller, to: dir + "/cgroup.subtree_control")
+                } catch var error as GodwitError {
+                    error.hint = "cgroup v2 can't hand controllers down from a cgroup that holds processes: "
+                        + "run the daemon in a leaf cgroup, not in \(dir)"
+                    throw error
+                }
+            }
+            if component.isEmpty { break }
+            dir += "/" + component
+            try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+        }
+    }
+
+    /// The first of the cgroup's directories holding `name` (memory.max, pids.max...), read.
+    public func read(_ name: String) -> String? {
+        for dir in directories {
+            if let value = HostEnvironment.read(dir + "/" + name) { return value }
+        }
+        return nil
+    }
+
+    /// Host pids of every process in the cgroup, from all hierarchies.
+    public func processes() -> [pid_t] {
+        var pids = Set<pid_t>()
+        for dir in directories {
+            for line in (HostEnvironment.read(dir + "/cgroup.procs") ?? "").split(separator: "\n") {
+                if let pid = pid_t(line) { pids.insert(pid) }
+            }
+        }
+        return pids.sorted()
+    }
+
+    public func freeze(timeout: TimeInterval = 5) throws { try setFrozen(true, timeout: timeout) }
+    public func thaw(timeout: TimeInterval = 5) throws { try setFrozen(false, timeout: timeout) }
+
+    private func setFrozen(_ frozen: Bool, timeout: TimeInterval) throws {
+        let check: () -> Bool
+        if let mount = layout.v1["freezer"] {
+            let state = mount + "/" + path + "/freezer.state"
+            try write(frozen ? "FROZEN" : "THAWED", to: state)
+            check = { HostEnvironment.read(state) == (frozen ? "FROZEN" : "THAWED") }
+        } else if let unified = layout.unified {
+            let dir = unified + "/" + path
+            try write(frozen ? "1" : "0", to: dir + "/cgroup.freeze")
+            check = { (HostEnvironment.read(dir + "/cgroup.events") ?? "").contains(frozen ? "frozen 1" : "frozen 0") }
+        } else {
+            throw GodwitError("this host has no cgroup freezer")
+        }
+        guard poll(timeout: timeout, check) else {
+            throw GodwitError("cgroup \(path) did not become \(frozen ? "frozen" : "thawed") within \(timeout) s")
+        }
+    }
+
+    /// SIGKILLs everything in the cgroup and waits until it is empty.
+    public func kill(timeout: TimeInterval = 5) throws {
+        if let unified = layout.unified, FileManager.default.fileExists(atPath: unified + "/" + path + "/cgroup.kill") {
+            try? write("1", to: unified + "/" + path + "/cgroup.kill")
+        }
+        // Also by pid: cgroup.kill is Linux 5.14+, and a process CRIU restored may sit in
+        // the v1 hierarchies only.
+        var thawed = false
+        let empty = poll(timeout: timeout) {
+            let pids = processes()
+            for pid in pids { _ = Glibc.kill(pid, SIGKILL) }
+            // v1-frozen tasks only act on the SIGKILL once thawed.
+            if !pids.isEmpty && !thawed {
+                thawed = true
+                try? thaw()
+            }
+            return pids.isEmpty
+        }
+        guard empty else {
+            throw GodwitError("cgroup \(path) still has processes \(processes()) after SIGKILL")
+        }
+    }
+
+    /// Removes the cgroup in every hierarchy; fine if it is already gone.
+    public func remove(timeout: TimeInterval = 5) throws {
+        for dir in directories {
+            var lastError: Int32 = 0
+            // rmdir fails with EBUSY for a moment after the last process exited.
+            let removed = poll(timeout: timeout) {
+                if rmdir(dir) == 0 || errno == ENOENT { return true }
+                lastError = errno
+                return false
+            }
+            if !removed {
+                throw GodwitError.errno("rmdir \(dir)", lastError, hint: "does it still hold processes or child cgroups?")
+            }
+        }
+    }
+
+    public func file(_ name: String, of controller: String) throws -> String {
+        guard let dir = directory(for: controller) else {
+            throw GodwitError("the \(controller) cgroup controller is not available on this host")
+        }
+        return dir + "/" + name
+    }
+
+    public func write(_ value: String, to file: String) throws {
+        let fd = open(file, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw GodwitError.errno("open \(file)") }
+        defer { close(fd) }
+        let written = value.withCString { Glibc.write(fd, $0, strlen($0)) }
+        guard written >= 0 else { throw GodwitError.errno("write \"\(value)\" to \(file)") }
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passes; true if it held.
+public func poll(timeout: TimeInterval, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while true {
+        if condition() { return true }
+        if Date() >= deadline { return false }
+        usleep(10_000)
+    }
+}

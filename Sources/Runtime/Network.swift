@@ -1,0 +1,80 @@
+import Foundation
+import GodwitCore
+
+/// The network namespace that holds the bridges. A lab host's daemon runs inside that
+/// host's namespace (`.current`); tests and tools outside it name it by path.
+public struct NetworkNamespace: Codable, Sendable, Equatable {
+    /// nil: the caller's own namespace.
+    public let path: String?
+
+    public static let current = NetworkNamespace(path: nil)
+    public static func named(_ name: String) -> NetworkNamespace { NetworkNamespace(path: "/run/netns/" + name) }
+
+    public init(path: String?) { self.path = path }
+
+    /// argv run inside this namespace. nsenter, not `ip netns exec`, which remounts /sys.
+    public func wrap(_ argv: [String]) -> [String] {
+        guard let path else { return argv }
+        return ["nsenter", "--net=" + path] + argv
+    }
+}
+
+/// A container's eth0: a veth pair whose host end is enslaved to the bridge. Created from
+/// the host side once the init exists (its netns is /proc/PID/ns/net) and configured
+/// before the init runs, so the workload never sees a missing network.
+public struct Veth: Codable, Sendable, Equatable {
+    /// The host end's name, derived from the container name: the same on every host, so
+    /// CRIU's `--external veth[eth0]:NAME@BRIDGE` can be written without a lookup.
+    public let hostName: String
+    public let mac: MACAddress
+    public static let containerName = "eth0"
+
+    public init(containerName: String, mac: MACAddress? = nil) {
+        let hash = StableHash.fnv1a64("veth:" + containerName)
+        // IFNAMSIZ is 16: "gw" + 12 hex digits stays well inside it.
+        hostName = "gw" + String(String(hash, radix: 16).leftPadded(to: 16).prefix(12))
+        self.mac = mac ?? MACAddress.derived(from: containerName)
+    }
+
+    /// Creates the pair with the peer born inside `pid`'s netns, then configures both ends.
+    public func attach(initPID pid: pid_t, network: NetworkSpec, in host: NetworkNamespace) throws {
+        let ip = try Command.resolve("ip")
+        try Command.check(host.wrap([ip, "link", "add", hostName, "type", "veth", "peer", "name", Self.containerName,
+                                     "address", mac.description, "netns", String(pid)]),
+                          hint: "is `ip` (iproute2) installed, and is \(hostName) free?")
+        do {
+            try Command.check(host.wrap([ip, "link", "set", hostName, "master", network.bridge, "up"]),
+                              hint: "does bridge \(network.bridge) exist in the host's network namespace?")
+            var script = ["link set lo up", "addr add \(network.address) dev \(Self.containerName)",
+                          "link set \(Self.containerName) up"]
+            if let gateway = network.gateway { script.append("route add default via \(gateway)") }
+            try Command.check(["nsenter", "--net=/proc/\(pid)/ns/net", ip, "-batch", "-"],
+                              input: script.joined(separator: "\n") + "\n")
+        } catch {
+            try? remove(in: host)
+            throw error
+        }
+    }
+
+    /// Deletes the host end (which takes the peer with it); fine if it is already gone,
+    /// as it is once the container's netns died.
+    public func remove(in host: NetworkNamespace) throws {
+        guard exists(in: host) else { return }
+        let result = try Command.run(host.wrap([try Command.resolve("ip"), "link", "del", hostName]))
+        if !result.succeeded && exists(in: host) {
+            throw GodwitError("cannot delete veth \(hostName): \(result.lastErrorLine)")
+        }
+    }
+
+    public func exists(in host: NetworkNamespace) -> Bool {
+        guard let ip = try? Command.resolve("ip"),
+              let result = try? Command.run(host.wrap([ip, "link", "show", "dev", hostName])) else { return false }
+        return result.succeeded
+    }
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}

@@ -1,2 +1,0 @@
-// Runtime module
-import GodwitCore

@@ -1,0 +1,35 @@
+// godwit-spawn: the only place where Godwit forks. The daemon is multithreaded and must
+// not fork; it starts this small single-threaded helper instead (like runc's nsexec).
+#ifndef GODWIT_SPAWN_H
+#define GODWIT_SPAWN_H
+
+#include <sys/types.h>
+
+#define MAX_CGROUPS 32
+#define MAX_ENV 256
+
+struct spawn_options {
+    const char *rootfs;      // run: directory that becomes the container's /
+    const char *hostname;    // run: UTS name
+    const char *console;     // run: file that receives the init's stdout and stderr
+    const char *cwd;         // exec: working directory inside the container
+    const char *cgroups[MAX_CGROUPS];  // absolute cgroup directories to join
+    int ncgroups;
+    char *env[MAX_ENV + 1];  // NULL-terminated
+    int nenv;
+    pid_t target;            // exec: host pid of the container's init
+    char **argv;             // what to exec (after "--")
+};
+
+int spawn_run(const struct spawn_options *opts);
+int spawn_exec(const struct spawn_options *opts);
+
+// util.c
+void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+int report_fd(int fd);
+void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+void join_cgroups(const struct spawn_options *opts);
+void close_inherited_fds(int keep);
+void exec_command(const struct spawn_options *opts) __attribute__((noreturn));
+
+#endif
