@@ -16,6 +16,7 @@ setup:
 
 build: setup
 	$(SWIFT) build
+	@bash scripts/build-workloads.sh $(BUILD_DIR)
 
 # Unit tests and end-to-end tests (real namespaces, bridges, CRIU); needs root.
 test: build

@@ -47,6 +47,7 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["GodwitCore"]),
         .testTarget(name: "APITests", dependencies: ["API", "GodwitCore"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "GodwitCore"]),
+        .testTarget(name: "WorkloadTests", dependencies: ["GodwitCore"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds the workload programs that go into container images. They must be static:
+# the default image is busybox with no libc. Usage: build-workloads.sh OUTDIR
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+OUT=${1:?usage: build-workloads.sh OUTDIR}
+mkdir -p "$OUT"
+for src in "$ROOT"/workloads/*.c; do
+  [ -e "$src" ] || continue
+  bin="$OUT/$(basename "$src" .c)"
+  if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ]; then
+    cc -static -O2 -Wall -Wextra -Werror -o "$bin" "$src"
+    echo "workloads: built $bin"
+  fi
+done
