@@ -1,0 +1,245 @@
+import Foundation
+import GodwitCore
+
+/// Where this machine mounts its cgroup hierarchies. Hybrid hosts (this one) have v1
+/// controllers under /sys/fs/cgroup/<ctrl> and cgroup2 at /sys/fs/cgroup/unified; pure v2
+/// hosts have only cgroup2 at /sys/fs/cgroup. Read from mountinfo, not guessed from paths.
+public struct CgroupHierarchies: Codable, Sendable, Equatable {
+    /// The v1 controllers a lab host gets a directory in (what containers and CRIU use).
+    public static let labControllers = ["blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "memory", "pids"]
+
+    /// v1 controller → mount point, for the lab's controllers that are mounted as v1.
+    public var v1: [String: String]
+    /// The cgroup2 mount point, if any.
+    public var unified: String?
+
+    public enum Mode: String, Codable, Sendable { case v1, hybrid, v2, none }
+
+    public var mode: Mode {
+        switch (v1.isEmpty, unified == nil) {
+        case (false, false): return .hybrid
+        case (false, true): return .v1
+        case (true, false): return .v2
+        case (true, true): return .none
+        }
+    }
+
+    public init(v1: [String: String], unified: String?) {
+        self.v1 = v1
+        self.unified = unified
+    }
+
+    /// Every hierarchy root a lab touches, each once (cpu and cpuacct may be co-mounted).
+    public var mountPoints: [String] {
+        Array(Set(v1.values)).sorted() + (unified.map { [$0] } ?? [])
+    }
+
+    public static func current() -> CgroupHierarchies {
+        parse(mountinfo: (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "")
+    }
+
+    /// Parses /proc/self/mountinfo: "id parent maj:min root mountpoint opts [tags] - fstype source superopts".
+    public static func parse(mountinfo: String) -> CgroupHierarchies {
+        var v1: [String: String] = [:]
+        var unified: String?
+        for line in mountinfo.split(separator: "\n") {
+            let fields = line.split(separator: " ").map(String.init)
+            guard let dash = fields.firstIndex(of: "-"), dash >= 5, fields.count >= dash + 4 else { continue }
+            let mountPoint = LabMounts.unescape(fields[4])
+            switch fields[dash + 1] {
+            case "cgroup2":
+                if unified == nil { unified = mountPoint }
+            case "cgroup":
+                for option in fields[dash + 3].split(separator: ",").map(String.init)
+                where labControllers.contains(option) && v1[option] == nil {
+                    v1[option] = mountPoint
+                }
+            default:
+                continue
+            }
+        }
+        return CgroupHierarchies(v1: v1, unified: unified)
+    }
+
+    /// The directories named `name` directly under each hierarchy root.
+    public func directories(named name: String) -> HostCgroups {
+        HostCgroups(name: name, v1: v1.mapValues { $0 + "/" + name }, unified: unified.map { $0 + "/" + name })
+    }
+}
+
+/// Creates and removes lab hosts' cgroups.
+public enum LabCgroups {
+    public static func create(_ cgroups: HostCgroups) throws {
+        for (controller, directory) in cgroups.v1.sorted(by: { $0.key < $1.key }) {
+            try makeDirectory(directory)
+            if controller == "cpuset" {
+                // A new v1 cpuset starts with no CPUs and no memory nodes: nothing could run in it.
+                let parent = (directory as NSString).deletingLastPathComponent
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    let value = HostEnvironment.read(parent + "/" + file) ?? ""
+                    try writeControl(directory + "/" + file, value)
+                }
+                // ...and so would every container cgroup below; this makes them copy ours.
+                try writeControl(directory + "/cgroup.clone_children", "1")
+            }
+        }
+        if let unified = cgroups.unified {
+            try makeDirectory(unified)
+            // Pass on what our parent delegates, so containers below get the controllers. On
+            // hybrid hosts this list is empty (the controllers live in v1). The host cgroup itself
+            // then must hold no processes (v2's no-internal-process rule): daemons go in a child.
+            let parent = (unified as NSString).deletingLastPathComponent
+            let delegated = (HostEnvironment.read(parent + "/cgroup.subtree_control") ?? "").split(separator: " ")
+            for controller in delegated {
+                try? writeControl(unified + "/cgroup.subtree_control", "+\(controller)")
+            }
+        }
+    }
+
+    /// Host cgroups of `lab` that exist now, found by name in every hierarchy.
+    public static func existing(of lab: LabName, in hierarchies: CgroupHierarchies = .current()) -> [String] {
+        hierarchies.mountPoints.flatMap { root -> [String] in
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+            return entries.filter { isHostCgroup($0, of: lab) }.sorted().map { root + "/" + $0 }
+        }
+    }
+
+    public static func isHostCgroup(_ directoryName: String, of lab: LabName) -> Bool {
+        directoryName.hasPrefix(lab.netnsPrefix)
+            && LabHost.index(of: String(directoryName.dropFirst(lab.netnsPrefix.count))) != nil
+    }
+
+    /// Kills everything in the lab's cgroups (thawing frozen ones first, since a frozen v1
+    /// task can't act on SIGKILL) and removes them deepest first. Returns what it removed.
+    @discardableResult
+    public static func remove(lab: LabName, hierarchies: CgroupHierarchies = .current()) throws -> [String] {
+        let tops = existing(of: lab, in: hierarchies)
+        let trees = tops.map { subtree($0) }
+        let all = trees.flatMap { $0 }
+        for directory in all {
+            if FileManager.default.fileExists(atPath: directory + "/freezer.state") {
+                try? writeControl(directory + "/freezer.state", "THAWED")
+            }
+            if FileManager.default.fileExists(atPath: directory + "/cgroup.freeze") {
+                try? writeControl(directory + "/cgroup.freeze", "0")
+            }
+        }
+        for top in tops where FileManager.default.fileExists(atPath: top + "/cgroup.kill") {
+            try? writeControl(top + "/cgroup.kill", "1")
+        }
+        try killAll(in: all)
+        var removed: [String] = []
+        for directory in trees.flatMap({ $0.reversed() }) {
+            try removeDirectory(directory)
+            removed.append(directory)
+        }
+        return removed
+    }
+
+    /// Pre-order list of a cgroup directory and its descendants.
+    static func subtree(_ directory: String) -> [String] {
+        var result = [directory]
+        let entries = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted()
+        for entry in entries {
+            var isDirectory: ObjCBool = false
+            let path = directory + "/" + entry
+            if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+                result += subtree(path)
+            }
+        }
+        return result
+    }
+
+    static func processes(in directory: String) -> [pid_t] {
+        (HostEnvironment.read(directory + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t(String($0)) }
+    }
+
+    /// Repeats until empty: a process may fork between our reading cgroup.procs and killing it.
+    static func killAll(in directories: [String]) throws {
+        let deadline = Date().addingTimeInterval(5)
+        while true {
+            let pids = Set(directories.flatMap { processes(in: $0) }).subtracting([getpid()])
+            if pids.isEmpty { return }
+            if Date() > deadline {
+                throw GodwitError("processes \(pids.sorted().map(String.init).joined(separator: " ")) survived SIGKILL in the lab's cgroups",
+                                  hint: "they may be stuck in the kernel (state D); check `ps -o pid,stat,wchan -p <pid>` and retry `godwit lab down`")
+            }
+            for pid in pids { kill(pid, SIGKILL) }
+            usleep(50_000)
+        }
+    }
+
+    static func makeDirectory(_ path: String) throws {
+        if mkdir(path, 0o755) != 0 && errno != EEXIST {
+            throw GodwitError.errno("mkdir \(path)", hint: "is the cgroup hierarchy writable (root, not in a read-only container)?")
+        }
+    }
+
+    /// rmdir on a cgroup fails with EBUSY for a moment after its last task was killed.
+    static func removeDirectory(_ path: String) throws {
+        let deadline = Date().addingTimeInterval(3)
+        while rmdir(path) != 0 {
+            let code = errno
+            if code == ENOENT { return }
+            if code != EBUSY || Date() > deadline {
+                throw GodwitError.errno("rmdir \(path)", code,
+                                        hint: "something still uses the cgroup; see \(path)/cgroup.procs, then retry `godwit lab down`")
+            }
+            usleep(50_000)
+        }
+    }
+
+    /// Writes a cgroup control file with one write(2), as the kernel expects.
+    static func writeControl(_ path: String, _ value: String) throws {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw GodwitError.errno("open \(path)") }
+        defer { close(fd) }
+        let bytes = Array(value.utf8)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        if written != bytes.count {
+            throw GodwitError.errno("write '\(value)' to \(path)")
+        }
+    }
+}
+
+/// The mount table, for unmounting whatever later work mounted under a lab's state
+/// directory before deleting it (deleting through a bind mount would delete its source).
+public enum LabMounts {
+    public static func mountPoints(under directory: String) -> [String] {
+        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { line -> String? in
+            let fields = line.split(separator: " ")
+            guard fields.count > 4 else { return nil }
+            let mountPoint = unescape(String(fields[4]))
+            return mountPoint == directory || mountPoint.hasPrefix(directory + "/") ? mountPoint : nil
+        }
+    }
+
+    /// Unmounts (lazily) everything at or below `directory`, deepest first.
+    public static func unmountAll(under directory: String) throws {
+        for mountPoint in mountPoints(under: directory).sorted(by: { $0.count > $1.count }) {
+            if umount2(mountPoint, Int32(MNT_DETACH)) != 0 && errno != EINVAL && errno != ENOENT {
+                throw GodwitError.errno("umount \(mountPoint)", hint: "unmount it by hand (`umount -l \(mountPoint)`), then retry")
+            }
+        }
+    }
+
+    /// mountinfo escapes space, tab, newline and backslash as \ooo.
+    static func unescape(_ field: String) -> String {
+        guard field.contains("\\") else { return field }
+        var bytes: [UInt8] = []
+        let chars = Array(field.utf8)
+        var i = 0
+        while i < chars.count {
+            if chars[i] == UInt8(ascii: "\\"), i + 4 <= chars.count,
+               let value = UInt8(String(decoding: chars[(i + 1)..<(i + 4)], as: UTF8.self), radix: 8) {
+                bytes.append(value)
+                i += 4
+            } else {
+                bytes.append(chars[i])
+                i += 1
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
