@@ -14,7 +14,7 @@ public enum HostEnvironment {
 
     /// Whether `capability` (a CAP_* number) is in this process's bounding set.
     public static func hasBoundingCapability(_ capability: Int) -> Bool {
-        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+        guard let status = read("/proc/self/status"),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapBnd:") }),
               let mask = UInt64(line.split(separator: "\t").last.map(String.init) ?? "", radix: 16)
         else { return false }
@@ -23,9 +23,27 @@ public enum HostEnvironment {
 
     public static let capSysResource = 24
 
-    /// Reads a small /proc or /sys file, trimmed; nil when absent or unreadable.
+    /// Reads a /proc or /sys file, trimmed; nil when absent or unreadable.
     public static func read(_ path: String) -> String? {
-        (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        readBytes(path).map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
+    }
+
+    /// Reads a file to its end with read(2). Foundation's readers stop after the first ~4 KiB
+    /// of a /proc file (they trust its st_size of 0 and one read), silently truncating maps,
+    /// mountinfo and smaps.
+    public static func readBytes(_ path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var result: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { return nil }
+            if n == 0 { return result }
+            result.append(contentsOf: chunk[0..<n])
+        }
     }
 }
 

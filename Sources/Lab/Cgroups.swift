@@ -35,7 +35,7 @@ public struct CgroupHierarchies: Codable, Sendable, Equatable {
     }
 
     public static func current() -> CgroupHierarchies {
-        parse(mountinfo: (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "")
+        parse(mountinfo: HostEnvironment.read("/proc/self/mountinfo") ?? "")
     }
 
     /// Parses /proc/self/mountinfo: "id parent maj:min root mountpoint opts [tags] - fstype source superopts".
@@ -206,7 +206,7 @@ public enum LabCgroups {
 /// directory before deleting it (deleting through a bind mount would delete its source).
 public enum LabMounts {
     public static func mountPoints(under directory: String) -> [String] {
-        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        let text = HostEnvironment.read("/proc/self/mountinfo") ?? ""
         return text.split(separator: "\n").compactMap { line -> String? in
             let fields = line.split(separator: " ")
             guard fields.count > 4 else { return nil }

@@ -1,4 +1,5 @@
 import Foundation
+import GodwitCore
 
 /// A pid plus its start time. Pids are reused; the pair is not, so a daemon that
 /// restarts can tell its container's init from an unrelated process that got the pid.
@@ -15,7 +16,7 @@ public struct ProcessIdentity: Codable, Sendable, Equatable {
     /// The live process with this pid now; nil if there is none or it is a zombie (an
     /// exited init lingers as one until its reaper gets to it).
     public static func of(_ pid: pid_t) -> ProcessIdentity? {
-        guard pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        guard pid > 0, let stat = HostEnvironment.read("/proc/\(pid)/stat"),
               let close = stat.lastIndex(of: ")") else { return nil }
         // comm may contain spaces and parentheses: fields are counted after its last ')'.
         let fields = stat[stat.index(after: close)...].split(separator: " ")

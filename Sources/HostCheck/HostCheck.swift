@@ -1,2 +1,0 @@
-// HostCheck module
-import GodwitCore

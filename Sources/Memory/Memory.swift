@@ -1,2 +1,0 @@
-// Memory module
-import GodwitCore
