@@ -10,6 +10,7 @@ import PackageDescription
 //   HostCheck    what this host supports, and which migration strategies follow from it
 //   Lab          simulated hosts on one machine: netns, fabric bridge, tbf shaping
 //   Runtime      system containers: namespaces, pivot_root, cgroups, veth
+//   Migration    moving a container: page store, pre-copy rounds, convergence, final phase, rollback
 //   godwit-spawn small C helper that sets up namespaces and execs (the daemon never forks)
 let package = Package(
     name: "Godwit",
@@ -31,6 +32,7 @@ let package = Package(
         .target(name: "HostCheck", dependencies: ["CGodwit", "GodwitCore", "Checkpoint", "Memory"]),
         .target(name: "Lab", dependencies: ["GodwitCore"]),
         .target(name: "Runtime", dependencies: ["CGodwit", "GodwitCore"]),
+        .target(name: "Migration", dependencies: ["GodwitCore", "API", "Checkpoint", "Memory", "Runtime", "HostCheck"]),
         .executableTarget(name: "godwit-spawn"),
         .executableTarget(
             name: "godwit",
@@ -48,6 +50,7 @@ let package = Package(
         .testTarget(name: "APITests", dependencies: ["API", "GodwitCore"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "GodwitCore"]),
         .testTarget(name: "WorkloadTests", dependencies: ["GodwitCore"]),
+        .testTarget(name: "MigrationTests", dependencies: ["Migration", "Memory", "Checkpoint", "Runtime", "GodwitCore"]),
     ],
     swiftLanguageModes: [.v5]
 )
