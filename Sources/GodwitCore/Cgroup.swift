@@ -5,9 +5,16 @@ import GodwitCore
 /// /sys/fs/cgroup/<ctrl>, cgroup2 at /sys/fs/cgroup/unified, v1 freezer) and pure v2
 /// hosts (everything at /sys/fs/cgroup) both occur; code asks the layout, never assumes.
 public struct CgroupLayout: Codable, Sendable, Equatable {
-    public enum Kind: String, Codable, Sendable { case v1, v2, hybrid }
+    public enum Kind: String, Codable, Sendable { case v1, v2, hybrid, none }
 
-    public var kind: Kind { unified == nil ? .v1 : (v1.isEmpty ? .v2 : .hybrid) }
+    public var kind: Kind {
+        switch (v1.isEmpty, unified == nil) {
+        case (false, false): .hybrid
+        case (false, true): .v1
+        case (true, false): .v2
+        case (true, true): .none
+        }
+    }
 
     /// Where freezing happens: the v1 freezer hierarchy, or cgroup2's cgroup.freeze.
     public var freezerDescription: String {
@@ -27,32 +34,40 @@ public struct CgroupLayout: Codable, Sendable, Equatable {
 
     /// Reads the mount table (this process's view) rather than guessing paths.
     public static func detect(mountinfo: String? = nil) throws -> CgroupLayout {
-        guard let text = mountinfo ?? HostEnvironment.read("/proc/self/mountinfo") else {
-            throw GodwitError("cannot read /proc/self/mountinfo")
+        let layout = parse(mountinfo.map(MountInfo.parse) ?? MountInfo.current())
+        guard layout.kind != .none else {
+            throw GodwitError("no cgroup filesystem is mounted", hint: "mount cgroup2 on /sys/fs/cgroup")
         }
+        return layout
+    }
+
+    /// This host's layout; empty (kind .none) when no cgroup filesystem is mounted.
+    public static func current() -> CgroupLayout { parse(MountInfo.current()) }
+
+    static func parse(_ mounts: [MountEntry]) -> CgroupLayout {
         var v1: [String: String] = [:]
         var unified: String?
-        for line in text.split(separator: "\n") {
-            let halves = line.components(separatedBy: " - ")
-            guard halves.count == 2 else { continue }
-            let fields = halves[0].split(separator: " ").map(String.init)
-            let tail = halves[1].split(separator: " ").map(String.init)
-            // A cgroup mount whose root is not "/" shows a sub-tree (e.g. inside a cgroupns).
-            guard fields.count >= 5, tail.count >= 3, fields[3] == "/" else { continue }
-            let mountPoint = fields[4]
-            if tail[0] == "cgroup2", unified == nil {
-                unified = mountPoint
-            } else if tail[0] == "cgroup" {
-                for option in tail[2].split(separator: ",").map(String.init)
-                where option != "rw" && option != "ro" && !option.contains("=") && v1[option] == nil {
-                    v1[option] = mountPoint
+        // A cgroup mount whose root is not "/" shows a sub-tree (e.g. inside a cgroupns).
+        for mount in mounts where mount.root == "/" {
+            if mount.fsType == "cgroup2", unified == nil {
+                unified = mount.mountPoint
+            } else if mount.fsType == "cgroup" {
+                for option in mount.superOptions where option != "rw" && option != "ro" && !option.contains("=") && v1[option] == nil {
+                    v1[option] = mount.mountPoint
                 }
             }
         }
-        guard !v1.isEmpty || unified != nil else {
-            throw GodwitError("no cgroup filesystem is mounted", hint: "mount cgroup2 on /sys/fs/cgroup")
-        }
         return CgroupLayout(v1: v1, unified: unified)
+    }
+
+    /// The same layout with only the given v1 controllers (cgroup2 unchanged).
+    public func restricted(to controllers: [String]) -> CgroupLayout {
+        CgroupLayout(v1: v1.filter { controllers.contains($0.key) }, unified: unified)
+    }
+
+    /// Every hierarchy root, each once (cpu and cpuacct may be co-mounted).
+    public var mountPoints: [String] {
+        Array(Set(v1.values)).sorted() + (unified.map { [$0] } ?? [])
     }
 }
 

@@ -1,65 +1,12 @@
 import Foundation
 import GodwitCore
 
-/// Where this machine mounts its cgroup hierarchies. Hybrid hosts (this one) have v1
-/// controllers under /sys/fs/cgroup/<ctrl> and cgroup2 at /sys/fs/cgroup/unified; pure v2
-/// hosts have only cgroup2 at /sys/fs/cgroup. Read from mountinfo, not guessed from paths.
-public struct CgroupHierarchies: Codable, Sendable, Equatable {
+extension CgroupLayout {
     /// The v1 controllers a lab host gets a directory in (what containers and CRIU use).
     public static let labControllers = ["blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "memory", "pids"]
 
-    /// v1 controller → mount point, for the lab's controllers that are mounted as v1.
-    public var v1: [String: String]
-    /// The cgroup2 mount point, if any.
-    public var unified: String?
-
-    public enum Mode: String, Codable, Sendable { case v1, hybrid, v2, none }
-
-    public var mode: Mode {
-        switch (v1.isEmpty, unified == nil) {
-        case (false, false): return .hybrid
-        case (false, true): return .v1
-        case (true, false): return .v2
-        case (true, true): return .none
-        }
-    }
-
-    public init(v1: [String: String], unified: String?) {
-        self.v1 = v1
-        self.unified = unified
-    }
-
-    /// Every hierarchy root a lab touches, each once (cpu and cpuacct may be co-mounted).
-    public var mountPoints: [String] {
-        Array(Set(v1.values)).sorted() + (unified.map { [$0] } ?? [])
-    }
-
-    public static func current() -> CgroupHierarchies {
-        parse(mountinfo: HostEnvironment.read("/proc/self/mountinfo") ?? "")
-    }
-
-    /// Parses /proc/self/mountinfo: "id parent maj:min root mountpoint opts [tags] - fstype source superopts".
-    public static func parse(mountinfo: String) -> CgroupHierarchies {
-        var v1: [String: String] = [:]
-        var unified: String?
-        for line in mountinfo.split(separator: "\n") {
-            let fields = line.split(separator: " ").map(String.init)
-            guard let dash = fields.firstIndex(of: "-"), dash >= 5, fields.count >= dash + 4 else { continue }
-            let mountPoint = LabMounts.unescape(fields[4])
-            switch fields[dash + 1] {
-            case "cgroup2":
-                if unified == nil { unified = mountPoint }
-            case "cgroup":
-                for option in fields[dash + 3].split(separator: ",").map(String.init)
-                where labControllers.contains(option) && v1[option] == nil {
-                    v1[option] = mountPoint
-                }
-            default:
-                continue
-            }
-        }
-        return CgroupHierarchies(v1: v1, unified: unified)
-    }
+    /// This host's hierarchies that a lab uses.
+    public static func lab() -> CgroupLayout { current().restricted(to: labControllers) }
 
     /// The directories named `name` directly under each hierarchy root.
     public func directories(named name: String) -> HostCgroups {
@@ -97,7 +44,7 @@ public enum LabCgroups {
     }
 
     /// Host cgroups of `lab` that exist now, found by name in every hierarchy.
-    public static func existing(of lab: LabName, in hierarchies: CgroupHierarchies = .current()) -> [String] {
+    public static func existing(of lab: LabName, in hierarchies: CgroupLayout = .lab()) -> [String] {
         hierarchies.mountPoints.flatMap { root -> [String] in
             let entries = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
             return entries.filter { isHostCgroup($0, of: lab) }.sorted().map { root + "/" + $0 }
@@ -112,7 +59,7 @@ public enum LabCgroups {
     /// Kills everything in the lab's cgroups (thawing frozen ones first, since a frozen v1
     /// task can't act on SIGKILL) and removes them deepest first. Returns what it removed.
     @discardableResult
-    public static func remove(lab: LabName, hierarchies: CgroupHierarchies = .current()) throws -> [String] {
+    public static func remove(lab: LabName, hierarchies: CgroupLayout = .lab()) throws -> [String] {
         let tops = existing(of: lab, in: hierarchies)
         let trees = tops.map { subtree($0) }
         let all = trees.flatMap { $0 }
@@ -202,17 +149,11 @@ public enum LabCgroups {
     }
 }
 
-/// The mount table, for unmounting whatever later work mounted under a lab's state
-/// directory before deleting it (deleting through a bind mount would delete its source).
+/// Whatever later work mounted under a lab's state directory is unmounted before deleting
+/// it (deleting through a bind mount would delete its source).
 public enum LabMounts {
     public static func mountPoints(under directory: String) -> [String] {
-        let text = HostEnvironment.read("/proc/self/mountinfo") ?? ""
-        return text.split(separator: "\n").compactMap { line -> String? in
-            let fields = line.split(separator: " ")
-            guard fields.count > 4 else { return nil }
-            let mountPoint = unescape(String(fields[4]))
-            return mountPoint == directory || mountPoint.hasPrefix(directory + "/") ? mountPoint : nil
-        }
+        MountInfo.current().map(\.mountPoint).filter { $0 == directory || $0.hasPrefix(directory + "/") }
     }
 
     /// Unmounts (lazily) everything at or below `directory`, deepest first.
@@ -222,24 +163,5 @@ public enum LabMounts {
                 throw GodwitError.errno("umount \(mountPoint)", hint: "unmount it by hand (`umount -l \(mountPoint)`), then retry")
             }
         }
-    }
-
-    /// mountinfo escapes space, tab, newline and backslash as \ooo.
-    static func unescape(_ field: String) -> String {
-        guard field.contains("\\") else { return field }
-        var bytes: [UInt8] = []
-        let chars = Array(field.utf8)
-        var i = 0
-        while i < chars.count {
-            if chars[i] == UInt8(ascii: "\\"), i + 4 <= chars.count,
-               let value = UInt8(String(decoding: chars[(i + 1)..<(i + 4)], as: UTF8.self), radix: 8) {
-                bytes.append(value)
-                i += 4
-            } else {
-                bytes.append(chars[i])
-                i += 1
-            }
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }

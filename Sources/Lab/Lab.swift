@@ -162,7 +162,7 @@ public struct Lab: Codable, Sendable {
 
     /// Computes names, addresses and paths; creates nothing.
     public static func plan(name: LabName, hosts count: Int, stateRoot: String = LabPaths.stateRoot,
-                            cgroups: CgroupHierarchies = .current(), bandwidth: Bandwidth? = nil) throws -> Lab {
+                            cgroups: CgroupLayout = .lab(), bandwidth: Bandwidth? = nil) throws -> Lab {
         try validate(hostCount: count)
         let labDir = LabPaths.labDirectory(name, stateRoot: stateRoot)
         let hosts = (1...count).map { index -> LabHost in

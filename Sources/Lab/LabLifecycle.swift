@@ -12,7 +12,7 @@ public struct LabLeftovers: Codable, Sendable, Equatable {
     public var isEmpty: Bool { namespaces.isEmpty && cgroups.isEmpty && stateDirectory == nil }
 
     public static func find(_ name: LabName, stateRoot: String = LabPaths.stateRoot,
-                            hierarchies: CgroupHierarchies = .current()) -> LabLeftovers {
+                            hierarchies: CgroupLayout = .lab()) -> LabLeftovers {
         let directory = LabPaths.labDirectory(name, stateRoot: stateRoot)
         return LabLeftovers(
             namespaces: LabNamespace.list().filter { name.owns(netns: $0) },
@@ -35,7 +35,7 @@ extension Lab {
     /// everything it built before reporting the failure.
     public static func create(name: LabName, hosts count: Int, bandwidth: Bandwidth? = nil,
                               stateRoot: String = LabPaths.stateRoot,
-                              hierarchies: CgroupHierarchies = .current()) throws -> Lab {
+                              hierarchies: CgroupLayout = .lab()) throws -> Lab {
         try validate(hostCount: count)
         try HostEnvironment.requireRoot(for: "creating a lab")
         let existing = LabLeftovers.find(name, stateRoot: stateRoot, hierarchies: hierarchies)
@@ -124,7 +124,7 @@ extension Lab {
     /// directory. Keeps going past a failed step so one stuck piece doesn't strand the rest.
     @discardableResult
     public static func destroy(name: LabName, stateRoot: String = LabPaths.stateRoot,
-                               hierarchies: CgroupHierarchies = .current()) throws -> LabTeardownReport {
+                               hierarchies: CgroupLayout = .lab()) throws -> LabTeardownReport {
         try HostEnvironment.requireRoot(for: "removing a lab")
         let found = LabLeftovers.find(name, stateRoot: stateRoot, hierarchies: hierarchies)
         var failures: [String] = []
@@ -181,7 +181,7 @@ extension Lab {
 /// Every lab on this machine, found by name in namespaces, cgroups and the state root.
 public enum LabInventory {
     public static func names(stateRoot: String = LabPaths.stateRoot,
-                             hierarchies: CgroupHierarchies = .current()) -> [LabName] {
+                             hierarchies: CgroupLayout = .lab()) -> [LabName] {
         var names = Set<LabName>()
         for netns in LabNamespace.list() where netns.hasPrefix("godwit-") {
             if let name = try? LabName(String(netns.dropFirst("godwit-".count).prefix(while: { $0 != "-" }))),

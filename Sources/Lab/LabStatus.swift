@@ -10,7 +10,7 @@ public struct LabStatus: Codable, Sendable {
     public var network: String
     public var stateDirectory: String?
     public var createdAt: String?
-    public var cgroupMode: CgroupHierarchies.Mode
+    public var cgroupMode: CgroupLayout.Kind
     public var client: EndpointStatus
     public var hosts: [HostStatus]
     /// Namespaces, cgroups or directories that exist although the lab isn't complete.
@@ -37,7 +37,7 @@ public struct LabStatus: Codable, Sendable {
     }
 
     public static func collect(_ name: LabName, stateRoot: String = LabPaths.stateRoot) -> LabStatus {
-        let hierarchies = CgroupHierarchies.current()
+        let hierarchies = CgroupLayout.lab()
         let leftovers = LabLeftovers.find(name, stateRoot: stateRoot, hierarchies: hierarchies)
         let lab = (try? Lab.load(name: name, stateRoot: stateRoot)) ?? derivedLab(name, leftovers, stateRoot, hierarchies)
         func endpointStatus(_ endpoint: LabEndpoint) -> EndpointStatus {
@@ -55,13 +55,13 @@ public struct LabStatus: Codable, Sendable {
         let client = endpointStatus(lab.client)
         let running = LabNamespace.exists(lab.fabricNetns) && client.present && hosts.allSatisfy(\.endpoint.present)
         return LabStatus(name: name, running: running, network: lab.network, stateDirectory: leftovers.stateDirectory,
-                         createdAt: lab.createdAt, cgroupMode: hierarchies.mode, client: client, hosts: hosts,
+                         createdAt: lab.createdAt, cgroupMode: hierarchies.kind, client: client, hosts: hosts,
                          leftovers: leftovers)
     }
 
     /// For a lab without a fabric namespace: as many hosts as any trace of it shows.
     private static func derivedLab(_ name: LabName, _ leftovers: LabLeftovers, _ stateRoot: String,
-                                   _ hierarchies: CgroupHierarchies) -> Lab {
+                                   _ hierarchies: CgroupLayout) -> Lab {
         let suffixes = leftovers.namespaces.map { String($0.dropFirst(name.netnsPrefix.count)) }
             + leftovers.cgroups.map { String(($0 as NSString).lastPathComponent.dropFirst(name.netnsPrefix.count)) }
         let count = min(max(suffixes.compactMap(LabHost.index(of:)).max() ?? 1, 1), Lab.maxHosts)

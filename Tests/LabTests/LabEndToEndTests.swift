@@ -132,7 +132,7 @@ struct LabEndToEndTests {
         let name = Self.uniqueName(), root = Self.temporaryRoot()
         defer { cleanUp(name, root) }
         // A hierarchy that doesn't exist makes cgroup creation fail after the network is built.
-        let broken = CgroupHierarchies(v1: ["memory": "/nonexistent/godwit-test"], unified: nil)
+        let broken = CgroupLayout(v1: ["memory": "/nonexistent/godwit-test"], unified: nil)
         let error = #expect(throws: GodwitError.self) {
             try Lab.create(name: name, hosts: 2, stateRoot: root, hierarchies: broken)
         }

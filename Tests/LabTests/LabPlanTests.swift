@@ -44,8 +44,8 @@ import Testing
 }
 
 @Suite struct LabPlanTests {
-    let hybrid = CgroupHierarchies(v1: ["cpu": "/cg/cpu,cpuacct", "cpuacct": "/cg/cpu,cpuacct", "freezer": "/cg/freezer"],
-                                   unified: "/cg/unified")
+    let hybrid = CgroupLayout(v1: ["cpu": "/cg/cpu,cpuacct", "cpuacct": "/cg/cpu,cpuacct", "freezer": "/cg/freezer"],
+                             unified: "/cg/unified")
 
     @Test func addressesAndPaths() throws {
         let lab = try Lab.plan(name: LabName("lab"), hosts: 3, stateRoot: "/tmp/labs/", cgroups: hybrid)
@@ -108,7 +108,7 @@ import Testing
 }
 
 @Suite struct CgroupHierarchyTests {
-    @Test func hybridHost() {
+    @Test func hybridHost() throws {
         let mountinfo = """
             31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
             32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
@@ -118,8 +118,8 @@ import Testing
             40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
             41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
             """
-        let found = CgroupHierarchies.parse(mountinfo: mountinfo)
-        #expect(found.mode == .hybrid)
+        let found = try CgroupLayout.detect(mountinfo: mountinfo).restricted(to: CgroupLayout.labControllers)
+        #expect(found.kind == .hybrid)
         #expect(found.v1 == ["cpu": "/sys/fs/cgroup/cpu,cpuacct", "cpuacct": "/sys/fs/cgroup/cpu,cpuacct",
                              "cpuset": "/sys/fs/cgroup/cpuset", "freezer": "/sys/fs/cgroup/freezer"])
         #expect(found.unified == "/sys/fs/cgroup/unified")
@@ -127,20 +127,20 @@ import Testing
                                       "/sys/fs/cgroup/unified"])
     }
 
-    @Test func pureV2Host() {
-        let found = CgroupHierarchies.parse(mountinfo: "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate")
-        #expect(found.mode == .v2)
+    @Test func pureV2Host() throws {
+        let found = try CgroupLayout.detect(mountinfo: "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate")
+        #expect(found.kind == .v2)
         #expect(found.v1.isEmpty && found.unified == "/sys/fs/cgroup")
         #expect(found.directories(named: "godwit-lab-h1").directories == ["/sys/fs/cgroup/godwit-lab-h1"])
     }
 
     @Test func thisHostHasCgroups() {
-        #expect(CgroupHierarchies.current().mode != .none)
+        #expect(CgroupLayout.lab().kind != .none)
     }
 
     @Test func mountinfoEscapes() {
-        #expect(LabMounts.unescape("/mnt/a\\040b") == "/mnt/a b")
-        #expect(LabMounts.unescape("/plain") == "/plain")
-        #expect(LabMounts.unescape("/end\\04") == "/end\\04")
+        #expect(MountInfo.unescape("/mnt/a\\040b") == "/mnt/a b")
+        #expect(MountInfo.unescape("/plain") == "/plain")
+        #expect(MountInfo.unescape("/end\\04") == "/end\\04")
     }
 }
