@@ -28,7 +28,8 @@ let package = Package(
         .target(name: "GodwitCore"),
         .target(name: "API", dependencies: ["GodwitCore"]),
         .target(name: "Checkpoint", dependencies: ["GodwitCore"]),
-        .target(name: "Memory", dependencies: ["CGodwit", "GodwitCore"]),
+        .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+        .target(name: "Memory", dependencies: ["CGodwit", "GodwitCore", "CXXHash"]),
         .target(name: "HostCheck", dependencies: ["CGodwit", "GodwitCore", "Checkpoint", "Memory"]),
         .target(name: "Lab", dependencies: ["GodwitCore"]),
         .target(name: "Runtime", dependencies: ["CGodwit", "GodwitCore"]),
@@ -50,7 +51,7 @@ let package = Package(
         .testTarget(name: "APITests", dependencies: ["API", "GodwitCore"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "GodwitCore"]),
         .testTarget(name: "WorkloadTests", dependencies: ["GodwitCore"]),
-        .testTarget(name: "MigrationTests", dependencies: ["Migration", "Memory", "Checkpoint", "Runtime", "GodwitCore"]),
+        .testTarget(name: "MigrationTests", dependencies: ["Migration", "Memory", "Checkpoint", "Runtime", "GodwitCore", "API"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -52,6 +52,9 @@ public struct RestoreOptions: Sendable {
     public var cgroupRoot: String?
     /// Restore with memory fetched on fault from `criu lazy-pages` (socket in the images dir).
     public var lazyPages = false
+    /// Leave the restored tasks stopped (SIGSTOP) instead of running, e.g. to compare their
+    /// memory with the source's before they change it; SIGCONT them afterwards.
+    public var leaveStopped = false
 
     public init(imagesDirectory: String, rootfs: String, pidFile: String) {
         self.imagesDirectory = imagesDirectory
@@ -110,6 +113,7 @@ public struct CRIU: Sendable {
             args += ["--external", "veth[\(veth.containerInterface)]:\(veth.hostInterface)@\(veth.bridge)"]
         }
         if o.lazyPages { args.append("--lazy-pages") }
+        if o.leaveStopped { args.append("--leave-stopped") }
         return args
     }
 
@@ -151,7 +155,7 @@ public struct CRIU: Sendable {
 public enum CRIULog {
     /// Errors CRIU logs on every run here (no CAP_SYS_RESOURCE, no iptables binaries), which
     /// never cause a failure.
-    static let harmless = ["RLIMIT_NOFILE", "Can't keep kdat cache", "iptables"]
+    static let harmless = ["RLIMIT_NOFILE", "Can't keep kdat cache", "iptables", "ip6tables"]
 
     public static func firstError(path: String) -> String? {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }

@@ -7,7 +7,7 @@ import GodwitCore
 public struct ImageFile {
     /// Service images (stats, inventory...) carry this first magic, others IMG_COMMON_MAGIC.
     static let serviceMagic: UInt32 = 0x5510_5940
-    static let commonMagic: UInt32 = 0x5431_6619
+    static let commonMagic: UInt32 = 0x5456_4319  // IMG_COMMON_MAGIC (criu/include/magic.h)
 
     public var entries: [Data]
 

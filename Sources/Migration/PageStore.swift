@@ -1,0 +1,188 @@
+import Foundation
+import GodwitCore
+import Memory
+
+/// The destination's copy of a container's pages, keyed by (ns-pid, vaddr); later rounds
+/// overwrite earlier ones.
+///
+/// Layout: one "slot file" per process (`<directory>/<nsPID>.pages`) plus an in-memory
+/// index vaddr -> slot. A page keeps its slot when overwritten, freed slots (dropped pages)
+/// are reused, and a run of new pages gets consecutive slots so it is written (and later
+/// read) with one syscall. Zero pages are index entries only. Why not sparse files
+/// addressed by vaddr: user addresses reach 2^47 (the stack), beyond ext4's 16 TiB file
+/// limit, and sparse writes scatter; slot files are dense and work on any filesystem.
+/// The store lives in /dev/shm when it exists: the pages end up in RAM after the restore
+/// anyway, and tmpfs avoids disk latency in the final phase. The index costs ~40 bytes
+/// per page in memory (~10 MB per GiB of container memory).
+public final class PageStore {
+    public let directory: String
+    public static let zeroSlot: Int32 = -1
+
+    final class ProcessPages {
+        let fd: Int32
+        var index: [UInt64: Int32] = [:]
+        var slots: Int32 = 0
+        var free: [Int32] = []
+        init(fd: Int32) { self.fd = fd }
+        deinit { close(fd) }
+    }
+
+    private var processes: [pid_t: ProcessPages] = [:]
+    private let pageSize = Int(systemPageSize)
+
+    public struct Counts: Sendable, Equatable {
+        /// Pages held (data + zero).
+        public var pages = 0
+        public var zeroPages = 0
+        public var processes = 0
+        /// Bytes the slot files occupy (including freed slots awaiting reuse).
+        public var fileBytes: UInt64 = 0
+    }
+
+    /// Makes (or empties) `directory`. nil: a fresh directory under /dev/shm (or /tmp).
+    public init(directory: String? = nil) throws {
+        let base = FileManager.default.isWritableFile(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
+        let dir = directory ?? base + "/godwit-pages-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+        if FileManager.default.fileExists(atPath: dir) { try FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        self.directory = dir
+    }
+
+    /// Deletes the files. The store is unusable afterwards.
+    public func destroy() {
+        processes = [:]
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    public var counts: Counts {
+        var c = Counts()
+        for p in processes.values {
+            c.pages += p.index.count
+            c.zeroPages += p.index.values.reduce(0) { $0 + ($1 == Self.zeroSlot ? 1 : 0) }
+            c.fileBytes += UInt64(p.slots) * UInt64(pageSize)
+        }
+        c.processes = processes.count
+        return c
+    }
+
+    public var nsPIDs: [pid_t] { processes.keys.sorted() }
+
+    /// Pages held for one process (data + zero).
+    public func pageCount(nsPID: pid_t) -> Int { processes[nsPID]?.index.count ?? 0 }
+
+    private func pages(_ nsPID: pid_t) throws -> ProcessPages {
+        if let p = processes[nsPID] { return p }
+        let path = directory + "/\(nsPID).pages"
+        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw GodwitError.errno("open \(path)", hint: "is the page store directory writable and not full?") }
+        let p = ProcessPages(fd: fd)
+        processes[nsPID] = p
+        return p
+    }
+
+    /// Stores `count` pages at `vaddr` from `data` (count * page size bytes).
+    public func store(nsPID: pid_t, vaddr: UInt64, count: Int, data: UnsafeRawBufferPointer) throws {
+        precondition(data.count == count * pageSize)
+        let p = try pages(nsPID)
+        var slots = [Int32](repeating: 0, count: count)
+        for i in 0..<count {
+            let address = vaddr + UInt64(i * pageSize)
+            if let slot = p.index[address], slot != Self.zeroSlot {
+                slots[i] = slot
+            } else {
+                let slot = p.free.popLast() ?? { defer { p.slots += 1 }; return p.slots }()
+                p.index[address] = slot
+                slots[i] = slot
+            }
+        }
+        // Write runs of consecutive slots with one pwrite each.
+        var i = 0
+        while i < count {
+            var j = i + 1
+            while j < count, slots[j] == slots[j - 1] + 1 { j += 1 }
+            let bytes = (j - i) * pageSize
+            var done = 0
+            while done < bytes {
+                let n = pwrite(p.fd, data.baseAddress! + i * pageSize + done, bytes - done,
+                               off_t(Int(slots[i]) * pageSize + done))
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw GodwitError.errno("writing pages to \(directory)", hint: "is the page store's filesystem full?") }
+                done += n
+            }
+            i = j
+        }
+    }
+
+    /// Records `count` zero pages at `vaddr` (no data written; their slots are freed).
+    public func storeZero(nsPID: pid_t, vaddr: UInt64, count: Int) throws {
+        let p = try pages(nsPID)
+        for i in 0..<count {
+            let address = vaddr + UInt64(i * pageSize)
+            if let slot = p.index[address], slot != Self.zeroSlot { p.free.append(slot) }
+            p.index[address] = Self.zeroSlot
+        }
+    }
+
+    /// Forgets pages in [range).
+    public func drop(nsPID: pid_t, range: Range<UInt64>) {
+        guard let p = processes[nsPID] else { return }
+        // Walk whichever is smaller: the range's pages or the index.
+        let pagesInRange = Int((range.upperBound - range.lowerBound) / systemPageSize)
+        if pagesInRange <= p.index.count {
+            for address in stride(from: range.lowerBound, to: range.upperBound, by: pageSize) {
+                if let slot = p.index.removeValue(forKey: address), slot != Self.zeroSlot { p.free.append(slot) }
+            }
+        } else {
+            for (address, slot) in p.index where range.contains(address) {
+                p.index[address] = nil
+                if slot != Self.zeroSlot { p.free.append(slot) }
+            }
+        }
+    }
+
+    /// Forgets a whole process.
+    public func forget(nsPID: pid_t) {
+        guard processes.removeValue(forKey: nsPID) != nil else { return }
+        try? FileManager.default.removeItem(atPath: directory + "/\(nsPID).pages")
+    }
+
+    public func contains(nsPID: pid_t, vaddr: UInt64) -> Bool { processes[nsPID]?.index[vaddr] != nil }
+
+    /// Addresses held for a process, sorted (for tests and reports).
+    public func addresses(nsPID: pid_t) -> [UInt64] { processes[nsPID]?.index.keys.sorted() ?? [] }
+
+    /// Copies pages [vaddr, vaddr+count) into `buffer` where held; returns which were held
+    /// (a page not held leaves its part of the buffer untouched).
+    public func read(nsPID: pid_t, vaddr: UInt64, count: Int, into buffer: UnsafeMutableRawBufferPointer) throws -> [Bool] {
+        precondition(buffer.count >= count * pageSize)
+        guard let p = processes[nsPID] else { return [Bool](repeating: false, count: count) }
+        var held = [Bool](repeating: false, count: count)
+        var slots = [Int32](repeating: Self.zeroSlot, count: count)
+        for i in 0..<count {
+            if let slot = p.index[vaddr + UInt64(i * pageSize)] {
+                held[i] = true
+                slots[i] = slot
+                if slot == Self.zeroSlot {
+                    memset(buffer.baseAddress! + i * pageSize, 0, pageSize)
+                }
+            }
+        }
+        var i = 0
+        while i < count {
+            guard held[i], slots[i] != Self.zeroSlot else { i += 1; continue }
+            var j = i + 1
+            while j < count, held[j], slots[j] == slots[j - 1] + 1 { j += 1 }
+            let bytes = (j - i) * pageSize
+            var done = 0
+            while done < bytes {
+                let n = pread(p.fd, buffer.baseAddress! + i * pageSize + done, bytes - done,
+                              off_t(Int(slots[i]) * pageSize + done))
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw GodwitError.errno("reading pages from \(directory)") }
+                done += n
+            }
+            i = j
+        }
+        return held
+    }
+}

@@ -1,0 +1,129 @@
+import Foundation
+import GodwitCore
+import Memory
+
+/// What the pre-copy rounds did.
+public struct PreCopyReport: Sendable {
+    public var rounds: [RoundStats] = []
+    /// One line per round: the policy's decision and why.
+    public var decisions: [String] = []
+    public var finalReason = ""
+    /// Lowest CPU allowance auto-converge applied (percent), if any.
+    public var lowestThrottle: Int?
+    public var tracker: DirtyTrackerKind
+
+    public var totalBytes: UInt64 { rounds.reduce(0) { $0 + $1.bytesSent } }
+    public var totalDataPages: Int { rounds.reduce(0) { $0 + $1.dataPages } }
+}
+
+/// The source's pre-copy loop: scan, send, ask the policy, maybe throttle, repeat. The
+/// container runs throughout; the CPU allowance is always put back when the loop ends,
+/// also when it fails.
+public final class PreCopySession {
+    public let tracker: DirtyTracker
+    public let sender: PreCopySender
+    public private(set) var policy: ConvergencePolicy
+    public let throttle: CPUThrottle?
+    public let progress: ((String) -> Void)?
+
+    public init(tracker: DirtyTracker, sender: PreCopySender, settings: ConvergenceSettings,
+                throttle: CPUThrottle? = nil, progress: ((String) -> Void)? = nil) {
+        self.tracker = tracker
+        self.sender = sender
+        policy = ConvergencePolicy(settings: settings, pageSize: systemPageSize)
+        self.throttle = throttle
+        self.progress = progress
+    }
+
+    public func run() throws -> PreCopyReport {
+        var report = PreCopyReport(tracker: tracker.preferredKind)
+        let (start, why) = policy.shouldStart
+        report.decisions.append(why)
+        progress?(why)
+        guard start else {
+            report.finalReason = why
+            return report
+        }
+        defer {
+            do { try throttle?.restore() } catch { progress?("could not restore the CPU allowance: \(error)") }
+        }
+        var round = 0
+        var lastScan: UInt64?
+        while true {
+            round += 1
+            let scannedAt = DispatchTime.now().uptimeNanoseconds
+            let scan = try tracker.scan(attachNew: true)
+            var stats = try sender.sendRound(scan, round: round, tracker: tracker)
+            stats.intervalNanos = lastScan.map { scannedAt - $0 } ?? 0
+            lastScan = scannedAt
+            report.rounds.append(stats)
+            for line in stats.fallbacks { progress?(line) }
+            let decision = policy.decide(after: RoundObservation(
+                round: round, dirtyPages: stats.dirtyPages, residentPages: stats.residentPages,
+                bytesSent: stats.bytesSent, seconds: Double(stats.copyNanos) / 1e9))
+            var line = decision.reason + String(format: " [sent %d data + %d zero pages, %@ in %.0f ms",
+                                                stats.dataPages, stats.zeroPages,
+                                                ByteSizeText.format(stats.bytesSent), Double(stats.copyNanos) / 1e6)
+            if let rate = stats.dirtyPagesPerSecond {
+                line += String(format: "; dirty rate %.0f pages/s (%@/s)", rate, ByteSizeText.format(UInt64(rate) * systemPageSize))
+            }
+            if let pause = policy.predictedPause(dirtyPages: stats.dirtyPages) {
+                line += String(format: "; predicted pause %.0f ms", pause * 1000)
+            }
+            line += "]"
+            report.decisions.append(line)
+            progress?(line)
+            switch decision {
+            case .finalPhase(let reason):
+                report.finalReason = reason
+                return report
+            case .anotherRound(_, let throttlePercent):
+                if let percent = throttlePercent, let throttle {
+                    try throttle.apply(percent: percent)
+                    report.lowestThrottle = min(report.lowestThrottle ?? 100, percent)
+                }
+            }
+        }
+    }
+}
+
+extension ContainerDirtyTracker {
+    /// The tracker kind for a container on this host: what `godwit check` found
+    /// (HostReport.dirtyTracker, from StrategyPlanner.dirtyTracker), unless forced
+    /// (tests, or a user who distrusts a tracker). Hashing is the last resort: it only
+    /// needs process_vm_readv. Per-process fallback to hashing happens at attach time.
+    public static func kind(hostChoice: DirtyTrackerKind?, forced: DirtyTrackerKind? = nil) -> DirtyTrackerKind {
+        forced ?? hostChoice ?? .hashing
+    }
+}
+
+enum ByteSizeText {
+    static func format(_ bytes: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB"]
+        var value = Double(bytes), unit = 0
+        while value >= 1024, unit < units.count - 1 { value /= 1024; unit += 1 }
+        return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+    }
+}
+
+/// An in-memory byte stream (ByteSink + ByteSource), for carrying a round within one
+/// process through the same framing a network transport would use.
+public final class MemoryByteStream: ByteSink, ByteSource {
+    public private(set) var bytes: [UInt8] = []
+    private var position = 0
+    public init() {}
+
+    public func write(_ buffer: UnsafeRawBufferPointer) throws { bytes.append(contentsOf: buffer) }
+
+    public func readFull(_ buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
+        if position == bytes.count, buffer.count > 0 { return false }
+        guard position + buffer.count <= bytes.count else {
+            throw GodwitError("in-memory page stream ended inside a record")
+        }
+        bytes.withUnsafeBytes { src in
+            buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[position..<(position + buffer.count)]))
+        }
+        position += buffer.count
+        return true
+    }
+}
