@@ -52,7 +52,10 @@ public struct CgroupLayout: Codable, Sendable, Equatable {
             if mount.fsType == "cgroup2", unified == nil {
                 unified = mount.mountPoint
             } else if mount.fsType == "cgroup" {
-                for option in mount.superOptions where option != "rw" && option != "ro" && !option.contains("=") && v1[option] == nil {
+                // Named hierarchies (name=systemd) carry no controller but CRIU dumps the
+                // container's place in them too, so they are kept under their "name=..." key.
+                for option in mount.superOptions where option != "rw" && option != "ro"
+                    && (!option.contains("=") || option.hasPrefix("name=")) && v1[option] == nil {
                     v1[option] = mount.mountPoint
                 }
             }
@@ -78,24 +81,18 @@ public struct Cgroup: Codable, Sendable, Equatable {
     public let path: String
     public let layout: CgroupLayout
 
-    /// Controllers whose limits or accounting Godwit uses; the rest stay where they were.
-    static let controllers = ["memory", "pids", "cpu", "cpuacct", "freezer"]
-
     public init(path: String, layout: CgroupLayout) {
         self.path = path.split(separator: "/").joined(separator: "/")
         self.layout = layout
     }
 
-    /// Every directory the container's processes join: one per v1 hierarchy used, plus
-    /// the cgroup2 one (pure v2: the only one; hybrid: for membership, cgroup.kill and
-    /// so that CRIU's --manage-cgroups sees a consistent picture).
+    /// Every directory the container's processes join: one in EVERY v1 hierarchy (named
+    /// ones included), plus the cgroup2 one. A container left in a root cgroup of some
+    /// hierarchy can't be restored under another host's --cgroup-root: CRIU would try to
+    /// recreate the root's properties (cpuset's cpu_exclusive) and copy the host's whole
+    /// tree (name=systemd) below the new root.
     public var directories: [String] {
-        var dirs: [String] = []
-        for name in Self.controllers {
-            if let mount = layout.v1[name], !dirs.contains(mount + "/" + path) { dirs.append(mount + "/" + path) }
-        }
-        if let unified = layout.unified { dirs.append(unified + "/" + path) }
-        return dirs
+        layout.mountPoints.map { $0 + "/" + path }
     }
 
     /// Where `controller`'s files are: its v1 hierarchy, or cgroup2 when it is not on v1.
@@ -108,12 +105,29 @@ public struct Cgroup: Codable, Sendable, Equatable {
 
     public func create() throws {
         if let unified = layout.unified { try enableControllers(unifiedRoot: unified) }
-        for dir in directories {
-            do {
-                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            } catch {
-                throw GodwitError("cannot create cgroup \(dir): \(error.localizedDescription)",
-                                  hint: "cgroups need root and a writable cgroup filesystem")
+        for root in layout.mountPoints {
+            var dir = root
+            for component in path.split(separator: "/") {
+                dir += "/" + component
+                guard !FileManager.default.fileExists(atPath: dir) else { continue }
+                do {
+                    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+                } catch {
+                    throw GodwitError("cannot create cgroup \(dir): \(error.localizedDescription)",
+                                      hint: "cgroups need root and a writable cgroup filesystem")
+                }
+                try inheritCpuset(dir)
+            }
+        }
+    }
+
+    /// A new v1 cpuset starts with no CPUs and no memory nodes, so nothing could join it
+    /// (ENOSPC) unless the parent set clone_children: copy the parent's.
+    private func inheritCpuset(_ dir: String) throws {
+        let parent = (dir as NSString).deletingLastPathComponent
+        for file in ["cpuset.cpus", "cpuset.mems"] where FileManager.default.fileExists(atPath: dir + "/" + file) {
+            if (HostEnvironment.read(dir + "/" + file) ?? "").isEmpty, let value = HostEnvironment.read(parent + "/" + file) {
+                try write(value, to: dir + "/" + file)
             }
         }
     }
@@ -205,8 +219,16 @@ public struct Cgroup: Codable, Sendable, Equatable {
     }
 
     /// Removes the cgroup in every hierarchy; fine if it is already gone.
+    /// Removes the cgroup from every hierarchy, sub-cgroups first (a container may make
+    /// its own; CRIU's --manage-cgroups=full recreates them on restore).
     public func remove(timeout: TimeInterval = 5) throws {
-        for dir in directories {
+        func removeTree(_ dir: String) throws {
+            for child in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+                var isDirectory: ObjCBool = false
+                if FileManager.default.fileExists(atPath: dir + "/" + child, isDirectory: &isDirectory), isDirectory.boolValue {
+                    try removeTree(dir + "/" + child)
+                }
+            }
             var lastError: Int32 = 0
             // rmdir fails with EBUSY for a moment after the last process exited.
             let removed = poll(timeout: timeout) {
@@ -215,9 +237,10 @@ public struct Cgroup: Codable, Sendable, Equatable {
                 return false
             }
             if !removed {
-                throw GodwitError.errno("rmdir \(dir)", lastError, hint: "does it still hold processes or child cgroups?")
+                throw GodwitError.errno("rmdir \(dir)", lastError, hint: "does it still hold processes?")
             }
         }
+        for dir in directories { try removeTree(dir) }
     }
 
     public func file(_ name: String, of controller: String) throws -> String {

@@ -2,11 +2,9 @@ import Foundation
 import GodwitCore
 
 extension CgroupLayout {
-    /// The v1 controllers a lab host gets a directory in (what containers and CRIU use).
-    public static let labControllers = ["blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "memory", "pids"]
-
-    /// This host's hierarchies that a lab uses.
-    public static func lab() -> CgroupLayout { current().restricted(to: labControllers) }
+    /// A lab host gets a cgroup in every hierarchy, because its containers have one in each
+    /// (see Cgroup.directories) and must be found and removed by `lab down`.
+    public static func lab() -> CgroupLayout { current() }
 
     /// The directories named `name` directly under each hierarchy root.
     public func directories(named name: String) -> HostCgroups {

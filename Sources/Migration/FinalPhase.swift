@@ -269,7 +269,7 @@ public final class FinalPhase {
     private func rollback(dump: LazyDump?, client: PageServerClient?, restored: Bool) {
         if restored || destination.cgroup.exists {
             try? destination.cgroup.kill()
-            Self.removeEverywhere(destination.cgroup)
+            try? destination.cgroup.remove()
         }
         client?.abandon()
         if let dump {
@@ -289,38 +289,6 @@ public final class FinalPhase {
         }
         try? FileManager.default.removeItem(atPath: destination.restore.imagesDirectory)
         progress?("final phase rolled back: the source container runs on")
-    }
-
-    /// Removes a cgroup from every hierarchy, not only the ones Godwit uses: CRIU's
-    /// --manage-cgroups=full --cgroup-root creates it in all of them (cpuset, devices...).
-    public static func removeEverywhere(_ cgroup: Cgroup) {
-        func remove(_ dir: String) {
-            // Children first (a container may have made sub-cgroups; CRIU recreates them).
-            for child in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
-                var isDir: ObjCBool = false
-                if FileManager.default.fileExists(atPath: dir + "/" + child, isDirectory: &isDir), isDir.boolValue {
-                    remove(dir + "/" + child)
-                }
-            }
-            _ = poll(timeout: 2) { rmdir(dir) == 0 || errno == ENOENT }
-        }
-        for root in allHierarchyRoots() where FileManager.default.fileExists(atPath: root + "/" + cgroup.path) {
-            remove(root + "/" + cgroup.path)
-        }
-    }
-
-    /// Mount points of every cgroup hierarchy, named ones (name=systemd) included, which
-    /// CgroupLayout leaves out but CRIU populates.
-    public static func allHierarchyRoots() -> [String] {
-        var roots: [String] = []
-        for line in (HostEnvironment.read("/proc/self/mountinfo") ?? "").split(separator: "\n") {
-            let halves = line.components(separatedBy: " - ")
-            guard halves.count == 2 else { continue }
-            let fields = halves[0].split(separator: " "), type = halves[1].split(separator: " ").first
-            guard fields.count >= 5, fields[3] == "/", type == "cgroup" || type == "cgroup2" else { continue }
-            if !roots.contains(String(fields[4])) { roots.append(String(fields[4])) }
-        }
-        return roots
     }
 
     /// Copies the files of an images directory (flat); returns the bytes copied.

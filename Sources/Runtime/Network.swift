@@ -39,6 +39,9 @@ public struct Veth: Codable, Sendable, Equatable {
     /// Creates the pair with the peer born inside `pid`'s netns, then configures both ends.
     public func attach(initPID pid: pid_t, network: NetworkSpec, in host: NetworkNamespace) throws {
         let ip = try Command.resolve("ip")
+        // The previous incarnation's pair dies with its netns, asynchronously: right after a
+        // stop (or a CRIU dump) the old host end may still be there under the same name.
+        try remove(in: host)
         try Command.check(host.wrap([ip, "link", "add", hostName, "type", "veth", "peer", "name", Self.containerName,
                                      "address", mac.description, "netns", String(pid)]),
                           hint: "is `ip` (iproute2) installed, and is \(hostName) free?")

@@ -118,13 +118,14 @@ import Testing
             40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
             41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
             """
-        let found = try CgroupLayout.detect(mountinfo: mountinfo).restricted(to: CgroupLayout.labControllers)
+        let found = try CgroupLayout.detect(mountinfo: mountinfo)
         #expect(found.kind == .hybrid)
         #expect(found.v1 == ["cpu": "/sys/fs/cgroup/cpu,cpuacct", "cpuacct": "/sys/fs/cgroup/cpu,cpuacct",
-                             "cpuset": "/sys/fs/cgroup/cpuset", "freezer": "/sys/fs/cgroup/freezer"])
+                             "cpuset": "/sys/fs/cgroup/cpuset", "freezer": "/sys/fs/cgroup/freezer",
+                             "net_cls": "/sys/fs/cgroup/net_cls", "name=systemd": "/sys/fs/cgroup/systemd"])
         #expect(found.unified == "/sys/fs/cgroup/unified")
         #expect(found.mountPoints == ["/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/freezer",
-                                      "/sys/fs/cgroup/unified"])
+                                      "/sys/fs/cgroup/net_cls", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"])
     }
 
     @Test func pureV2Host() throws {

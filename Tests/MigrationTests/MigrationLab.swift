@@ -79,30 +79,12 @@ final class MigrationLab {
                           limits: ResourceLimits(memoryBytes: 512 << 20, pidsMax: 64))
     }
 
-    /// Starts the container and moves its processes into the source's own cgroup in
-    /// every other v1 hierarchy (cpuset, devices, blkio...), as on a lab host: CRIU dumps
-    /// the container's cgroup in each and restores it under --cgroup-root, and the root
-    /// cpuset's properties (cpu_exclusive=1) can't be given to a new cgroup.
+    /// Starts the container (the runtime gives it a cgroup in every hierarchy, which CRIU
+    /// needs to restore it under the destination's --cgroup-root).
     func start(_ spec: ContainerSpec) throws -> RunningContainer {
         let c = try runtime.start(spec)
         containers.append(c)
-        try moveIntoSourceCgroups(c)
         return c
-    }
-
-    /// Idempotent; call again once forked children exist.
-    func moveIntoSourceCgroups(_ c: RunningContainer) throws {
-        let used = Set(c.cgroup.directories.map { ($0 as NSString).deletingLastPathComponent })
-        let parent = "godwit-mig-src-" + suffix
-        try Self.makeCgroupParent(parent)
-        // Every v1 hierarchy, named ones (name=systemd) included: CRIU's full cgroup
-        // management copies the container's cgroup AND everything below it, which for a
-        // container sitting in a hierarchy's root would be the whole host tree.
-        for root in Self.v1Roots() where !used.contains(root + "/" + runtime.configuration.cgroupParent) {
-            for pid in ContainerProcesses.hostPIDs(cgroupDirectories: c.cgroup.directories) {
-                try c.cgroup.write(String(pid), to: root + "/" + parent + "/cgroup.procs")
-            }
-        }
     }
 
     func newStore() throws -> PageStore {
@@ -122,10 +104,9 @@ final class MigrationLab {
         for c in containers {
             let dst = destinationCgroup(for: c)
             try? dst.kill()
-            FinalPhase.removeEverywhere(dst)
+            try? dst.remove()
         }
-        FinalPhase.removeEverywhere(Cgroup(path: destinationCgroupParent, layout: runtime.cgroupLayout))
-        FinalPhase.removeEverywhere(Cgroup(path: "godwit-mig-src-" + suffix, layout: runtime.cgroupLayout))
+        try? Cgroup(path: destinationCgroupParent, layout: runtime.cgroupLayout).remove()
         try? runtime.cgroup(for: "").remove()
         for s in stores { s.destroy() }
         for ns in [sourceNetns, destinationNetns] { _ = try? Command.run(["ip", "netns", "del", ns]) }
@@ -136,27 +117,10 @@ final class MigrationLab {
         }
     }
 
-    /// The destination's cgroup parent in every v1 hierarchy. CRIU creates the container's
-    /// cgroup below it; a new v1 cpuset starts with no CPUs, so copy the root's.
+    /// The destination's cgroup parent in every hierarchy; CRIU creates the container's
+    /// cgroup below it.
     static func makeCgroupParent(_ name: String) throws {
-        let layout = try CgroupLayout.detect()
-        for root in v1Roots() {
-            let dir = root + "/" + name
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            if FileManager.default.fileExists(atPath: dir + "/cpuset.cpus") {
-                for file in ["cpuset.cpus", "cpuset.mems"] {
-                    try? Cgroup(path: name, layout: layout).write(HostEnvironment.read(root + "/" + file) ?? "", to: dir + "/" + file)
-                }
-            }
-        }
-        if let unified = layout.unified {
-            try FileManager.default.createDirectory(atPath: unified + "/" + name, withIntermediateDirectories: true)
-        }
-    }
-
-    static func v1Roots() -> [String] {
-        let unified = (try? CgroupLayout.detect())?.unified
-        return FinalPhase.allHierarchyRoots().filter { $0 != unified }
+        try Cgroup(path: name, layout: try CgroupLayout.detect()).create()
     }
 
     /// busybox + gwwriter.

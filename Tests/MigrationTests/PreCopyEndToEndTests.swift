@@ -58,7 +58,6 @@ struct PreCopyEndToEndTests {
         let container = try lab.start(try lab.spec("uffd", writer: ["128", "512", "16", "4000", "1"]))
         let rootfs = container.rootfs.path
         #expect(eventually(10) { MigrationLab.processes(of: container.cgroup).count == 2 })
-        try lab.moveIntoSourceCgroups(container)
         #expect(eventually(10) { MigrationLab.processes(of: container.cgroup).allSatisfy { MigrationLab.counter(rootfs: rootfs, nsPID: $0.nsPID) >= 3 } })
 
         var settings = ConvergenceSettings(goalPercent: 100, maxRounds: 4)
@@ -124,7 +123,6 @@ extension PreCopyEndToEndTests {
         let container = try lab.start(try lab.spec("sec", writer: ["16", "16", "8", "4000", "1", "1"]))
         let rootfs = container.rootfs.path
         #expect(eventually(10) { MigrationLab.processes(of: container.cgroup).count == 2 })
-        try lab.moveIntoSourceCgroups(container)
         #expect(eventually(10) { MigrationLab.processes(of: container.cgroup).allSatisfy { MigrationLab.counter(rootfs: rootfs, nsPID: $0.nsPID) >= 3 } })
         var settings = ConvergenceSettings(goalPercent: 100, maxRounds: 2)
         settings.autoConverge = false
@@ -168,7 +166,10 @@ extension PreCopyEndToEndTests {
         #expect(one.rounds.count == 1, "\(one.decisions)")
         let exhaustive = try rounds(busy, ["migration.incremental.memory": "true", "migration.incremental.memory.goal": "100",
                                            "migration.incremental.memory.iterations": "3"])
-        #expect(exhaustive.rounds.count == 3, "busy writer + goal 100: up to the limit: \(exhaustive.decisions)")
+        // goal 100 stops only at the limit or when nothing is dirty (a writer starved of CPU
+        // on a loaded machine may write nothing between two rounds).
+        #expect(exhaustive.rounds.count == 3 || (exhaustive.rounds.count >= 2 && exhaustive.rounds.last?.dirtyPages == 0),
+                "busy writer + goal 100: up to the limit: \(exhaustive.decisions)")
         let settles = try rounds(idle, ["migration.incremental.memory": "true", "migration.incremental.memory.goal": "100",
                                         "migration.incremental.memory.iterations": "10"])
         #expect(settles.rounds.count < 10 && settles.rounds.last?.dirtyPages == 0,

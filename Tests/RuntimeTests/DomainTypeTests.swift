@@ -47,13 +47,14 @@ import Testing
         let layout = try CgroupLayout.detect(mountinfo: mountinfo)
         #expect(layout.unified == "/sys/fs/cgroup/unified")
         #expect(layout.v1["cpuacct"] == "/sys/fs/cgroup/cpu,cpuacct")
-        #expect(layout.v1["name=systemd"] == nil)
+        // Named hierarchies count: a container must leave the host's root cgroup in each.
+        #expect(layout.v1["name=systemd"] == "/sys/fs/cgroup/systemd")
         let cgroup = Cgroup(path: "/godwit-LAB-h1/web/", layout: layout)
         #expect(cgroup.path == "godwit-LAB-h1/web")
         #expect(cgroup.directories == [
-            "/sys/fs/cgroup/memory/godwit-LAB-h1/web", "/sys/fs/cgroup/pids/godwit-LAB-h1/web",
             "/sys/fs/cgroup/cpu,cpuacct/godwit-LAB-h1/web", "/sys/fs/cgroup/freezer/godwit-LAB-h1/web",
-            "/sys/fs/cgroup/unified/godwit-LAB-h1/web",
+            "/sys/fs/cgroup/memory/godwit-LAB-h1/web", "/sys/fs/cgroup/pids/godwit-LAB-h1/web",
+            "/sys/fs/cgroup/systemd/godwit-LAB-h1/web", "/sys/fs/cgroup/unified/godwit-LAB-h1/web",
         ])
         #expect(cgroup.directory(for: "memory") == "/sys/fs/cgroup/memory/godwit-LAB-h1/web")
     }
