@@ -216,7 +216,9 @@ public final class ContainerRuntime: Sendable {
         try Command.run([configuration.spawnHelper] + execArguments(container, argv, environment: environment), input: input)
     }
 
-    private func execArguments(_ container: RunningContainer, _ argv: [String],
+    /// godwit-spawn arguments that run `argv` inside the container (the CLI runs them itself,
+    /// so stdio and the exit code pass straight through).
+    public func execArguments(_ container: RunningContainer, _ argv: [String],
                                environment: [String: String]?) throws -> [String] {
         guard container.initProcess.isAlive else {
             throw GodwitError("container \(container.name) is not running").with("pid", String(container.initPID))
