@@ -94,6 +94,7 @@ extension GodwitClient {
     /// `GET /1.0/events` as a stream of events (newline-delimited JSON).
     public func events(types: [EventType] = []) async throws -> AsyncThrowingStream<Event, any Error> {
         let query = types.isEmpty ? "" : "?type=" + types.map(\.rawValue).joined(separator: ",")
+        try checkReachable()
         let request = HTTPClientRequest(url: try url("/1.0/events" + query))
         let response: HTTPClientResponse
         do {

@@ -28,6 +28,7 @@ public struct GodwitClient: Sendable {
     /// "cannot reach godwitd" error, with how to start it.
     func send(_ method: Method, _ path: String, body: (any Encodable)? = nil,
               timeout: TimeAmount = .seconds(120)) async throws -> (status: Int, body: Data) {
+        try checkReachable()
         var request = HTTPClientRequest(url: try url(path))
         request.method = .init(rawValue: method.rawValue)
         if let body {
@@ -44,6 +45,34 @@ public struct GodwitClient: Sendable {
         return (Int(response.status.code), Data(data.readableBytesView))
     }
 
+    /// A plain connect() first: AsyncHTTPClient retries a refused connection until the
+    /// request's deadline, which for a missing daemon would mean minutes of silence.
+    func checkReachable() throws {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw GodwitError.errno("socket(AF_UNIX)") }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        guard socket.utf8.count < capacity else {
+            throw GodwitError("socket path too long (\(socket.utf8.count) bytes, at most \(capacity - 1)): \(socket)",
+                              hint: "use a shorter --dir")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: socket.utf8)
+            raw[socket.utf8.count] = 0
+        }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if result != 0 {
+            let code = errno
+            let reason = code == ENOENT ? "no socket" : code == ECONNREFUSED ? "connection refused, no daemon listening"
+                                                      : String(cString: strerror(code))
+            throw unreachable(reason)
+        }
+    }
+
     func url(_ path: String) throws -> String {
         guard let url = URL(httpURLWithSocketPath: socket, uri: path) else {
             throw GodwitError("cannot make a request URL for socket \(socket) and path \(path)")
@@ -51,9 +80,11 @@ public struct GodwitClient: Sendable {
         return url.absoluteString
     }
 
-    func unreachable(_ error: any Error) -> GodwitError {
+    func unreachable(_ error: any Error) -> GodwitError { unreachable(Self.describe(error)) }
+
+    func unreachable(_ reason: String) -> GodwitError {
         let stateDir = URL(fileURLWithPath: socket).deletingLastPathComponent().path
-        return GodwitError("cannot reach godwitd at \(socket) (\(Self.describe(error)))",
+        return GodwitError("cannot reach godwitd at \(socket) (\(reason))",
                            hint: "start it with `godwitd --state-dir \(stateDir) &` (or `godwit lab up` for lab hosts), or point --dir/GODWIT_DIR at the right state directory")
     }
 

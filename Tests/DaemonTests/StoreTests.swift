@@ -17,7 +17,10 @@ import Testing
         let b = try store.insertContainer(record("b"), addresses: plan)
         #expect(a.ipv4 == "10.0.0.2")
         #expect(b.ipv4 == "10.0.0.3")
-        #expect(try store.container("a") == a)
+        let fetched = try #require(try store.container("a"))
+        #expect(fetched.ipv4 == a.ipv4 && fetched.mac == a.mac && fetched.config == a.config)
+        // SQLite keeps dates to the millisecond.
+        #expect(abs(fetched.createdAt.timeIntervalSince(a.createdAt)) < 0.01)
         #expect(try store.containers().map(\.name) == ["a", "b"])
 
         try store.updateContainer("a") {
