@@ -16,26 +16,24 @@ public struct NetworkLease: Codable, Sendable, Equatable {
     }
 }
 
-/// Everything a driver needs to create or start one container. The daemon owns the paths
-/// (so it can read the console log and clean up without asking the driver).
+/// Everything a driver needs to create or start one container. The daemon chooses the
+/// container's directory (so it can clean up without asking the driver).
 public struct DriverSpec: Sendable, Equatable {
     public var name: String
     /// The image's unpacked rootfs; read-only for drivers (copy or overlay it).
     public var imageRootfs: URL
     /// STATE_DIR/containers/NAME: the driver's own files for this container live here.
     public var directory: URL
-    /// Where the init's stdout/stderr go (`godwit console --show-log`).
-    public var consoleLog: URL
     public var config: ContainerConfig
     /// nil when the daemon runs without --bridge/--subnet (no network namespace wiring).
     public var network: NetworkLease?
     /// Parent cgroup name under each hierarchy (`--cgroup-root`), nil for the default.
     public var cgroupParent: String?
 
-    public init(name: String, imageRootfs: URL, directory: URL, consoleLog: URL, config: ContainerConfig,
+    public init(name: String, imageRootfs: URL, directory: URL, config: ContainerConfig,
                 network: NetworkLease?, cgroupParent: String?) {
         self.name = name; self.imageRootfs = imageRootfs; self.directory = directory
-        self.consoleLog = consoleLog; self.config = config; self.network = network
+        self.config = config; self.network = network
         self.cgroupParent = cgroupParent
     }
 }
@@ -71,6 +69,9 @@ public protocol ContainerDriver: Sendable {
     func destroy(_ spec: DriverSpec) async throws
     /// Adoption after a daemon restart: whether `init` is still this container's init.
     func isAlive(_ spec: DriverSpec, init: ProcessIdentity) -> Bool
+    /// Where the init's stdout/stderr end up on the host (`godwit console --show-log`). The
+    /// driver decides: CRIU can only dump a log fd that lives inside the container's mounts.
+    func consoleLog(_ spec: DriverSpec) -> URL
 }
 
 /// The driver used when no runtime is compiled in: it refuses, with a reason, rather than
@@ -109,4 +110,5 @@ public struct UnavailableDriver: ContainerDriver {
     // Nothing was created, so there is nothing to remove.
     public func destroy(_ spec: DriverSpec) async throws {}
     public func isAlive(_ spec: DriverSpec, init: ProcessIdentity) -> Bool { false }
+    public func consoleLog(_ spec: DriverSpec) -> URL { spec.directory.appendingPathComponent("console.log") }
 }

@@ -45,7 +45,7 @@ public final class ContainerService: @unchecked Sendable {
         return DriverSpec(name: record.name,
                              imageRootfs: images.directory.appendingPathComponent(record.imageFingerprint)
                                  .appendingPathComponent("rootfs"),
-                             directory: directory, consoleLog: directory.appendingPathComponent("console.log"),
+                             directory: directory,
                              config: ContainerConfig(record.config), network: lease, cgroupParent: cgroupParent)
     }
 
@@ -252,8 +252,8 @@ public final class ContainerService: @unchecked Sendable {
 
     /// The init's output; only the tail when the log is large.
     public func console(_ name: String, maxBytes: Int = 1 << 20) throws -> ConsoleLog {
-        let spec = spec(try record(name))
-        guard let handle = FileHandle(forReadingAtPath: spec.consoleLog.path) else { return ConsoleLog(log: "") }
+        let log = driver.consoleLog(spec(try record(name)))
+        guard let handle = FileHandle(forReadingAtPath: log.path) else { return ConsoleLog(log: "") }
         defer { try? handle.close() }
         let size = (try? handle.seekToEnd()) ?? 0
         try handle.seek(toOffset: size > UInt64(maxBytes) ? size - UInt64(maxBytes) : 0)

@@ -83,10 +83,10 @@ public final class FakeDriver: ContainerDriver, @unchecked Sendable {
             return process
         }
         let line = "fake init \(what) as pid \(process.pid)\n"
-        if let handle = FileHandle(forWritingAtPath: spec.consoleLog.path) {
+        if let handle = FileHandle(forWritingAtPath: consoleLog(spec).path) {
             _ = try? handle.seekToEnd(); handle.write(Data(line.utf8)); try? handle.close()
         } else {
-            try? Data(line.utf8).write(to: spec.consoleLog)
+            try? Data(line.utf8).write(to: consoleLog(spec))
         }
         return process
     }
@@ -146,6 +146,8 @@ public final class FakeDriver: ContainerDriver, @unchecked Sendable {
         try step(.destroy, spec)
         mutate { $0.containers[spec.name] = nil }
     }
+
+    public func consoleLog(_ spec: DriverSpec) -> URL { spec.directory.appendingPathComponent("console.log") }
 
     public func isAlive(_ spec: DriverSpec, init process: ProcessIdentity) -> Bool {
         locked { $0.containers[spec.name]?.running == process }

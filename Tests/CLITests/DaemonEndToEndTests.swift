@@ -127,3 +127,66 @@ import Testing
         #expect(try godwit(["stop", "up"], dir: dir).status == 0)
     }
 }
+
+@Suite(.serialized) struct DaemonEventTests {
+    @Test func monitorStreamsLifecycleEvents() throws {
+        let state = try StateDir()
+        let daemon = try DaemonProcess(state: state)
+        defer { daemon.stop() }
+        let dir = state.path
+        #expect(try godwit(["launch", "busybox", "c1"], dir: dir).status == 0)
+
+        let output = state.url.appendingPathComponent("monitor.out")
+        FileManager.default.createFile(atPath: output.path, contents: nil)
+        let monitor = Process()
+        monitor.executableURL = URL(fileURLWithPath: Built.path("godwit"))
+        monitor.arguments = ["monitor", "--dir", dir, "--type", "lifecycle"]
+        monitor.standardOutput = try FileHandle(forWritingTo: output)
+        monitor.standardError = FileHandle.nullDevice
+        try monitor.run()
+        defer { if monitor.isRunning { kill(monitor.processIdentifier, SIGKILL); monitor.waitUntilExit() } }
+        func seen() -> String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
+
+        // Poke until the monitor shows it is subscribed (its connection races our requests).
+        let deadline = Date().addingTimeInterval(15)
+        while !seen().contains("container-updated") && Date() < deadline {
+            _ = try godwit(["config", "set", "c1", "limits.cpu", "1"], dir: dir)
+            usleep(200_000)
+        }
+        #expect(seen().contains("container-updated"))
+        #expect(try godwit(["stop", "c1"], dir: dir).status == 0)
+        #expect(try godwit(["delete", "c1"], dir: dir).status == 0)
+        let end = Date().addingTimeInterval(10)
+        while !seen().contains("container-deleted") && Date() < end { usleep(100_000) }
+        let lines = seen().split(separator: "\n")
+        let events = try lines.map { try APICoding.decoder().decode(Event.self, from: Data($0.utf8)) }
+        #expect(events.allSatisfy { $0.type == .lifecycle })
+        let actions = events.compactMap(\.metadata.action)
+        #expect(actions.contains("container-stopped") && actions.contains("container-deleted"), "\(actions)")
+        #expect(events.last?.metadata.source == "/1.0/containers/c1")
+
+        // The stream ends cleanly when the daemon shuts down.
+        #expect(daemon.stop() == 0)
+        let gone = Date().addingTimeInterval(10)
+        while monitor.isRunning && Date() < gone { usleep(100_000) }
+        #expect(!monitor.isRunning)
+    }
+
+    @Test func operationsCanBeListedShownAndWaitedFor() throws {
+        let state = try StateDir()
+        let daemon = try DaemonProcess(state: state)
+        defer { daemon.stop() }
+        let dir = state.path
+        #expect(try godwit(["launch", "busybox", "c1"], dir: dir).status == 0)
+        let list = try godwit(["operation", "list", "--format", "json"], dir: dir)
+        let operations = try APICoding.decoder().decode([OperationInfo].self, from: Data(list.stdout.utf8))
+        let launch = try #require(operations.first)
+        #expect(launch.status == .success && launch.description == "Launching container c1")
+        #expect(try godwit(["operation", "show", launch.id], dir: dir).stdout.contains("\"class\" : \"task\""))
+        #expect(try godwit(["operation", "wait", launch.id], dir: dir).status == 0)
+        let cancel = try godwit(["operation", "cancel", launch.id], dir: dir)
+        #expect(cancel.status != 0 && cancel.stderr.contains("already finished"))
+        let unknown = try godwit(["operation", "show", "nope"], dir: dir)
+        #expect(unknown.status != 0 && unknown.stderr.contains("operation 'nope' not found"))
+    }
+}
