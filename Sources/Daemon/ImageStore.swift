@@ -107,6 +107,7 @@ public actor ImageStore {
         try write(rootfs, "etc/hostname", "godwit\n")
         try write(rootfs, "etc/hosts", "127.0.0.1 localhost\n")
         try write(rootfs, "sbin/init", Self.initScript, mode: 0o755)
+        Self.makeDeviceNodes(rootfs.appendingPathComponent("dev"))
         for file in extraFiles {
             let target = rootfs.appendingPathComponent(file.destination)
             try fm.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
@@ -119,16 +120,28 @@ public actor ImageStore {
     /// PID 1 of a busybox container. It needs no tty and mounts nothing (the runtime mounts
     /// /proc), so CRIU can checkpoint it; SIGTERM (`godwit stop`) ends it cleanly, and
     /// `wait` also reaps orphans that the kernel reparents to it.
+    /// busybox sh opens /dev/null for every background job; `|| sleep 1` keeps a rootfs
+    /// without it from turning the loop into a busy spin that floods the console log.
     static let initScript = """
         #!/bin/sh
         trap 'echo "godwit-init: stopping"; exit 0' TERM INT PWR
         echo "godwit-init: $(hostname) started"
         while :; do
             sleep 3600 &
-            wait $!
+            wait $! || sleep 1
         done
 
         """
+
+    /// The few device nodes shells and programs expect, for runtimes that don't mount
+    /// their own /dev. Needs root (CAP_MKNOD); without it the image simply lacks them.
+    /// dev_t is (major << 8) | minor for numbers this small (glibc's makedev is a macro).
+    static func makeDeviceNodes(_ dev: URL) {
+        for (name, minor) in [("null", 3), ("zero", 5), ("random", 8), ("urandom", 9)] {
+            let path = dev.appendingPathComponent(name).path
+            if mknod(path, S_IFCHR | 0o666, dev_t(1 << 8 | minor)) == 0 { chmod(path, 0o666) }
+        }
+    }
 
     // MARK: importing tarballs
 

@@ -21,7 +21,7 @@ extension ContainerService {
                 if let initProcess = record.initProcess, driver.isAlive(spec, init: initProcess) {
                     adopted.append(record.name)
                 } else {
-                    markStopped(record.name, reason: "its init exited while godwitd was not running")
+                    markStopped(record.name, ifStill: record.initProcess, reason: "its init exited while godwitd was not running")
                     stopped.append(record.name)
                 }
             case .stopped:
@@ -38,17 +38,22 @@ extension ContainerService {
         for record in records where record.status.hasProcess && !isBusy(record.name) {
             guard let initProcess = record.initProcess else { continue }
             if !driver.isAlive(spec(record), init: initProcess) {
-                markStopped(record.name, reason: "its init process \(initProcess.pid) exited")
+                markStopped(record.name, ifStill: initProcess, reason: "its init process \(initProcess.pid) exited")
             }
         }
     }
 
-    func markStopped(_ name: String, reason: String) {
+    /// Only if the record still names the init that was found dead: an operation may have
+    /// started a new one since the record was read.
+    func markStopped(_ name: String, ifStill initProcess: ProcessIdentity?, reason: String) {
+        var changed = false
         _ = try? store.updateContainer(name) {
+            guard $0.status.hasProcess, $0.initProcess == initProcess else { return }
             $0.status = .stopped
             $0.initProcess = nil
+            changed = true
         }
-        events.lifecycle("container-stopped", container: name, context: ["reason": reason])
+        if changed { events.lifecycle("container-stopped", container: name, context: ["reason": reason]) }
     }
 }
 

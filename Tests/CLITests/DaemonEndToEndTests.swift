@@ -190,3 +190,51 @@ import Testing
         #expect(unknown.status != 0 && unknown.stderr.contains("operation 'nope' not found"))
     }
 }
+
+@Suite(.serialized) struct DaemonOptionTests {
+    @Test func badOptionsAreRefusedClearly() throws {
+        let state = try StateDir()
+        for (arguments, message) in [
+            (["--subnet", "10.0.0.0/24"], "--bridge and --subnet go together"),
+            (["--bridge", "br0", "--subnet", "10.0.0.5/24"], "host bits are set"),
+            (["--bridge", "br0", "--subnet", "10.0.0.0/24", "--gateway", "nonsense"], "invalid gateway address"),
+        ] {
+            let daemon = try DaemonProcess(state: state, extraArguments: arguments, waitForSocket: false)
+            #expect(daemon.waitForExit() == 1, "\(arguments)")
+            #expect(daemon.logText.contains("error: ") && daemon.logText.contains(message), "\(daemon.logText)")
+        }
+        // The fake driver needs its environment variable too, so it can't be chosen by accident.
+        var environment = ProcessInfo.processInfo.environment
+        environment["GODWIT_TESTING_FAKE_DRIVER"] = nil
+        let result = try Command.run([Built.path("godwitd"), "--state-dir", state.path, "--testing-fake-driver", "/tmp/x"],
+                                     environment: environment)
+        #expect(result.status == 1 && result.stderr.contains("--testing-fake-driver is for Godwit's own tests"))
+    }
+
+    @Test func imagesImportListAndDelete() throws {
+        let state = try StateDir()
+        let daemon = try DaemonProcess(state: state)
+        defer { daemon.stop() }
+        let dir = state.path
+        let rootfs = state.url.appendingPathComponent("src")
+        try FileManager.default.createDirectory(at: rootfs.appendingPathComponent("sbin"), withIntermediateDirectories: true)
+        try Data("#!/bin/sh\n".utf8).write(to: rootfs.appendingPathComponent("sbin/init"))
+        let tarball = state.url.appendingPathComponent("img.tar.gz").path
+        try Command.check(["tar", "-C", rootfs.path, "-czf", tarball, "."])
+
+        let imported = try godwit(["image", "import", tarball, "--alias", "tiny"], dir: dir)
+        #expect(imported.status == 0, "\(imported.stderr)")
+        #expect(try godwit(["image", "list"], dir: dir).stdout.contains("tiny"))
+        let again = try godwit(["image", "import", tarball, "--alias", "tiny"], dir: dir)
+        #expect(again.status != 0 && again.stderr.contains("image alias 'tiny' already exists"))
+        let missing = try godwit(["image", "import", "/nonexistent.tar", "--alias", "x"], dir: dir)
+        #expect(missing.status != 0 && missing.stderr.contains("no such file"))
+
+        #expect(try godwit(["launch", "tiny", "c1"], dir: dir).status == 0)
+        let inUse = try godwit(["image", "delete", "tiny"], dir: dir)
+        #expect(inUse.status != 0 && inUse.stderr.contains("image 'tiny' is used by c1"))
+        #expect(try godwit(["delete", "--force", "c1"], dir: dir).status == 0)
+        #expect(try godwit(["image", "delete", "tiny"], dir: dir).status == 0)
+        #expect(!(try godwit(["image", "list"], dir: dir).stdout.contains("tiny")))
+    }
+}
