@@ -74,7 +74,12 @@ let package = Package(
         .testTarget(name: "LabTests", dependencies: ["Lab", "GodwitCore"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "GodwitCore"]),
         .testTarget(name: "CLITests", dependencies: ["GodwitCore", "API"]),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "API", "GodwitCore"]),
+        .testTarget(
+            name: "DaemonTests",
+            dependencies: [
+                "Daemon", "API", "GodwitCore",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]),
         .testTarget(name: "APITests", dependencies: ["API", "GodwitCore"]),
     ],
     swiftLanguageModes: [.v5]
