@@ -16,16 +16,18 @@ public final class ContainerService: @unchecked Sendable {
     /// STATE_DIR/containers
     let containersDirectory: URL
     /// How long a clean stop waits before SIGKILL when the request says -1.
-    public var defaultStopTimeout: Duration = .seconds(30)
+    public let defaultStopTimeout: Duration
 
     private let lock = NSLock()
     private var busy: [String: String] = [:]
 
     public init(store: Store, images: ImageStore, driver: any ContainerDriver, operations: OperationManager,
-                events: EventBus, addresses: AddressPlan?, cgroupParent: String?, containersDirectory: URL) {
+                events: EventBus, addresses: AddressPlan?, cgroupParent: String?, containersDirectory: URL,
+                defaultStopTimeout: Duration = .seconds(30)) {
         self.store = store; self.images = images; self.driver = driver; self.operations = operations
         self.events = events; self.addresses = addresses; self.cgroupParent = cgroupParent
         self.containersDirectory = containersDirectory
+        self.defaultStopTimeout = defaultStopTimeout
     }
 
     // MARK: reading

@@ -32,8 +32,18 @@ public final class FakeDriver: ContainerDriver, @unchecked Sendable {
     private let lock = NSLock()
     private var state = State()
     private let persistence: URL?
-    public var failing: Set<Step> = []
-    public var delay: Duration = .zero
+    private var _failing: Set<Step> = []
+    private var _delay: Duration = .zero
+    /// Steps that throw instead of acting.
+    public var failing: Set<Step> {
+        get { lock.withLock { _failing } }
+        set { lock.withLock { _failing = newValue } }
+    }
+    /// How long start and restore take.
+    public var delay: Duration {
+        get { lock.withLock { _delay } }
+        set { lock.withLock { _delay = newValue } }
+    }
 
     public init(persistence: URL? = nil) {
         self.persistence = persistence
