@@ -19,7 +19,7 @@ import Testing
         let program = extraSource.url.appendingPathComponent("memtouch")
         try Data("#!/bin/sh\necho memtouch ran\n".utf8).write(to: program)
         let (dir, rootfs) = try await buildImage(extra: [ImageExtraFile(source: program.path, destination: "usr/bin/memtouch")])
-        _ = dir
+        defer { withExtendedLifetime((dir, extraSource)) {} }
         for path in ["bin/busybox", "sbin/init", "usr/bin/memtouch"] {
             #expect(FileManager.default.isExecutableFile(atPath: rootfs.appendingPathComponent(path).path), "\(path)")
         }
@@ -38,6 +38,7 @@ import Testing
     @Test func initRunsWithoutATtyAndStopsOnSIGTERM() async throws {
         guard HostEnvironment.isRoot else { return }
         let (dir, rootfs) = try await buildImage()
+        defer { withExtendedLifetime(dir) {} }
         let log = dir.url.appendingPathComponent("init.log").path
         // The init runs in its own session (its orphaned `sleep` too, so one kill of the
         // process group cleans up). perl first unblocks all signals: Foundation's Process
@@ -68,14 +69,16 @@ import Testing
     }
 
     @Test func theFingerprintFollowsTheContents() async throws {
-        let (_, a) = try await buildImage()
-        let (_, b) = try await buildImage()
+        let (dirA, a) = try await buildImage()
+        let (dirB, b) = try await buildImage()
+        defer { withExtendedLifetime((dirA, dirB)) {} }
         // Same busybox, same recipe: same fingerprint (the directory name).
         #expect(a.deletingLastPathComponent().lastPathComponent == b.deletingLastPathComponent().lastPathComponent)
         let extraSource = try TempDir("extra")
         let file = extraSource.url.appendingPathComponent("x")
         try Data("x".utf8).write(to: file)
-        let (_, c) = try await buildImage(extra: [ImageExtraFile(source: file.path, destination: "usr/bin/x")])
+        let (dirC, c) = try await buildImage(extra: [ImageExtraFile(source: file.path, destination: "usr/bin/x")])
         #expect(a.deletingLastPathComponent().lastPathComponent != c.deletingLastPathComponent().lastPathComponent)
+        withExtendedLifetime((dirC, extraSource)) {}
     }
 }

@@ -192,6 +192,7 @@ import Testing
         try FileManager.default.createDirectory(at: source.url.appendingPathComponent("bin"), withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: source.url.appendingPathComponent("bin/sh").path, withDestinationPath: "busybox")
         let tarball = try TempDir("tar")
+        defer { withExtendedLifetime((source, tarball)) {} }
         let path = tarball.url.appendingPathComponent("rootfs.tar.gz").path
         try Command.check(["tar", "-C", source.url.path, "-czf", path, "."])
         let record = try await h.context.images.importTarball(path, alias: "mine", progress: nil)

@@ -64,6 +64,8 @@ import Testing
 
     @Test func interruptedOperationsFailOnRestart() throws {
         let dir = try TempDir()
+        // Keep the directory until the end: Swift may end a value's lifetime at its last use.
+        defer { withExtendedLifetime(dir) {} }
         let path = dir.url.appendingPathComponent("godwit.db").path
         let now = Date()
         do {
