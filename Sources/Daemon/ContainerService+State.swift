@@ -16,7 +16,7 @@ extension ContainerService {
         let timeout = put.timeout < 0 ? defaultStopTimeout : .seconds(put.timeout)
         switch put.action {
         case .start:
-            guard record.status == .stopped else { throw wrongState("it is already running; `godwit restart \(name)` restarts it") }
+            guard record.status == .stopped else { throw wrongState("`godwit restart \(name)` restarts it") }
             return try operation("Starting", container: name) { handle in try await self.startWork(name, handle) }
         case .stop:
             guard record.status.hasProcess else { throw wrongState("it is not running") }

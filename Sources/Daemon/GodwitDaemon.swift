@@ -104,7 +104,8 @@ public enum GodwitDaemon {
         try context.operations.failInterrupted()
         try store.pruneOperations(olderThan: Date().addingTimeInterval(-7 * 86400))
         let adoption = try await context.containers.adopt()
-        logger.info("adopted running containers: \(adoption.adopted.joined(separator: ", ")); marked stopped: \(adoption.stopped.joined(separator: ", ")); removed half-created: \(adoption.removed.joined(separator: ", "))")
+        func names(_ list: [String]) -> String { list.isEmpty ? "none" : list.joined(separator: ", ") }
+        logger.info("adopted running containers: \(names(adoption.adopted)); found stopped: \(names(adoption.stopped)); removed half-created: \(names(adoption.removed))")
 
         let socket = options.socket.path
         let app = Application(
