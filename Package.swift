@@ -5,6 +5,8 @@ import PackageDescription
 //   CGodwit      C shim: syscalls and kernel structs Swift can't reach (uffd, PAGEMAP_SCAN, ptrace, pidfd)
 //   GodwitCore   errors with context, subprocess runner, paths, JSON output
 //   API          what CLI and daemons exchange: container config keys, names, requests
+//   Daemon       godwitd's library: state store, operations, events, images, REST routes
+//   Client       the CLI's side of the REST API over the daemon's unix socket
 //   Checkpoint   the only module that knows CRIU (binary, flags, images, logs)
 //   Memory       dirty tracking (uffd-wp + PAGEMAP_SCAN, soft-dirty, hashing), page reading
 //   HostCheck    what this host supports, and which migration strategies follow from it
@@ -22,6 +24,12 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
     ],
     targets: [
         .target(name: "CGodwit"),
@@ -34,20 +42,47 @@ let package = Package(
         .target(name: "Lab", dependencies: ["GodwitCore"]),
         .target(name: "Runtime", dependencies: ["CGodwit", "GodwitCore"]),
         .target(name: "Migration", dependencies: ["GodwitCore", "API", "Checkpoint", "Memory", "Runtime", "HostCheck"]),
+        .target(
+            name: "Daemon",
+            dependencies: [
+                "API", "GodwitCore", "Runtime", "Checkpoint", "HostCheck",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]),
+        .target(
+            name: "Client",
+            dependencies: [
+                "API", "GodwitCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]),
         .executableTarget(name: "godwit-spawn"),
         .executableTarget(
             name: "godwit",
             dependencies: [
-                "GodwitCore", "API", "Checkpoint", "HostCheck", "Lab", "Runtime", "Memory",
+                "GodwitCore", "API", "Client", "Checkpoint", "HostCheck", "Lab", "Runtime", "Memory",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
-        .executableTarget(name: "godwitd", dependencies: ["GodwitCore", "HostCheck", "Runtime", "Checkpoint"]),
+        .executableTarget(
+            name: "godwitd",
+            dependencies: [
+                "GodwitCore", "Daemon", "HostCheck", "Runtime", "Checkpoint",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
         .testTarget(name: "GodwitCoreTests", dependencies: ["GodwitCore"]),
         .testTarget(name: "MemoryTests", dependencies: ["Memory", "CGodwit", "GodwitCore"]),
         .testTarget(name: "HostCheckTests", dependencies: ["HostCheck", "Checkpoint", "GodwitCore"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "GodwitCore"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Checkpoint", "GodwitCore"]),
-        .testTarget(name: "CLITests", dependencies: ["GodwitCore"]),
+        .testTarget(name: "CLITests", dependencies: ["GodwitCore", "API"]),
+        .testTarget(
+            name: "DaemonTests",
+            dependencies: [
+                "Daemon", "API", "GodwitCore",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]),
         .testTarget(name: "APITests", dependencies: ["API", "GodwitCore"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "GodwitCore"]),
         .testTarget(name: "WorkloadTests", dependencies: ["GodwitCore"]),

@@ -1,0 +1,145 @@
+import API
+import Foundation
+import GodwitCore
+import Hummingbird
+import Logging
+import ServiceLifecycle
+
+/// godwitd's settings (its command-line options).
+public struct DaemonOptions: Sendable {
+    public var stateDir: URL
+    public var socket: URL
+    public var hostName: String
+    public var bridge: String?
+    public var subnet: String?
+    public var gateway: String?
+    public var cgroupRoot: String?
+    public var criu: String?
+    public var busyboxExtraFiles: [ImageExtraFile] = []
+
+    public init(stateDir: URL, socket: URL? = nil, hostName: String? = nil) {
+        self.stateDir = stateDir
+        self.socket = socket ?? stateDir.appendingPathComponent("unix.socket")
+        self.hostName = hostName ?? ProcessInfo.processInfo.hostName
+    }
+
+    /// The bridge, subnet and gateway together, or nil when containers get no network.
+    public func addressPlan() throws -> AddressPlan? {
+        switch (bridge, subnet) {
+        case (nil, nil):
+            if gateway != nil { throw GodwitError("--gateway needs --bridge and --subnet") }
+            return nil
+        case (let bridge?, let subnet?):
+            var gatewayAddress: IPv4?
+            if let gateway {
+                guard let parsed = IPv4(gateway) else { throw GodwitError("invalid gateway address '\(gateway)'") }
+                gatewayAddress = parsed
+            }
+            return try AddressPlan(bridge: bridge, subnet: try Subnet(subnet), gateway: gatewayAddress)
+        default:
+            throw GodwitError("--bridge and --subnet go together",
+                              hint: "e.g. --bridge br0 --subnet 10.77.1.0/24 [--gateway 10.77.0.1]")
+        }
+    }
+}
+
+/// Everything the routes need, built once at start.
+public struct DaemonContext: Sendable {
+    public let options: DaemonOptions
+    public let store: Store
+    public let events: EventBus
+    public let operations: OperationManager
+    public let images: ImageStore
+    public let containers: ContainerService
+    public let driver: any ContainerDriver
+    public let startedAt: Date
+
+    public init(options: DaemonOptions, store: Store, driver: any ContainerDriver) throws {
+        self.options = options
+        self.store = store
+        self.driver = driver
+        events = EventBus()
+        operations = OperationManager(store: store, events: events)
+        images = ImageStore(directory: options.stateDir.appendingPathComponent("images"), store: store,
+                            extraFiles: options.busyboxExtraFiles)
+        containers = ContainerService(store: store, images: images, driver: driver, operations: operations,
+                                      events: events, addresses: try options.addressPlan(),
+                                      cgroupParent: options.cgroupRoot,
+                                      containersDirectory: options.stateDir.appendingPathComponent("containers"))
+        startedAt = Date()
+    }
+
+    public func serverInfo() -> ServerInfo {
+        ServerInfo(version: GodwitVersion.current, hostName: options.hostName, stateDir: options.stateDir.path,
+                   socket: options.socket.path, pid: getpid(), driver: driver.kind, bridge: options.bridge,
+                   subnet: options.subnet, gateway: options.gateway, cgroupRoot: options.cgroupRoot,
+                   criu: options.criu, startedAt: startedAt)
+    }
+}
+
+/// The daemon's life: lock the state dir, adopt containers, serve until SIGTERM/SIGINT.
+/// Shutdown never stops containers: they keep running and the next daemon adopts them.
+public enum GodwitDaemon {
+    public static func run(_ options: DaemonOptions, driver: any ContainerDriver) async throws {
+        var log = Logger(label: "godwitd")
+        log.logLevel = .info
+        let logger = log
+        let fm = FileManager.default
+        for dir in [options.stateDir, options.stateDir.appendingPathComponent("images"),
+                    options.stateDir.appendingPathComponent("containers")] {
+            do {
+                try fm.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
+            } catch {
+                throw GodwitError("cannot create \(dir.path): \(error.localizedDescription)",
+                                  hint: "run godwitd as root or choose a writable --state-dir")
+            }
+        }
+        // Before binding: Hummingbird removes an existing socket file, which must never be
+        // a running daemon's.
+        let lock = try DaemonLock(stateDir: options.stateDir)
+        defer { lock.release() }
+        try ChildReaper.becomeSubreaper()
+        let store = try Store(path: options.stateDir.appendingPathComponent("godwit.db").path)
+        let context = try DaemonContext(options: options, store: store, driver: driver)
+        try context.operations.failInterrupted()
+        try store.pruneOperations(olderThan: Date().addingTimeInterval(-7 * 86400))
+        let adoption = try await context.containers.adopt()
+        func names(_ list: [String]) -> String { list.isEmpty ? "none" : list.joined(separator: ", ") }
+        logger.info("adopted running containers: \(names(adoption.adopted)); found stopped: \(names(adoption.stopped)); removed half-created: \(names(adoption.removed))")
+
+        let socket = options.socket.path
+        let app = Application(
+            router: APIRoutes(daemon: context).router(),
+            configuration: .init(address: .unixDomainSocket(path: socket), serverName: "godwitd"),
+            onServerRunning: { _ in
+                // Root only: the API can run anything in any container.
+                chmod(socket, 0o600)
+                logger.info("godwitd \(GodwitVersion.current) ready on \(socket) (driver \(driver.kind))")
+            },
+            logger: logger)
+        // Services shut down in reverse order: the supervisor first, which closes the event
+        // streams so the HTTP server's graceful shutdown doesn't wait on them forever.
+        let group = ServiceGroup(configuration: .init(
+            services: [app, Supervisor(containers: context.containers, events: context.events)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        try? fm.removeItem(atPath: socket)
+        logger.info("godwitd stopped; containers keep running")
+    }
+}
+
+/// Reaps orphans and notices containers whose init died, once a second.
+struct Supervisor: Service {
+    let containers: ContainerService
+    let events: EventBus
+
+    func run() async throws {
+        let reaper = ChildReaper()
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            reaper.reap()
+            containers.checkLiveness()
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
+        }
+        events.close()
+    }
+}

@@ -1,0 +1,103 @@
+import Foundation
+import GodwitCore
+
+/// An IPv4 address as a number, so subnets are arithmetic.
+public struct IPv4: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var value: UInt32
+
+    public init(_ value: UInt32) { self.value = value }
+
+    public init?(_ text: String) {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        var value: UInt32 = 0
+        for part in parts {
+            guard !part.isEmpty, part.count <= 3, let octet = UInt8(part) else { return nil }
+            value = value << 8 | UInt32(octet)
+        }
+        self.value = value
+    }
+
+    public var description: String {
+        [24, 16, 8, 0].map { String((value >> UInt32($0)) & 0xff) }.joined(separator: ".")
+    }
+
+    public static func < (a: IPv4, b: IPv4) -> Bool { a.value < b.value }
+}
+
+/// The container subnet given with `--subnet 10.77.1.0/24`.
+public struct Subnet: Sendable, Equatable, CustomStringConvertible {
+    public var network: IPv4
+    public var prefixLength: Int
+
+    public init(_ text: String) throws {
+        let parts = text.split(separator: "/")
+        guard parts.count == 2, let address = IPv4(String(parts[0])), let length = Int(parts[1]),
+              (8...30).contains(length) else {
+            throw GodwitError("invalid subnet '\(text)'", hint: "use CIDR notation with a prefix of 8-30, e.g. 10.77.1.0/24")
+        }
+        let mask: UInt32 = length == 0 ? 0 : ~UInt32(0) << UInt32(32 - length)
+        guard address.value & mask == address.value else {
+            throw GodwitError("invalid subnet '\(text)': host bits are set",
+                              hint: "did you mean \(IPv4(address.value & mask))/\(length)?")
+        }
+        network = address
+        prefixLength = length
+    }
+
+    var mask: UInt32 { ~UInt32(0) << UInt32(32 - prefixLength) }
+    public var broadcast: IPv4 { IPv4(network.value | ~mask) }
+    public func contains(_ address: IPv4) -> Bool { address.value & mask == network.value }
+    public var description: String { "\(network)/\(prefixLength)" }
+}
+
+/// Chooses container addresses. Leases are persisted as the containers' ipv4 column, so
+/// "free" means "not held by any container row"; the database's UNIQUE constraint settles
+/// races between two launches.
+public struct AddressPlan: Sendable {
+    public var bridge: String
+    public var subnet: Subnet
+    /// The host's address on the bridge (the containers' default route); never leased.
+    public var gateway: IPv4?
+
+    public init(bridge: String, subnet: Subnet, gateway: IPv4?) throws {
+        if let gateway, !subnet.contains(gateway) {
+            // A gateway outside the container subnet is allowed (the lab puts the host in a
+            // wider fabric subnet) as long as it is a unicast address.
+            guard gateway.value != 0 else { throw GodwitError("invalid gateway 0.0.0.0") }
+        }
+        self.bridge = bridge; self.subnet = subnet; self.gateway = gateway
+    }
+
+    /// The lowest free host address, skipping the network, broadcast and gateway addresses.
+    public func nextFree(excluding used: Set<IPv4>) throws -> IPv4 {
+        var candidate = subnet.network.value &+ 1
+        while candidate < subnet.broadcast.value {
+            let address = IPv4(candidate)
+            if address != gateway, !used.contains(address) { return address }
+            candidate += 1
+        }
+        throw GodwitError("no free address left in \(subnet)",
+                          hint: "delete unused containers or give godwitd a larger --subnet")
+    }
+
+    public func lease(_ address: IPv4, mac: String) -> NetworkLease {
+        NetworkLease(bridge: bridge, address: address.description, prefixLength: subnet.prefixLength,
+                     gateway: gateway?.description, mac: mac)
+    }
+}
+
+public enum StableMAC {
+    /// A stable, locally administered unicast MAC (02:...) from the name, so a container
+    /// keeps its MAC across restarts and migrations without storing anything extra.
+    public static func forContainer(_ name: String) -> String {
+        // FNV-1a: Swift's Hasher is seeded per process, and the MAC must not change.
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in name.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x0000_0100_0000_01b3
+        }
+        let bytes = (0..<5).map { UInt8(truncatingIfNeeded: hash >> UInt64($0 * 8)) }
+        return (["02"] + bytes.map { String(format: "%02x", $0) }).joined(separator: ":")
+    }
+}

@@ -1,0 +1,142 @@
+import API
+import Checkpoint
+import Foundation
+import GodwitCore
+import Runtime
+
+/// The real ContainerDriver: namespaces, cgroups and veths through Runtime (godwit-spawn),
+/// stateful stop/start through the Checkpoint module's CRIU engine.
+public final class RuntimeDriver: ContainerDriver, @unchecked Sendable {
+    public let kind = "runtime"
+    let runtime: ContainerRuntime
+    let criuSetting: String?
+
+    /// The init every image provides (the busybox image's /sbin/init; imported images bring theirs).
+    static let initCommand = ["/sbin/init"]
+
+    public init(stateDirectory: URL, cgroupParent: String?, criu: String?) throws {
+        runtime = try ContainerRuntime(RuntimeConfiguration(
+            stateRoot: stateDirectory.appendingPathComponent("containers").path,
+            cgroupParent: cgroupParent ?? "godwit"))
+        criuSetting = criu
+    }
+
+    func containerSpec(_ spec: DriverSpec) throws -> ContainerSpec {
+        let network = try spec.network.map { lease in
+            NetworkSpec(bridge: lease.bridge, address: try IPv4Interface("\(lease.address)/\(lease.prefixLength)"),
+                        gateway: try lease.gateway.map { try IPv4Address($0) }, mac: try MACAddress(lease.mac))
+        }
+        let limits = ResourceLimits(memoryBytes: spec.config.memoryLimit, pidsMax: spec.config.processLimit,
+                                    cpuQuota: spec.config.cpuLimit)
+        return try ContainerSpec(name: spec.name, image: spec.imageRootfs.path, initCommand: Self.initCommand,
+                                 environment: spec.config.environment, network: network, limits: limits)
+    }
+
+    /// Blocking host work (godwit-spawn, CRIU, cgroup polling) runs off the cooperative pool.
+    private func blocking<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global().async { continuation.resume(with: Result { try work() }) }
+        }
+    }
+
+    private func running(_ spec: DriverSpec, _ initProcess: ProcessIdentity) throws -> RunningContainer {
+        let container = try runtime.adopt(name: spec.name)
+        guard container.initPID == initProcess.pid else {
+            throw GodwitError("container \(spec.name) runs as pid \(container.initPID), the daemon recorded \(initProcess.pid)")
+        }
+        return container
+    }
+
+    public func create(_ spec: DriverSpec) async throws {
+        let cspec = try containerSpec(spec)
+        try await blocking { [runtime] in
+            try FileManager.default.createDirectory(atPath: runtime.directory(for: cspec.name), withIntermediateDirectories: true)
+            try runtime.rootfs(for: cspec).prepare()
+        }
+    }
+
+    public func start(_ spec: DriverSpec) async throws -> ProcessIdentity {
+        let cspec = try containerSpec(spec)
+        let container = try await blocking { [runtime] in try runtime.start(cspec) }
+        return container.initProcess
+    }
+
+    public func stop(_ spec: DriverSpec, init initProcess: ProcessIdentity, timeout: Duration, force: Bool) async throws {
+        let container = try running(spec, initProcess)
+        let seconds = force ? 0 : Double(timeout.components.seconds)
+        try await blocking { [runtime] in try runtime.stop(container, timeout: seconds) }
+    }
+
+    public func freeze(_ spec: DriverSpec, init initProcess: ProcessIdentity) async throws {
+        let cgroup = runtime.cgroup(for: spec.name)
+        try await blocking { try cgroup.freeze() }
+    }
+
+    public func unfreeze(_ spec: DriverSpec, init initProcess: ProcessIdentity) async throws {
+        let cgroup = runtime.cgroup(for: spec.name)
+        try await blocking { try cgroup.thaw() }
+    }
+
+    public func checkpoint(_ spec: DriverSpec, init initProcess: ProcessIdentity, to directory: URL) async throws {
+        let container = try running(spec, initProcess)
+        let criu = try CRIU.locate(setting: criuSetting)
+        var options = DumpOptions(pid: container.initPID, imagesDirectory: directory.path)
+        options.freezerCgroup = container.cgroup.layout.v1["freezer"].map { $0 + "/" + container.cgroup.path }
+            ?? container.cgroup.layout.unified.map { $0 + "/" + container.cgroup.path }
+        try await blocking { [runtime] in
+            _ = try criu.dump(options)
+            // The dump killed the tasks; what stopping leaves (orphans, the veth) goes too.
+            try runtime.stop(container, timeout: 0)
+        }
+    }
+
+    public func restore(_ spec: DriverSpec, from directory: URL) async throws -> ProcessIdentity {
+        let cspec = try containerSpec(spec)
+        let criu = try CRIU.locate(setting: criuSetting)
+        let restored = try await blocking { [runtime] () throws -> RunningContainer in
+            let rootfs = runtime.rootfs(for: cspec)
+            try rootfs.prepare()
+            let cgroup = runtime.cgroup(for: cspec.name)
+            try cgroup.create()
+            var options = RestoreOptions(imagesDirectory: directory.path, rootfs: rootfs.path,
+                                         pidFile: directory.appendingPathComponent("restore.pid").path)
+            if let network = cspec.network, let veth = runtime.veth(for: cspec) {
+                try veth.remove(in: runtime.configuration.hostNetwork)
+                options.veths = [VethMapping(containerInterface: Veth.containerName, hostInterface: veth.hostName,
+                                             bridge: network.bridge)]
+            }
+            let (pid, _) = try criu.restore(options)
+            try cgroup.apply(cspec.limits)
+            return try runtime.adopt(spec: cspec, initPID: pid)
+        }
+        return restored.initProcess
+    }
+
+    public func reconfigure(_ spec: DriverSpec, init initProcess: ProcessIdentity?) async throws {
+        guard initProcess != nil else { return }
+        let cspec = try containerSpec(spec)
+        try runtime.cgroup(for: spec.name).apply(cspec.limits)
+    }
+
+    public func execPlan(_ spec: DriverSpec, init initProcess: ProcessIdentity, command: [String],
+                         environment: [String: String]) throws -> ExecPlan {
+        let container = try running(spec, initProcess)
+        var env = container.spec.environment
+        env.merge(environment) { _, new in new }
+        let args = try runtime.execArguments(container, command, environment: env)
+        return ExecPlan(argv: [runtime.configuration.spawnHelper] + args, environment: env, pid: container.initPID)
+    }
+
+    public func destroy(_ spec: DriverSpec) async throws {
+        try await blocking { [runtime] in try runtime.destroy(name: spec.name) }
+    }
+
+    public func isAlive(_ spec: DriverSpec, init initProcess: ProcessIdentity) -> Bool {
+        guard let container = try? runtime.adopt(name: spec.name) else { return false }
+        return container.initProcess == initProcess
+    }
+
+    public func consoleLog(_ spec: DriverSpec) -> URL {
+        URL(fileURLWithPath: runtime.directory(for: spec.name) + "/rootfs" + ContainerRuntime.consolePath)
+    }
+}

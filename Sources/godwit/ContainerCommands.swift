@@ -1,0 +1,186 @@
+import API
+import ArgumentParser
+import Client
+import Foundation
+import GodwitCore
+
+struct LaunchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "launch", abstract: "Create and start a container from an image.")
+
+    @OptionGroup var daemon: DaemonOptions
+    @Argument(help: "Image alias (`busybox` is built in).") var image: String
+    @Argument(help: "Container name.") var name: String
+    @Option(name: .customShort("c"), help: ArgumentHelp("Configuration key=value (repeatable).", valueName: "key=value"))
+    var config: [String] = []
+
+    func run() async throws {
+        try await CLI.run {
+            try ContainerName.validate(name)
+            var values: [String: String] = [:]
+            for assignment in config {
+                let (key, value) = try ConfigKey.parseAssignment(assignment)
+                values[key] = value
+            }
+            let client = daemon.client
+            let operation = try await client.launch(LaunchRequest(name: name, image: image, config: values))
+            let done = try await CLI.follow(client, operation)
+            let address = done.metadata["ipv4"].flatMap { $0.isEmpty ? nil : ", \($0)" } ?? ""
+            CLI.note("Launched \(name) (pid \(done.metadata["pid"] ?? "?")\(address))")
+        }
+    }
+}
+
+struct ListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List containers.", aliases: ["ls"])
+
+    @OptionGroup var daemon: DaemonOptions
+    @Option(help: "human or json") var format: OutputFormat = .human
+
+    func run() async throws {
+        try await CLI.run {
+            let containers = try await daemon.client.containers()
+            if format == .json { return try CLI.printJSON(containers) }
+            var table = TextTable(header: ["NAME", "STATE", "IPV4", "PID"])
+            for c in containers {
+                table.add([c.name, c.status.rawValue.uppercased() + (c.stateful ? " (stateful)" : ""),
+                           c.ipv4 ?? "-", c.pid.map(String.init) ?? "-"])
+            }
+            print(table.render())
+        }
+    }
+}
+
+struct InfoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "info", abstract: "Show a container, or the daemon without a name.")
+
+    @OptionGroup var daemon: DaemonOptions
+    @Argument(help: "Container name.") var name: String?
+    @Option(help: "human or json") var format: OutputFormat = .human
+
+    func run() async throws {
+        try await CLI.run {
+            let client = daemon.client
+            guard let name else {
+                let info = try await client.serverInfo()
+                if format == .json { return try CLI.printJSON(info) }
+                var table = TextTable()
+                table.add(["Host:", info.hostName])
+                table.add(["Version:", info.version])
+                table.add(["State dir:", info.stateDir])
+                table.add(["Socket:", info.socket])
+                table.add(["Daemon pid:", String(info.pid)])
+                table.add(["Driver:", info.driver])
+                table.add(["Network:", info.bridge.map { "\($0) \(info.subnet ?? "") gateway \(info.gateway ?? "none")" } ?? "none"])
+                table.add(["Cgroup root:", info.cgroupRoot ?? "default"])
+                print(table.render())
+                return
+            }
+            let c = try await client.container(name)
+            if format == .json { return try CLI.printJSON(c) }
+            var table = TextTable()
+            table.add(["Name:", c.name])
+            table.add(["Status:", c.status.rawValue + (c.stateful ? " (checkpoint kept for the next start)" : "")])
+            table.add(["Image:", "\(c.image) (\(c.imageFingerprint.prefix(12)))"])
+            table.add(["PID:", c.pid.map(String.init) ?? "-"])
+            table.add(["IPv4:", c.ipv4 ?? "-"])
+            table.add(["MAC:", c.mac])
+            table.add(["Created:", CLI.format(c.createdAt)])
+            table.add(["Last migration:", CLI.format(c.lastMigration)])
+            print(table.render())
+            if !c.config.isEmpty {
+                print("Config:")
+                for key in c.config.keys.sorted() { print("  \(key): \(c.config[key]!)") }
+            }
+        }
+    }
+}
+
+/// start, stop, restart (and the freeze pair) share one shape: PUT state, follow.
+protocol StateCommand: AsyncParsableCommand {
+    var daemon: DaemonOptions { get }
+    var names: [String] { get }
+    func request() -> ContainerStatePut
+}
+
+extension StateCommand {
+    func run() async throws {
+        try await CLI.run {
+            let client = daemon.client
+            for name in names {
+                try await CLI.follow(client, try await client.setState(name, request()))
+            }
+        }
+    }
+}
+
+struct StartCommand: StateCommand {
+    static let configuration = CommandConfiguration(commandName: "start", abstract: "Start containers (restoring a stateful stop).")
+    @OptionGroup var daemon: DaemonOptions
+    @Argument(help: "Container names.") var names: [String]
+    func request() -> ContainerStatePut { ContainerStatePut(action: .start) }
+}
+
+struct StopCommand: StateCommand {
+    static let configuration = CommandConfiguration(commandName: "stop", abstract: "Stop containers.")
+    @OptionGroup var daemon: DaemonOptions
+    @Argument(help: "Container names.") var names: [String]
+    @Flag(help: "Checkpoint the processes (CRIU) so the next start restores them.") var stateful = false
+    @Flag(help: "Kill instead of a clean shutdown.") var force = false
+    @Option(help: "Seconds to wait for a clean shutdown before killing.") var timeout: Int = -1
+    func request() -> ContainerStatePut {
+        ContainerStatePut(action: .stop, stateful: stateful, force: force, timeout: timeout)
+    }
+}
+
+struct RestartCommand: StateCommand {
+    static let configuration = CommandConfiguration(commandName: "restart", abstract: "Restart containers.")
+    @OptionGroup var daemon: DaemonOptions
+    @Argument(help: "Container names.") var names: [String]
+    @Flag(help: "Kill instead of a clean shutdown.") var force = false
+    @Option(help: "Seconds to wait for a clean shutdown before killing.") var timeout: Int = -1
+    func request() -> ContainerStatePut { ContainerStatePut(action: .restart, force: force, timeout: timeout) }
+}
+
+struct FreezeCommand: StateCommand {
+    static let configuration = CommandConfiguration(commandName: "pause", abstract: "Freeze containers.", aliases: ["freeze"])
+    @OptionGroup var daemon: DaemonOptions
+    @Argument(help: "Container names.") var names: [String]
+    func request() -> ContainerStatePut { ContainerStatePut(action: .freeze) }
+}
+
+struct UnfreezeCommand: StateCommand {
+    static let configuration = CommandConfiguration(commandName: "resume", abstract: "Unfreeze containers.", aliases: ["unfreeze"])
+    @OptionGroup var daemon: DaemonOptions
+    @Argument(help: "Container names.") var names: [String]
+    func request() -> ContainerStatePut { ContainerStatePut(action: .unfreeze) }
+}
+
+struct DeleteCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete containers.", aliases: ["rm"])
+    @OptionGroup var daemon: DaemonOptions
+    @Argument(help: "Container names.") var names: [String]
+    @Flag(help: "Stop (kill) running containers first.") var force = false
+
+    func run() async throws {
+        try await CLI.run {
+            let client = daemon.client
+            for name in names { try await CLI.follow(client, try await client.delete(name, force: force)) }
+        }
+    }
+}
+
+struct ConsoleCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "console", abstract: "Show a container's console log.")
+    @OptionGroup var daemon: DaemonOptions
+    @Argument(help: "Container name.") var name: String
+    @Flag(help: "Print the init's output so far.") var showLog = false
+
+    func run() async throws {
+        try await CLI.run {
+            guard showLog else {
+                throw GodwitError("interactive consoles are not supported", hint: "use `godwit console --show-log \(name)`, or `godwit exec \(name) -- sh`")
+            }
+            print(try await daemon.client.console(name).log, terminator: "")
+        }
+    }
+}
