@@ -13,6 +13,8 @@ import PackageDescription
 //   Lab          simulated hosts on one machine: netns, fabric bridge, tbf shaping
 //   Runtime      system containers: namespaces, pivot_root, cgroups, veth
 //   Migration    moving a container: page store, pre-copy rounds, convergence, final phase, rollback
+//   Trust        host identity (certificate), trusted clients, join tokens, remotes, mutual TLS,
+//                per-migration secrets: who may talk to godwitd over HTTPS
 //   godwit-spawn small C helper that sets up namespaces and execs (the daemon never forks)
 let package = Package(
     name: "Godwit",
@@ -30,6 +32,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
     ],
     targets: [
         .target(name: "CGodwit"),
@@ -42,6 +48,24 @@ let package = Package(
         .target(name: "Lab", dependencies: ["GodwitCore"]),
         .target(name: "Runtime", dependencies: ["CGodwit", "GodwitCore"]),
         .target(name: "Migration", dependencies: ["GodwitCore", "API", "Checkpoint", "Memory", "Runtime", "HostCheck"]),
+        .target(
+            name: "Trust",
+            dependencies: [
+                "API", "GodwitCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ]),
         .target(
             name: "Daemon",
             dependencies: [
@@ -87,6 +111,19 @@ let package = Package(
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "GodwitCore"]),
         .testTarget(name: "WorkloadTests", dependencies: ["GodwitCore"]),
         .testTarget(name: "MigrationTests", dependencies: ["Migration", "Memory", "Checkpoint", "Runtime", "GodwitCore", "API"]),
+        .testTarget(
+            name: "TrustTests",
+            dependencies: [
+                "Trust", "API", "GodwitCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]),
     ],
     swiftLanguageModes: [.v5]
 )
