@@ -1,0 +1,573 @@
+import Checkpoint
+import Foundation
+import GodwitCore
+import Memory
+
+/// Where a lazy page proxy gets what it lacks: the source's CRIU page server, spoken to in
+/// CRIU's own page-server protocol over any ordered byte stream (a TCP connection to CRIU
+/// in the local engine; later a relay through the daemons' authenticated TLS channel).
+/// Requests go out as 32-byte headers; answers come back in request order.
+public protocol LazyPageUpstream: AnyObject {
+    func send(_ bytes: UnsafeRawBufferPointer) throws
+    /// Fills the buffer completely or throws.
+    func receive(_ buffer: UnsafeMutableRawBufferPointer) throws
+    /// The clean end after CLOSE was answered (a FIN: the source's dump completes).
+    func finish()
+    /// Makes the source's dump FAIL (unknown command + reset) and unblocks `receive`.
+    /// Idempotent. Before the commit this resumes the source; after it, the source tasks
+    /// are already killed.
+    func abort()
+}
+
+/// A TCP connection to CRIU's lazy page server, with SO_LINGER {on, 0} for the whole
+/// session: any end that is not `finish()` (including the kernel closing it when Godwit
+/// dies) is a reset, which CRIU treats as a failed session (see PageServerClient).
+public final class TCPPageServerUpstream: LazyPageUpstream {
+    public let fd: Int32
+    private let lock = NSLock()
+    private var ended = false
+
+    public init(host: String, port: Int) throws {
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw GodwitError.errno("socket") }
+        var one: Int32 = 1
+        setsockopt(s, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        var l = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(s, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, host, &addr.sin_addr)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else {
+            let e = GodwitError.errno("connect to CRIU page server \(host):\(port)")
+            Glibc.close(s)
+            throw e
+        }
+        fd = s
+    }
+
+    deinit {
+        abort()
+        Glibc.close(fd)  // linger 0 unless finish() switched it off: a reset
+    }
+
+    public func send(_ bytes: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = Glibc.send(fd, bytes.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw GodwitError.errno("sending to the source's page server") }
+            done += n
+        }
+    }
+
+    public func receive(_ buffer: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = recv(fd, buffer.baseAddress! + done, buffer.count - done, 0)
+            if n < 0 && errno == EINTR { continue }
+            if n == 0 { throw GodwitError("the source's page server closed the connection") }
+            guard n > 0 else { throw GodwitError.errno("reading from the source's page server") }
+            done += n
+        }
+    }
+
+    public func finish() {
+        lock.lock(); defer { lock.unlock() }
+        guard !ended else { return }
+        ended = true
+        var l = linger(l_onoff: 0, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        shutdown(fd, Int32(SHUT_WR))
+    }
+
+    public func abort() {
+        lock.lock(); defer { lock.unlock() }
+        guard !ended else { return }
+        ended = true
+        // An unknown command fails CRIU's session whatever follows; SHUT_RD wakes our
+        // reader without sending anything; the close in deinit sends the reset.
+        var h = [UInt8](repeating: 0, count: 32)
+        h.withUnsafeMutableBytes { $0.storeBytes(of: PageServerClient.abort.littleEndian, toByteOffset: 0, as: UInt32.self) }
+        _ = h.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, 32, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+        shutdown(fd, Int32(SHUT_RD))
+    }
+}
+
+/// Figures a proxy keeps (all in pages of 4 KiB unless said otherwise).
+public struct LazyProxyStats: Sendable, Equatable {
+    /// GETs from the destination's `criu lazy-pages`.
+    public var requests = 0
+    public var pagesRequested = 0
+    /// Pages `criu lazy-pages` asked for after they were delivered (it never should).
+    public var pagesRequestedTwice = 0
+    public var localReplies = 0
+    public var pagesServedLocally = 0
+    public var forwardedRequests = 0
+    public var pagesFetched = 0
+    /// Pages fetched from the source more than once (must stay 0).
+    public var pagesFetchedTwice = 0
+    /// Fetched pages the store already held when they arrived (the push got there first).
+    public var fetchedButAlreadyLocal = 0
+    public var shortReplies = 0
+}
+
+/// The destination-side page proxy: `criu lazy-pages` connects to it as if it were the
+/// source's page server. Every GET is answered from the page store when its first page
+/// is held (a short reply covering the held prefix; lazy-pages asks again for the rest),
+/// otherwise the longest run of pages the store lacks is fetched from the upstream, so a
+/// page the destination has is never fetched. Replies leave in request order: local
+/// answers queue behind outstanding forwarded ones. Fetched pages go into the store too,
+/// so nothing is fetched twice. CLOSE from lazy-pages (every page delivered) is passed
+/// upstream and answered 0.
+///
+/// Upstream failure: if nothing more is needed from the source (no fetch outstanding, and
+/// every later GET can be answered locally) the proxy serves on; a GET that needs the
+/// source then fails the session (`onFailure`) WITHOUT closing the lazy-pages connection,
+/// so that the caller can kill the restored tasks before lazy-pages dies and the kernel
+/// would map zero pages in place of the missing ones.
+public final class LazyPageProxy: @unchecked Sendable {
+    public static let headerSize = 32
+    public let port: Int
+    public private(set) var stats = LazyProxyStats()
+    /// Called once, on a proxy thread, when the session can't go on.
+    public var onFailure: ((String) -> Void)?
+
+    private let store: PageStore
+    private var upstreamLink: LazyPageUpstream?
+    private var upstream: LazyPageUpstream { upstreamLink! }
+    private let listenFD: Int32
+    private var downFD: Int32 = -1
+    private let lock = NSCondition()
+    private let writeLock = NSLock()
+    private let pageSize = Int(systemPageSize)
+
+    private final class Pending {
+        var header: [UInt8]          // the reply header to send (request's padding kept)
+        let nsPID: Int32
+        let vaddr: UInt64
+        var pages: Int
+        var data: [UInt8] = []
+        var ready = false
+        let isClose: Bool
+        init(header: [UInt8], nsPID: Int32, vaddr: UInt64, pages: Int, isClose: Bool = false) {
+            self.header = header; self.nsPID = nsPID; self.vaddr = vaddr; self.pages = pages; self.isClose = isClose
+        }
+    }
+    private var queue: [Pending] = []
+    private var inFlight: [Pending] = []
+    private struct Key: Hashable { var ns: Int32; var vaddr: UInt64 }
+    /// Pages already answered (a re-request after a short reply asks only for the rest).
+    private var delivered = Set<Key>()
+    private var fetched = Set<Key>()
+    private var upstreamError: String?
+    private var holdingClose = false
+    private var heldClose: Pending?
+    private var failure: String?
+    private var completed = false
+    private var stopping = false
+    public private(set) var completedAt: UInt64?
+    private var threads: [Thread] = []
+    private let finished = DispatchGroup()
+
+    /// `upstream` may come later (`attach`), so the proxy and `criu lazy-pages` can be
+    /// started before the freeze; `start()` needs it.
+    public init(store: PageStore, upstream: LazyPageUpstream? = nil, host: String = "127.0.0.1") throws {
+        self.store = store
+        self.upstreamLink = upstream
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw GodwitError.errno("socket") }
+        var one: Int32 = 1
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        inet_pton(AF_INET, host, &addr.sin_addr)
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(s, $0, len) == 0 && listen(s, 1) == 0 && getsockname(s, $0, &len) == 0
+            }
+        }
+        guard ok else {
+            let e = GodwitError.errno("page proxy listen on \(host)")
+            Glibc.close(s)
+            throw e
+        }
+        listenFD = s
+        port = Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    deinit {
+        if downFD >= 0 { Glibc.close(downFD) }
+        Glibc.close(listenFD)
+    }
+
+    // MARK: store access shared with the push receiver
+
+    /// Applies one pushed record to the store (thread-safe with the proxy).
+    public func apply(_ record: PageRecord) throws -> Int {
+        lock.lock(); defer { lock.unlock() }
+        switch record.kind {
+        case .pages:
+            try record.payload.withUnsafeBytes {
+                try store.store(nsPID: record.nsPID, vaddr: record.vaddr, count: Int(record.pageCount), data: $0)
+            }
+            return Int(record.pageCount)
+        case .zero:
+            try store.storeZero(nsPID: record.nsPID, vaddr: record.vaddr, count: Int(record.pageCount))
+            return Int(record.pageCount)
+        case .drop:
+            store.drop(nsPID: record.nsPID, range: record.range)
+        case .forgetProcess:
+            store.forget(nsPID: record.nsPID)
+        case .roundStart, .roundEnd:
+            break
+        }
+        return 0
+    }
+
+    public var statistics: LazyProxyStats { lock.lock(); defer { lock.unlock() }; return stats }
+
+    // MARK: lifecycle
+
+    public func attach(upstream: LazyPageUpstream) { upstreamLink = upstream }
+    public var hasUpstream: Bool { upstreamLink != nil }
+    /// Why the connection to the source failed, if it did.
+    public var upstreamFailure: String? { lock.lock(); defer { lock.unlock() }; return upstreamError }
+
+    public func start() {
+        precondition(upstreamLink != nil, "attach the upstream before start()")
+        for body in [downstreamLoop, upstreamLoop] {
+            finished.enter()
+            let t = Thread { [self] in body(); finished.leave() }
+            t.stackSize = 1 << 20
+            threads.append(t)
+            t.start()
+        }
+    }
+
+    public enum Outcome: Equatable, Sendable {
+        case completed
+        case failed(String)
+    }
+
+    /// Waits until every page was delivered (CLOSE answered) or the session failed; nil
+    /// on timeout.
+    public func wait(timeout: TimeInterval) -> Outcome? {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock(); defer { lock.unlock() }
+        while !completed && failure == nil {
+            if !lock.wait(until: deadline) { return nil }
+        }
+        return completed ? .completed : .failed(failure ?? "")
+    }
+
+    /// Simulates (or performs) a network cut between the proxy and the source.
+    public func cutUpstream() { upstreamLink?.abort() }
+
+    /// Ends everything: upstream aborted unless completed, lazy-pages connection closed.
+    public func stop() {
+        lock.lock()
+        stopping = true
+        let done = completed
+        lock.broadcast()
+        lock.unlock()
+        if !done { upstreamLink?.abort() }
+        shutdown(listenFD, Int32(SHUT_RDWR))
+        if downFD >= 0 { shutdown(downFD, Int32(SHUT_RDWR)) }
+        _ = finished.wait(timeout: .now() + 10)
+    }
+
+    private func fail(_ why: String) {
+        lock.lock()
+        let first = failure == nil && !completed
+        if first { failure = why }
+        lock.broadcast()
+        lock.unlock()
+        if first { onFailure?(why) }
+    }
+
+    // MARK: downstream: criu lazy-pages
+
+    private func downstreamLoop() {
+        var pfd = pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)
+        while true {
+            let r = Glibc.poll(&pfd, 1, 200)
+            lock.lock(); let stop = stopping; lock.unlock()
+            if stop { return }
+            if r > 0 { break }
+        }
+        let c = accept(listenFD, nil, nil)
+        guard c >= 0 else { fail("page proxy: accept failed (errno \(errno))"); return }
+        _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+        var one: Int32 = 1
+        setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        lock.lock(); downFD = c; lock.unlock()
+        var h = [UInt8](repeating: 0, count: Self.headerSize)
+        while true {
+            let got = h.withUnsafeMutableBytes { readFull(c, $0) }
+            if got != Self.headerSize {
+                lock.lock(); let done = completed; let stop = stopping; lock.unlock()
+                if !done && !stop { fail("criu lazy-pages disconnected before every page was delivered") }
+                return
+            }
+            let (cmd, nr, vaddr, dst) = h.withUnsafeBytes { p in
+                (UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)),
+                 UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+                 UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
+                 UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
+            }
+            switch cmd & 0xFFFF {
+            case PageServerClient.get:
+                guard nr > 0, nr <= 1 << 20 else { fail("criu lazy-pages sent GET for \(nr) pages"); return }
+                do { try handleGet(header: h, nsPID: Int32(truncatingIfNeeded: dst), vaddr: vaddr, pages: Int(nr)) } catch {
+                    fail("\(error)")
+                    return
+                }
+            case PageServerClient.close & 0xFFFF where cmd == PageServerClient.close:
+                handleClose(header: h)
+            default:
+                fail("criu lazy-pages sent an unexpected command 0x\(String(cmd, radix: 16))")
+                return
+            }
+        }
+    }
+
+    private func handleGet(header: [UInt8], nsPID: Int32, vaddr: UInt64, pages: Int) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        stats.requests += 1
+        stats.pagesRequested += pages
+        for i in 0..<pages where delivered.contains(Key(ns: nsPID, vaddr: vaddr + UInt64(i * pageSize))) {
+            stats.pagesRequestedTwice += 1
+        }
+        var held = 0
+        while held < pages, store.contains(nsPID: nsPID, vaddr: vaddr + UInt64(held * pageSize)) { held += 1 }
+        var reply = header
+        if held > 0 {
+            let p = Pending(header: reply, nsPID: nsPID, vaddr: vaddr, pages: held)
+            p.data = [UInt8](repeating: 0, count: held * pageSize)
+            _ = try p.data.withUnsafeMutableBytes { try store.read(nsPID: nsPID, vaddr: vaddr, count: held, into: $0) }
+            Self.setReply(&p.header, pages: held)
+            p.ready = true
+            stats.localReplies += 1
+            stats.pagesServedLocally += held
+            if held < pages { stats.shortReplies += 1 }
+            queue.append(p)
+            try flushLocked()
+            return
+        }
+        if let upstreamError {
+            throw GodwitError("page \(nsPID):0x\(String(vaddr, radix: 16)) is needed from the source, whose connection failed (\(upstreamError))")
+        }
+        var missing = 0
+        while missing < pages, !store.contains(nsPID: nsPID, vaddr: vaddr + UInt64(missing * pageSize)) { missing += 1 }
+        Self.setCommand(&reply, PageServerClient.get)
+        Self.setPages(&reply, missing)
+        let p = Pending(header: header, nsPID: nsPID, vaddr: vaddr, pages: missing)
+        queue.append(p)
+        inFlight.append(p)
+        stats.forwardedRequests += 1
+        lock.broadcast()
+        try reply.withUnsafeBytes { try upstream.send($0) }
+    }
+
+    private func handleClose(header: [UInt8]) {
+        lock.lock()
+        let p = Pending(header: header, nsPID: 0, vaddr: 0, pages: 0, isClose: true)
+        queue.append(p)
+        let upstreamDown = upstreamError != nil
+        if upstreamDown {
+            // Everything was delivered; the source can't be told, but it needs nothing.
+            p.ready = true
+            p.data = [0, 0, 0, 0]
+            try? flushLocked()
+            lock.unlock()
+            return
+        }
+        if holdingClose {
+            // Before the commit CLOSE must not reach the source: it would complete the
+            // dump and kill the source while a rollback may still need it.
+            heldClose = p
+            lock.unlock()
+            return
+        }
+        lock.unlock()
+        forwardClose(p)
+    }
+
+    /// Keep lazy-pages' CLOSE from the source until `releaseClose()` (the commit).
+    public func holdClose() { lock.lock(); holdingClose = true; lock.unlock() }
+
+    public func releaseClose() {
+        lock.lock()
+        holdingClose = false
+        let p = heldClose
+        heldClose = nil
+        lock.unlock()
+        if let p { forwardClose(p) }
+    }
+
+    private func forwardClose(_ p: Pending) {
+        lock.lock()
+        if upstreamError != nil {
+            p.ready = true
+            p.data = [0, 0, 0, 0]
+            try? flushLocked()
+            lock.unlock()
+            return
+        }
+        inFlight.append(p)
+        lock.broadcast()
+        lock.unlock()
+        var close = [UInt8](repeating: 0, count: Self.headerSize)
+        Self.setCommand(&close, PageServerClient.close)
+        do { try close.withUnsafeBytes { try upstream.send($0) } } catch {
+            lock.lock()
+            upstreamError = "\(error)"
+            inFlight.removeAll { $0 === p }
+            p.ready = true
+            p.data = [0, 0, 0, 0]
+            try? flushLocked()
+            lock.unlock()
+        }
+    }
+
+    /// Sends ready replies from the head of the queue. Caller holds `lock`.
+    private func flushLocked() throws {
+        while let head = queue.first, head.ready {
+            queue.removeFirst()
+            if head.isClose {
+                try writeDown(head.data)
+                completed = true
+                completedAt = DispatchTime.now().uptimeNanoseconds
+                lock.broadcast()
+                continue
+            }
+            try writeDown(head.header)
+            try writeDown(head.data)
+            for i in 0..<head.pages { delivered.insert(Key(ns: head.nsPID, vaddr: head.vaddr + UInt64(i * pageSize))) }
+        }
+    }
+
+    private func writeDown(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { b in
+            var done = 0
+            while done < b.count {
+                let n = Glibc.send(downFD, b.baseAddress! + done, b.count - done, Int32(MSG_NOSIGNAL))
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw GodwitError.errno("writing to criu lazy-pages") }
+                done += n
+            }
+        }
+    }
+
+    // MARK: upstream: the source
+
+    private func upstreamLoop() {
+        var h = [UInt8](repeating: 0, count: Self.headerSize)
+        while true {
+            lock.lock()
+            while inFlight.isEmpty && !stopping && !completed && failure == nil { lock.wait() }
+            guard let head = inFlight.first, !stopping, failure == nil else { lock.unlock(); return }
+            lock.unlock()
+            do {
+                if head.isClose {
+                    var status: Int32 = -1
+                    try withUnsafeMutableBytes(of: &status) { try upstream.receive($0) }
+                    upstream.finish()
+                    lock.lock()
+                    inFlight.removeFirst()
+                    if status != 0 { upstreamError = "the source answered CLOSE with \(status)" }
+                    head.data = [0, 0, 0, 0]
+                    head.ready = true
+                    try flushLocked()
+                    lock.unlock()
+                    return
+                }
+                try h.withUnsafeMutableBytes { try upstream.receive($0) }
+                let (cmd, nr, vaddr, dst) = h.withUnsafeBytes { p in
+                    (UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)),
+                     UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+                     UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
+                     UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
+                }
+                guard cmd & 0xFFFF == PageServerClient.addF, vaddr == head.vaddr,
+                      Int32(truncatingIfNeeded: dst) == head.nsPID, nr > 0, nr <= UInt64(head.pages) else {
+                    throw GodwitError("the source's page server answered GET(\(head.nsPID), 0x\(String(head.vaddr, radix: 16)), \(head.pages)) with cmd 0x\(String(cmd, radix: 16)), \(nr) pages at 0x\(String(vaddr, radix: 16))",
+                                      hint: "both hosts must run the same CRIU version")
+                }
+                var data = [UInt8](repeating: 0, count: Int(nr) * pageSize)
+                try data.withUnsafeMutableBytes { try upstream.receive($0) }
+                lock.lock()
+                inFlight.removeFirst()
+                stats.pagesFetched += Int(nr)
+                if Int(nr) < head.pages { stats.shortReplies += 1 }
+                for i in 0..<Int(nr) {
+                    let a = head.vaddr + UInt64(i * pageSize)
+                    if !fetched.insert(Key(ns: head.nsPID, vaddr: a)).inserted { stats.pagesFetchedTwice += 1 }
+                    if store.contains(nsPID: head.nsPID, vaddr: a) { stats.fetchedButAlreadyLocal += 1 }
+                }
+                do {
+                    try data.withUnsafeBytes { try store.store(nsPID: head.nsPID, vaddr: head.vaddr, count: Int(nr), data: $0) }
+                } catch {
+                    // Only the "all local" bookkeeping suffers; the reply still goes out.
+                }
+                head.data = data
+                head.pages = Int(nr)
+                Self.setReply(&head.header, pages: Int(nr))
+                head.ready = true
+                try flushLocked()
+                lock.unlock()
+            } catch {
+                lock.lock()
+                let stop = stopping
+                upstreamError = upstreamError ?? "\(error)"
+                let needed = inFlight.contains { !$0.isClose }
+                if !needed, let close = inFlight.first(where: { $0.isClose }) {
+                    // Every page was delivered; only the source's goodbye is missing.
+                    inFlight.removeAll()
+                    close.data = [0, 0, 0, 0]
+                    close.ready = true
+                    try? flushLocked()
+                }
+                lock.unlock()
+                if stop { return }
+                if needed {
+                    fail("the connection to the source failed while pages were outstanding (\(error))")
+                }
+                return
+            }
+        }
+    }
+
+    // MARK: wire helpers
+
+    private func readFull(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = recv(fd, buffer.baseAddress! + done, buffer.count - done, 0)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return done }
+            done += n
+        }
+        return done
+    }
+
+    static func setCommand(_ h: inout [UInt8], _ cmd: UInt32) {
+        h.withUnsafeMutableBytes { $0.storeBytes(of: cmd.littleEndian, toByteOffset: 0, as: UInt32.self) }
+    }
+
+    static func setPages(_ h: inout [UInt8], _ pages: Int) {
+        h.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(pages).littleEndian, toByteOffset: 8, as: UInt64.self) }
+    }
+
+    /// The reply header: the request's header (padding echoed), cmd ADD_F|PE_PRESENT<<16.
+    static func setReply(_ h: inout [UInt8], pages: Int) {
+        setCommand(&h, PageServerClient.addF | (4 << 16))
+        setPages(&h, pages)
+    }
+}

@@ -1,0 +1,161 @@
+import Foundation
+import GodwitCore
+import Memory
+@testable import Migration
+import Testing
+
+/// An in-process stand-in for CRIU's lazy page server: answers GETs (slowly) with pages
+/// whose bytes are a function of their address, CLOSE with 0; records what it was asked.
+final class FakePageServer: LazyPageUpstream, @unchecked Sendable {
+    let cond = NSCondition()
+    var outgoing: [UInt8] = []
+    var gets: [(vaddr: UInt64, pages: Int)] = []
+    var closed = false, finished = false, aborted = false
+    let delayMicros: UInt32
+
+    init(delayMicros: UInt32 = 50_000) { self.delayMicros = delayMicros }
+
+    static func page(_ vaddr: UInt64) -> [UInt8] { [UInt8](repeating: UInt8(truncatingIfNeeded: vaddr >> 12), count: 4096) }
+
+    func send(_ bytes: UnsafeRawBufferPointer) throws {
+        let cmd = bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self)
+        let nr = bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+        let vaddr = bytes.loadUnaligned(fromByteOffset: 16, as: UInt64.self)
+        cond.lock(); defer { cond.unlock() }
+        if cmd == 0x1023 {
+            closed = true
+            outgoing += [0, 0, 0, 0]
+        } else {
+            gets.append((vaddr, Int(nr)))
+            var h = [UInt8](bytes)
+            h.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(0x0004_0006), toByteOffset: 0, as: UInt32.self) }
+            outgoing += h
+            for i in 0..<Int(nr) { outgoing += Self.page(vaddr + UInt64(i * 4096)) }
+        }
+        cond.broadcast()
+    }
+
+    func receive(_ buffer: UnsafeMutableRawBufferPointer) throws {
+        if buffer.count == 32 { usleep(delayMicros) }
+        cond.lock(); defer { cond.unlock() }
+        while outgoing.count < buffer.count && !aborted { cond.wait() }
+        if aborted { throw GodwitError("fake upstream aborted") }
+        buffer.copyBytes(from: outgoing[0..<buffer.count])
+        outgoing.removeFirst(buffer.count)
+    }
+
+    func finish() { cond.lock(); finished = true; cond.unlock() }
+    func abort() { cond.lock(); aborted = true; cond.broadcast(); cond.unlock() }
+}
+
+struct LazyPageProxyTests {
+    func connect(_ port: Int) throws -> FileDescriptorStream {
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else { throw GodwitError.errno("connect to the proxy") }
+        return FileDescriptorStream(fd: s)
+    }
+
+    func get(_ c: FileDescriptorStream, nsPID: UInt64, vaddr: UInt64, pages: UInt64, pad: UInt32) throws {
+        var h = [UInt8](repeating: 0, count: 32)
+        h.withUnsafeMutableBytes { p in
+            p.storeBytes(of: UInt32(7), toByteOffset: 0, as: UInt32.self)
+            p.storeBytes(of: pad, toByteOffset: 4, as: UInt32.self)
+            p.storeBytes(of: pages, toByteOffset: 8, as: UInt64.self)
+            p.storeBytes(of: vaddr, toByteOffset: 16, as: UInt64.self)
+            p.storeBytes(of: nsPID, toByteOffset: 24, as: UInt64.self)
+        }
+        try h.withUnsafeBytes { try c.write($0) }
+    }
+
+    func reply(_ c: FileDescriptorStream) throws -> (cmd: UInt32, pad: UInt32, pages: Int, vaddr: UInt64, data: [UInt8]) {
+        var h = [UInt8](repeating: 0, count: 32)
+        _ = try h.withUnsafeMutableBytes { try c.readFull($0) }
+        let (cmd, pad, nr, vaddr) = h.withUnsafeBytes { p in
+            (p.loadUnaligned(fromByteOffset: 0, as: UInt32.self), p.loadUnaligned(fromByteOffset: 4, as: UInt32.self),
+             p.loadUnaligned(fromByteOffset: 8, as: UInt64.self), p.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
+        }
+        var data = [UInt8](repeating: 0, count: Int(nr) * 4096)
+        _ = try data.withUnsafeMutableBytes { try c.readFull($0) }
+        return (cmd, pad, Int(nr), vaddr, data)
+    }
+
+    /// Replies leave in request order (a local answer waits behind a slow forwarded one),
+    /// padding is echoed, held pages are served locally with short replies, only missing
+    /// runs are fetched, CLOSE is passed on and answered 0.
+    @Test func fifoLocalShortRepliesAndClose() throws {
+        let store = try PageStore()
+        defer { store.destroy() }
+        let a: UInt64 = 0x10_0000, b: UInt64 = 0x20_0000, c: UInt64 = 0x30_0000
+        let local = [UInt8](repeating: 0x5A, count: 2 * 4096)
+        try local.withUnsafeBytes { try store.store(nsPID: 5, vaddr: a, count: 2, data: $0) }
+        try FakePageServer.page(c + 4096).withUnsafeBytes { try store.store(nsPID: 5, vaddr: c + 4096, count: 1, data: $0) }
+        let upstream = FakePageServer()
+        let proxy = try LazyPageProxy(store: store, upstream: upstream)
+        proxy.start()
+        defer { proxy.stop() }
+        let client = try connect(proxy.port)
+        try get(client, nsPID: 5, vaddr: b, pages: 2, pad: 0xAB01)   // missing: forwarded (slow)
+        try get(client, nsPID: 5, vaddr: a, pages: 4, pad: 0xAB02)   // 2 held: short local reply
+        try get(client, nsPID: 5, vaddr: c, pages: 3, pad: 0xAB03)   // c missing, c+1 held: fetch 1
+        let r1 = try reply(client), r2 = try reply(client), r3 = try reply(client)
+        #expect(r1.vaddr == b && r1.pages == 2 && r1.pad == 0xAB01 && r1.cmd == 0x0004_0006)
+        #expect(r1.data == FakePageServer.page(b) + FakePageServer.page(b + 4096))
+        #expect(r2.vaddr == a && r2.pages == 2 && r2.pad == 0xAB02 && r2.data == local, "local answer queued behind the forwarded one")
+        #expect(r3.vaddr == c && r3.pages == 1 && r3.pad == 0xAB03 && r3.data == FakePageServer.page(c))
+        // The rest of the short replies, as lazy-pages would ask: now all local.
+        try get(client, nsPID: 5, vaddr: c + 4096, pages: 2, pad: 0xAB04)
+        let r4 = try reply(client)
+        #expect(r4.vaddr == c + 4096 && r4.pages == 1 && r4.data == FakePageServer.page(c + 4096))
+        #expect(upstream.gets.map(\.vaddr) == [b, c] && upstream.gets.map(\.pages) == [2, 1], "only missing pages fetched")
+        var close = [UInt8](repeating: 0, count: 32)
+        close.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(0x1023), toByteOffset: 0, as: UInt32.self) }
+        try close.withUnsafeBytes { try client.write($0) }
+        var status: Int32 = -1
+        _ = try withUnsafeMutableBytes(of: &status) { try client.readFull($0) }
+        #expect(status == 0)
+        #expect(proxy.wait(timeout: 10) == .completed)
+        #expect(upstream.closed && upstream.finished && !upstream.aborted)
+        let s = proxy.statistics
+        #expect(s.pagesFetched == 3 && s.pagesServedLocally == 3 && s.pagesFetchedTwice == 0 && s.pagesRequestedTwice == 0)
+        #expect(store.contains(nsPID: 5, vaddr: b) && store.contains(nsPID: 5, vaddr: c), "fetched pages are kept")
+    }
+
+    /// Upstream cut with a fetch outstanding: the session fails (container lost), and the
+    /// lazy-pages connection is NOT closed by the proxy (the caller kills the tasks first).
+    @Test func upstreamCutWithPagesOutstandingFails() throws {
+        let store = try PageStore()
+        defer { store.destroy() }
+        let upstream = FakePageServer(delayMicros: 300_000)
+        let proxy = try LazyPageProxy(store: store, upstream: upstream)
+        let failures = FailureBox()
+        proxy.onFailure = { failures.add($0) }
+        proxy.start()
+        defer { proxy.stop() }
+        let client = try connect(proxy.port)
+        try get(client, nsPID: 1, vaddr: 0x1000, pages: 1, pad: 0)
+        usleep(50_000)
+        proxy.cutUpstream()
+        guard case .failed(let why)? = proxy.wait(timeout: 10) else {
+            Issue.record("the session should fail")
+            return
+        }
+        #expect(why.contains("outstanding"))
+        #expect(failures.count == 1)
+        var pfd = pollfd(fd: client.fd, events: Int16(POLLIN), revents: 0)
+        #expect(Glibc.poll(&pfd, 1, 100) == 0, "the proxy keeps the lazy-pages connection open")
+    }
+}
+
+final class FailureBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var reasons: [String] = []
+    func add(_ r: String) { lock.lock(); reasons.append(r); lock.unlock() }
+    var count: Int { lock.lock(); defer { lock.unlock() }; return reasons.count }
+}
