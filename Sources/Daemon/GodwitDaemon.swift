@@ -13,6 +13,7 @@ public struct DaemonOptions: Sendable {
     public var bridge: String?
     public var subnet: String?
     public var gateway: String?
+    public var prefixLength: Int?
     public var cgroupRoot: String?
     public var criu: String?
     public var busyboxExtraFiles: [ImageExtraFile] = []
@@ -35,7 +36,8 @@ public struct DaemonOptions: Sendable {
                 guard let parsed = IPv4(gateway) else { throw GodwitError("invalid gateway address '\(gateway)'") }
                 gatewayAddress = parsed
             }
-            return try AddressPlan(bridge: bridge, subnet: try Subnet(subnet), gateway: gatewayAddress)
+            return try AddressPlan(bridge: bridge, subnet: try Subnet(subnet), gateway: gatewayAddress,
+                                   prefixLength: prefixLength)
         default:
             throw GodwitError("--bridge and --subnet go together",
                               hint: "e.g. --bridge br0 --subnet 10.77.1.0/24 [--gateway 10.77.0.1]")

@@ -59,8 +59,17 @@ public struct AddressPlan: Sendable {
     public var subnet: Subnet
     /// The host's address on the bridge (the containers' default route); never leased.
     public var gateway: IPv4?
+    /// Prefix configured on the containers' eth0. Wider than the subnet leases come from when
+    /// several hosts share one L2 network (the lab's /16): everyone is then on-link and a
+    /// container keeps a working address wherever it moves.
+    public var prefixLength: Int
 
-    public init(bridge: String, subnet: Subnet, gateway: IPv4?) throws {
+    public init(bridge: String, subnet: Subnet, gateway: IPv4?, prefixLength: Int? = nil) throws {
+        if let prefixLength, !(8...subnet.prefixLength).contains(prefixLength) {
+            throw GodwitError("invalid prefix length \(prefixLength) for subnet \(subnet)",
+                              hint: "use 8...\(subnet.prefixLength): the containers' network must contain the subnet")
+        }
+        self.prefixLength = prefixLength ?? subnet.prefixLength
         if let gateway, !subnet.contains(gateway) {
             // A gateway outside the container subnet is allowed (the lab puts the host in a
             // wider fabric subnet) as long as it is a unicast address.
@@ -82,7 +91,7 @@ public struct AddressPlan: Sendable {
     }
 
     public func lease(_ address: IPv4, mac: String) -> NetworkLease {
-        NetworkLease(bridge: bridge, address: address.description, prefixLength: subnet.prefixLength,
+        NetworkLease(bridge: bridge, address: address.description, prefixLength: prefixLength,
                      gateway: gateway?.description, mac: mac)
     }
 }

@@ -109,10 +109,7 @@ public struct LabHost: Codable, Sendable, Equatable {
 
     /// Where the host's daemon listens. The root network namespace has no route into a
     /// lab, so the CLI reaches daemons through the shared filesystem, not TCP.
-    public var daemonSocket: String { stateDirectory + "/godwitd.sock" }
-    /// The daemon's own cgroup, relative to each hierarchy root. Not the host cgroup itself:
-    /// on cgroup v2 a cgroup that hands controllers to its children can't hold processes.
-    public var daemonCgroup: String { cgroups.name + "/daemon" }
+    public var daemonSocket: String { stateDirectory + "/unix.socket" }
 
     public static func name(_ index: Int) -> String { "h\(index)" }
 
@@ -235,6 +232,13 @@ public enum LabPaths {
     public static var stateRoot: String {
         let value = ProcessInfo.processInfo.environment[rootVariable] ?? ""
         return value.isEmpty ? defaultStateRoot : value
+    }
+
+    /// `--dir` / GODWIT_DIR: "LAB/hN" names a lab host's daemon; anything else is a path.
+    public static func daemonDirectory(_ text: String) -> String {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2, let lab = try? LabName(parts[0]), LabHost.index(of: parts[1]) != nil else { return text }
+        return labDirectory(lab) + "/" + parts[1]
     }
 
     public static func labDirectory(_ name: LabName, stateRoot: String = stateRoot) -> String {

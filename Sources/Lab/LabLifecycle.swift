@@ -129,6 +129,8 @@ extension Lab {
         let found = LabLeftovers.find(name, stateRoot: stateRoot, hierarchies: hierarchies)
         var failures: [String] = []
         var removed = LabLeftovers(namespaces: [], cgroups: [], stateDirectory: nil)
+        // Daemons first, so none of them reacts to its containers dying below.
+        LabDaemons.stop(labDirectory: LabPaths.labDirectory(name, stateRoot: stateRoot))
         do {
             removed.cgroups = try LabCgroups.remove(lab: name, hierarchies: hierarchies)
         } catch {

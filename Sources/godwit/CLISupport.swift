@@ -3,14 +3,15 @@ import ArgumentParser
 import Client
 import Foundation
 import GodwitCore
+import Lab
 
 /// `--dir`: which daemon to talk to (its state directory; the socket is inside).
 struct DaemonOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("State directory of the godwitd to use (default: $GODWIT_DIR or /var/lib/godwit).",
+    @Option(name: .long, help: ArgumentHelp("State directory of the godwitd to use, or LAB/HOST for a lab host (default: $GODWIT_DIR or /var/lib/godwit).",
                                             valueName: "dir"))
     var dir: String?
 
-    var client: GodwitClient { GodwitClient(stateDir: dir ?? GodwitClient.defaultStateDir()) }
+    var client: GodwitClient { GodwitClient(stateDir: LabPaths.daemonDirectory(dir ?? GodwitClient.defaultStateDir())) }
 }
 
 enum CLI {

@@ -3,7 +3,6 @@ import Foundation
 import GodwitCore
 import HostCheck
 
-extension OutputFormat: ExpressibleByArgument {}
 
 /// The talk's "pre-copy support check", generalised: what this host can do, measured.
 struct CheckCommand: ParsableCommand {

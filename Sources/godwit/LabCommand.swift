@@ -47,9 +47,21 @@ struct LabUp: ParsableCommand {
             transform: { try Bandwidth(parsing: $0) })
     var bandwidth: Bandwidth?
     @Option(help: "human or json (default: human).", transform: { try LabCommand.parseFormat($0) }) var format: OutputFormat = .human
+    @Flag(help: "Don't start a godwitd in each host (network and cgroups only).") var noDaemons = false
 
     func run() throws {
         let created = try Lab.create(name: lab.name, hosts: hosts, bandwidth: bandwidth)
+        if !noDaemons {
+            do {
+                // The workload programs built beside godwit go into every host's busybox image.
+                let memtouch = GodwitPaths.sibling("memtouch")
+                let extras = access(memtouch, X_OK) == 0 ? [(host: memtouch, image: "usr/bin/memtouch")] : []
+                try LabDaemons.start(created, godwitd: GodwitPaths.sibling("godwitd"), extraFiles: extras)
+            } catch {
+                _ = try? Lab.destroy(name: created.name)
+                throw error
+            }
+        }
         if format == .json {
             print(try JSONOutput.encode(created))
             return
@@ -62,6 +74,7 @@ struct LabUp: ParsableCommand {
         table.add([created.client.name, created.client.netns, created.client.address, "-", "unlimited"])
         print(table.render())
         print("run in a host: nsenter --net=\(created.hosts[0].netnsPath) <command>")
+        if !noDaemons { print("talk to a host's daemon: godwit --dir \(created.name)/h1 list   (or GODWIT_DIR=\(created.name)/h1)") }
     }
 }
 

@@ -27,6 +27,9 @@ struct Godwitd: AsyncParsableCommand {
     @Option(help: "The containers' default gateway (optional), e.g. 10.77.0.1.")
     var gateway: String?
 
+    @Option(help: "Prefix length on the containers' eth0 (default: --subnet's); e.g. 16 when hosts share a /16.")
+    var prefixLength: Int?
+
     @Option(help: "Parent cgroup for the containers' cgroups.")
     var cgroupRoot: String?
 
@@ -51,6 +54,7 @@ struct Godwitd: AsyncParsableCommand {
             options.bridge = bridge
             options.subnet = subnet
             options.gateway = gateway
+            options.prefixLength = prefixLength
             options.cgroupRoot = cgroupRoot
             options.criu = criu
             options.busyboxExtraFiles = try busyboxExtra.map { spec in
@@ -96,4 +100,13 @@ func runCommand() async {
     }
 }
 
+/// A daemon starts with nothing it didn't open: descriptors inherited from whoever started
+/// it (Foundation's Process keeps one to notice the child's exit) would keep that parent
+/// waiting forever, and would leak into every container.
+func closeInheritedDescriptors() {
+    let fds = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
+    for fd in fds where fd > 2 { close(fd) }
+}
+
+closeInheritedDescriptors()
 await runCommand()

@@ -62,7 +62,10 @@ import Testing
         #expect(h2.firstContainerAddress == "10.77.2.1" && h2.lastContainerAddress == "10.77.2.254")
         #expect(h2.containerPrefixLength == 16)
         #expect(h2.cgroups.name == "godwit-lab-h2")
-        #expect(h2.daemonCgroup == "godwit-lab-h2/daemon" && h2.daemonSocket == "/tmp/labs/lab/h2/godwitd.sock")
+        #expect(h2.daemonSocket == "/tmp/labs/lab/h2/unix.socket")
+        #expect(LabPaths.daemonDirectory("lab/h2") == LabPaths.stateRoot + "/lab/h2")
+        #expect(LabPaths.daemonDirectory("/var/lib/godwit") == "/var/lib/godwit")
+        #expect(LabPaths.daemonDirectory("Bad/h1") == "Bad/h1")
         #expect(h2.cgroups.v1["freezer"] == "/cg/freezer/godwit-lab-h2")
         #expect(h2.cgroups.unified == "/cg/unified/godwit-lab-h2")
         // cpu and cpuacct share one directory: created and removed once

@@ -1,0 +1,86 @@
+import Foundation
+import GodwitCore
+
+/// One godwitd per lab host, started inside the host's network namespace (its mount
+/// namespace is the machine's, so the CLI reaches it through the socket in the host's
+/// state directory).
+public enum LabDaemons {
+    /// Starts every host's daemon and waits until each answers on its socket.
+    public static func start(_ lab: Lab, godwitd: String, extraFiles: [(host: String, image: String)] = []) throws {
+        guard access(godwitd, X_OK) == 0 else {
+            throw GodwitError("godwitd not found at \(godwitd)", hint: "run `make build` first")
+        }
+        for host in lab.hosts {
+            var argv = ["nsenter", "--net=" + host.netnsPath, godwitd,
+                        "--state-dir", host.stateDirectory, "--name", host.name,
+                        "--bridge", host.bridge, "--subnet", host.containerSubnet,
+                        "--prefix-length", String(host.containerPrefixLength),
+                        "--cgroup-root", host.cgroups.name]
+            for file in extraFiles { argv += ["--busybox-extra", "\(file.host):\(file.image)"] }
+            try spawnDetached(argv, log: host.stateDirectory + "/godwitd.log")
+        }
+        for host in lab.hosts {
+            guard poll(timeout: 20, { socketAnswers(host.daemonSocket) }) else {
+                let log = HostEnvironment.read(host.stateDirectory + "/godwitd.log") ?? ""
+                throw GodwitError("godwitd of lab host \(host.name) did not come up: \(log.split(separator: "\n").last ?? "no log")",
+                                  hint: "see \(host.stateDirectory)/godwitd.log")
+            }
+        }
+    }
+
+    /// Stops the daemons of lab `name` (found by pid file and by command line, so also after
+    /// a crash), SIGTERM first. Containers keep running: `lab down` kills them through the
+    /// lab's cgroups afterwards.
+    @discardableResult
+    public static func stop(labDirectory: String) -> [pid_t] {
+        let pids = running(labDirectory: labDirectory)
+        for pid in pids { kill(pid, SIGTERM) }
+        for pid in pids where !poll(timeout: 5, { kill(pid, 0) != 0 }) { kill(pid, SIGKILL) }
+        return pids
+    }
+
+    /// godwitd processes whose state directory is inside the lab's directory.
+    public static func running(labDirectory: String) -> [pid_t] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { pid_t($0) }.filter { pid in
+            guard let bytes = HostEnvironment.readBytes("/proc/\(pid)/cmdline") else { return false }
+            let args = bytes.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            guard let exe = args.first, exe.hasSuffix("godwitd"),
+                  let i = args.firstIndex(of: "--state-dir"), i + 1 < args.count else { return false }
+            return args[i + 1].hasPrefix(labDirectory + "/")
+        }
+    }
+
+    static func socketAnswers(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
+        }
+    }
+
+    /// Starts a process that outlives the CLI: its own session, stdio to a log file.
+    static func spawnDetached(_ argv: [String], log: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Command.resolve("setsid"))
+        process.arguments = ["--fork"] + argv
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        try? handle.close()
+    }
+}
