@@ -50,7 +50,12 @@ public struct Veth: Codable, Sendable, Equatable {
                               hint: "does bridge \(network.bridge) exist in the host's network namespace?")
             var script = ["link set lo up", "addr add \(network.address) dev \(Self.containerName)",
                           "link set \(Self.containerName) up"]
-            if let gateway = network.gateway { script.append("route add default via \(gateway)") }
+            // onlink: the gateway may sit outside the container's subnet (a lab host's address
+            // on the wider fabric); without it the kernel refuses the route ("Nexthop has
+            // invalid gateway") unless the gateway is inside eth0's prefix.
+            if let gateway = network.gateway {
+                script.append("route add default via \(gateway) dev \(Self.containerName) onlink")
+            }
             try Command.check(["nsenter", "--net=/proc/\(pid)/ns/net", ip, "-batch", "-"],
                               input: script.joined(separator: "\n") + "\n")
         } catch {
