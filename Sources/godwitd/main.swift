@@ -100,13 +100,4 @@ func runCommand() async {
     }
 }
 
-/// A daemon starts with nothing it didn't open: descriptors inherited from whoever started
-/// it (Foundation's Process keeps one to notice the child's exit) would keep that parent
-/// waiting forever, and would leak into every container.
-func closeInheritedDescriptors() {
-    let fds = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
-    for fd in fds where fd > 2 { close(fd) }
-}
-
-closeInheritedDescriptors()
 await runCommand()
