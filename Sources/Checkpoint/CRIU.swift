@@ -135,6 +135,20 @@ public struct CRIU: Sendable {
         return (pid, run)
     }
 
+    /// Starts CRIU in the background (a lazy dump's page server, `criu lazy-pages`): it talks
+    /// through its log and sockets, so stdio goes nowhere.
+    public func spawn(_ args: [String]) throws -> Process {
+        let argv = launcher + [binary.path] + args
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Command.resolve(argv[0]))
+        process.arguments = Array(argv.dropFirst())
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
     private func run(_ args: [String], directory: String, log: String, phase: String) throws -> CRIURun {
         let start = Date()
         let result = try Command.run(launcher + [binary.path] + args)

@@ -22,14 +22,7 @@ public final class LazyDump {
         try FileManager.default.createDirectory(atPath: options.imagesDirectory, withIntermediateDirectories: true)
         logPath = options.imagesDirectory + "/dump.log"
         try? FileManager.default.removeItem(atPath: logPath)
-        let argv = criu.launcher + [criu.binary.path] + criu.dumpArguments(options)
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: try Command.resolve(argv[0]))
-        process.arguments = Array(argv.dropFirst())
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        process = try criu.spawn(criu.dumpArguments(options))
     }
 
     public var isRunning: Bool { process.isRunning }

@@ -27,14 +27,7 @@ public final class LazyPagesDaemon {
         logPath = directory + "/lazy-pages.log"
         socketPath = directory + "/lazy-pages.socket"
         try? FileManager.default.removeItem(atPath: socketPath)
-        let argv = criu.launcher + [criu.binary.path] + Self.arguments(address: address, directory: directory)
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: try Command.resolve(argv[0]))
-        process.arguments = Array(argv.dropFirst())
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        process = try criu.spawn(Self.arguments(address: address, directory: directory))
     }
 
     public var pid: Int32 { process.processIdentifier }
