@@ -81,9 +81,8 @@ public final class RuntimeDriver: ContainerDriver, @unchecked Sendable {
         let container = try running(spec, initProcess)
         let criu = try CRIU.locate(setting: criuSetting)
         var options = DumpOptions(pid: container.initPID, imagesDirectory: directory.path)
-        options.freezerCgroup = container.cgroup.layout.v1["freezer"].map { $0 + "/" + container.cgroup.path }
-            ?? container.cgroup.layout.unified.map { $0 + "/" + container.cgroup.path }
-        try await blocking { [runtime] in
+        options.freezerCgroup = container.cgroup.directory(for: "freezer")
+        try await blocking { [runtime, options] in
             _ = try criu.dump(options)
             // The dump killed the tasks; what stopping leaves (orphans, the veth) goes too.
             try runtime.stop(container, timeout: 0)
