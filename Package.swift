@@ -69,7 +69,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "API", "GodwitCore", "Runtime", "Checkpoint", "HostCheck",
+                "API", "GodwitCore", "Runtime", "Checkpoint", "HostCheck", "Trust",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),

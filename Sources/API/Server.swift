@@ -16,14 +16,20 @@ public struct ServerInfo: Codable, Sendable, Equatable {
     public var cgroupRoot: String?
     public var criu: String?
     public var startedAt: Date
+    /// "ADDR:PORT" of the HTTPS listener for other daemons (`godwitd --https`); nil without one.
+    public var httpsAddress: String?
+    /// This daemon's certificate fingerprint (what remotes pin); nil without an HTTPS listener.
+    public var certificateFingerprint: String?
 
     public init(apiVersion: String = "1.0", version: String, hostName: String, stateDir: String, socket: String,
                 pid: Int32, driver: String, bridge: String?, subnet: String?, gateway: String?,
-                cgroupRoot: String?, criu: String?, startedAt: Date) {
+                cgroupRoot: String?, criu: String?, startedAt: Date,
+                httpsAddress: String? = nil, certificateFingerprint: String? = nil) {
         self.apiVersion = apiVersion; self.version = version; self.hostName = hostName
         self.stateDir = stateDir; self.socket = socket; self.pid = pid; self.driver = driver
         self.bridge = bridge; self.subnet = subnet; self.gateway = gateway
         self.cgroupRoot = cgroupRoot; self.criu = criu; self.startedAt = startedAt
+        self.httpsAddress = httpsAddress; self.certificateFingerprint = certificateFingerprint
     }
 
     enum CodingKeys: String, CodingKey {
@@ -33,6 +39,8 @@ public struct ServerInfo: Codable, Sendable, Equatable {
         case stateDir = "state_dir"
         case cgroupRoot = "cgroup_root"
         case startedAt = "started_at"
+        case httpsAddress = "https_address"
+        case certificateFingerprint = "certificate_fingerprint"
     }
 }
 

@@ -4,6 +4,7 @@ import GodwitCore
 import Hummingbird
 import Logging
 import ServiceLifecycle
+import Trust
 
 /// godwitd's settings (its command-line options).
 public struct DaemonOptions: Sendable {
@@ -17,6 +18,8 @@ public struct DaemonOptions: Sendable {
     public var cgroupRoot: String?
     public var criu: String?
     public var busyboxExtraFiles: [ImageExtraFile] = []
+    /// The HTTPS listener for other daemons (mutual TLS); nil: unix socket only.
+    public var https: HTTPSAddress?
 
     public init(stateDir: URL, socket: URL? = nil, hostName: String? = nil) {
         self.stateDir = stateDir
@@ -55,11 +58,15 @@ public struct DaemonContext: Sendable {
     public let containers: ContainerService
     public let driver: any ContainerDriver
     public let startedAt: Date
+    /// Identity, trusted clients, remotes and migration secrets; nil without `--https`.
+    /// Use `requireTrust()` in routes that cannot work without it.
+    public let trust: TrustLayer?
 
-    public init(options: DaemonOptions, store: Store, driver: any ContainerDriver) throws {
+    public init(options: DaemonOptions, store: Store, driver: any ContainerDriver, trust: TrustLayer? = nil) throws {
         self.options = options
         self.store = store
         self.driver = driver
+        self.trust = trust
         events = EventBus()
         operations = OperationManager(store: store, events: events)
         images = ImageStore(directory: options.stateDir.appendingPathComponent("images"), store: store,
@@ -75,7 +82,14 @@ public struct DaemonContext: Sendable {
         ServerInfo(version: GodwitVersion.current, hostName: options.hostName, stateDir: options.stateDir.path,
                    socket: options.socket.path, pid: getpid(), driver: driver.kind, bridge: options.bridge,
                    subnet: options.subnet, gateway: options.gateway, cgroupRoot: options.cgroupRoot,
-                   criu: options.criu, startedAt: startedAt)
+                   criu: options.criu, startedAt: startedAt,
+                   httpsAddress: trust == nil ? nil : options.https?.description,
+                   certificateFingerprint: trust?.identity.fingerprint)
+    }
+
+    /// Where this daemon listens: "unix:PATH", and "https://ADDR:PORT" with `--https`.
+    public var listenAddresses: [String] {
+        ["unix:" + options.socket.path] + (trust == nil ? [] : options.https.map { ["https://\($0)"] } ?? [])
     }
 }
 
@@ -102,7 +116,13 @@ public enum GodwitDaemon {
         defer { lock.release() }
         try ChildReaper.becomeSubreaper()
         let store = try Store(path: options.stateDir.appendingPathComponent("godwit.db").path)
-        let context = try DaemonContext(options: options, store: store, driver: driver)
+        // The identity is made on first start, with the listen address in its subjectAltName
+        // (peers check the pinned fingerprint, so a later address change keeps working).
+        let trust = try options.https.map { https in
+            try TrustLayer.open(stateDir: options.stateDir, hostName: options.hostName,
+                                addresses: https.isUnspecified ? [] : [https.host])
+        }
+        let context = try DaemonContext(options: options, store: store, driver: driver, trust: trust)
         try context.operations.failInterrupted()
         try store.pruneOperations(olderThan: Date().addingTimeInterval(-7 * 86400))
         let adoption = try await context.containers.adopt()
@@ -119,10 +139,18 @@ public enum GodwitDaemon {
                 logger.info("godwitd \(GodwitVersion.current) ready on \(socket) (driver \(driver.kind))")
             },
             logger: logger)
+        var services: [any Service] = [app]
+        if let trust, let https = options.https {
+            // The socket opens only once HTTPS is bound, so "the socket answers" means the
+            // whole daemon is reachable, and a port in use fails start-up before the socket.
+            let ready = ReadySignal()
+            services = [AfterReady(ready: ready, service: app),
+                        try PeerListener.make(trust: trust, address: https, context: context, ready: ready, logger: logger)]
+        }
         // Services shut down in reverse order: the supervisor first, which closes the event
-        // streams so the HTTP server's graceful shutdown doesn't wait on them forever.
+        // streams so the HTTP servers' graceful shutdown doesn't wait on them forever.
         let group = ServiceGroup(configuration: .init(
-            services: [app, Supervisor(containers: context.containers, events: context.events)],
+            services: services + [Supervisor(containers: context.containers, events: context.events)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         try? fm.removeItem(atPath: socket)

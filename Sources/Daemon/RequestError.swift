@@ -1,5 +1,6 @@
 import API
 import GodwitCore
+import Trust
 
 /// A GodwitError with the HTTP status it deserves. Routes throw these; anything else that
 /// escapes a handler is the daemon's fault and becomes a 500 with the error's own words.
@@ -25,6 +26,9 @@ public struct RequestError: Error, CustomStringConvertible, Sendable {
     public static func response(for error: any Error) -> ErrorResponse {
         switch error {
         case let error as RequestError:
+            return ErrorResponse(error.error, code: error.status)
+        case let error as TrustError:
+            // The trust layer's decisions (403 bad token, 404 unknown remote, 409 name taken).
             return ErrorResponse(error.error, code: error.status)
         case let error as GodwitError:
             return ErrorResponse(error, code: 500)

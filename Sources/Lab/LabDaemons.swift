@@ -5,8 +5,14 @@ import GodwitCore
 /// namespace is the machine's, so the CLI reaches it through the socket in the host's
 /// state directory).
 public enum LabDaemons {
-    /// Starts every host's daemon and waits until each answers on its socket.
-    public static func start(_ lab: Lab, godwitd: String, extraFiles: [(host: String, image: String)] = []) throws {
+    /// Port of each host daemon's HTTPS listener (on the host's fabric address); LXD's.
+    public static let httpsPort = 8443
+
+    /// Starts every host's daemon and waits until each answers on its socket. With
+    /// `httpsPort`, each also listens for other daemons on ADDRESS:PORT (the socket answers
+    /// only once that listener is up, so peers can be enrolled right away).
+    public static func start(_ lab: Lab, godwitd: String, extraFiles: [(host: String, image: String)] = [],
+                             httpsPort: Int? = nil) throws {
         guard access(godwitd, X_OK) == 0 else {
             throw GodwitError("godwitd not found at \(godwitd)", hint: "run `make build` first")
         }
@@ -17,6 +23,7 @@ public enum LabDaemons {
                         "--prefix-length", String(host.containerPrefixLength),
                         "--cgroup-root", host.cgroups.name]
             for file in extraFiles { argv += ["--busybox-extra", "\(file.host):\(file.image)"] }
+            if let httpsPort { argv += ["--https", "\(host.address):\(httpsPort)"] }
             try spawnDetached(argv, log: host.stateDirectory + "/godwitd.log")
         }
         for host in lab.hosts {

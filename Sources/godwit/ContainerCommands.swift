@@ -72,6 +72,8 @@ struct InfoCommand: AsyncParsableCommand {
                 table.add(["Driver:", info.driver])
                 table.add(["Network:", info.bridge.map { "\($0) \(info.subnet ?? "") gateway \(info.gateway ?? "none")" } ?? "none"])
                 table.add(["Cgroup root:", info.cgroupRoot ?? "default"])
+                table.add(["HTTPS:", info.httpsAddress ?? "none (start godwitd with --https ADDRESS:PORT)"])
+                if let fingerprint = info.certificateFingerprint { table.add(["Certificate:", fingerprint]) }
                 print(table.render())
                 return
             }

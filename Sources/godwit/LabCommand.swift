@@ -38,7 +38,7 @@ extension LabCommand {
     }
 }
 
-struct LabUp: ParsableCommand {
+struct LabUp: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "up", abstract: "Create a lab.")
 
     @OptionGroup var lab: LabNameOption
@@ -48,15 +48,19 @@ struct LabUp: ParsableCommand {
     var bandwidth: Bandwidth?
     @Option(help: "human or json (default: human).", transform: { try LabCommand.parseFormat($0) }) var format: OutputFormat = .human
     @Flag(help: "Don't start a godwitd in each host (network and cgroups only).") var noDaemons = false
+    @Flag(help: "Don't make the hosts trust each other (each daemon still listens on ADDRESS:\(LabDaemons.httpsPort)).")
+    var noTrust = false
 
-    func run() throws {
+    func run() async throws {
         let created = try Lab.create(name: lab.name, hosts: hosts, bandwidth: bandwidth)
         if !noDaemons {
             do {
                 // The workload programs built beside godwit go into every host's busybox image.
                 let memtouch = GodwitPaths.sibling("memtouch")
                 let extras = access(memtouch, X_OK) == 0 ? [(host: memtouch, image: "usr/bin/memtouch")] : []
-                try LabDaemons.start(created, godwitd: GodwitPaths.sibling("godwitd"), extraFiles: extras)
+                try LabDaemons.start(created, godwitd: GodwitPaths.sibling("godwitd"), extraFiles: extras,
+                                     httpsPort: LabDaemons.httpsPort)
+                if !noTrust { try await LabTrust.enrollAll(created) }
             } catch {
                 _ = try? Lab.destroy(name: created.name)
                 throw error
@@ -75,10 +79,13 @@ struct LabUp: ParsableCommand {
         print(table.render())
         print("run in a host: nsenter --net=\(created.hosts[0].netnsPath) <command>")
         if !noDaemons { print("talk to a host's daemon: godwit --dir \(created.name)/h1 list   (or GODWIT_DIR=\(created.name)/h1)") }
+        if !noDaemons && !noTrust && created.hosts.count > 1 {
+            print("every host trusts the others and has them as remotes (godwit --dir \(created.name)/h1 remote list)")
+        }
     }
 }
 
-struct LabStatusCommand: ParsableCommand {
+struct LabStatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status", abstract: "Show a lab (or every lab when --name is not given).")
 
@@ -86,7 +93,7 @@ struct LabStatusCommand: ParsableCommand {
     var name: LabName?
     @Option(help: "human or json (default: human).", transform: { try LabCommand.parseFormat($0) }) var format: OutputFormat = .human
 
-    func run() throws {
+    func run() async throws {
         try HostEnvironment.requireRoot(for: "godwit lab status")
         if let name {
             guard !LabLeftovers.find(name).isEmpty else {
@@ -94,7 +101,10 @@ struct LabStatusCommand: ParsableCommand {
                                   hint: "create it with `godwit lab up --name \(name)`; `godwit lab status` lists labs")
             }
             let status = LabStatus.collect(name)
-            print(format == .json ? try JSONOutput.encode(status) : status.humanDescription)
+            if format == .json { return print(try JSONOutput.encode(status)) }
+            print(status.humanDescription)
+            // Asks each daemon, so only for one lab and only for people.
+            if status.running { print((await LabTrust.summary(status)).joined(separator: "\n")) }
             return
         }
         let all = LabInventory.names().map { LabStatus.collect($0) }

@@ -43,6 +43,10 @@ struct Godwitd: AsyncParsableCommand {
                                valueName: "file"))
     var busyboxExtra: [String] = []
 
+    @Option(help: ArgumentHelp("Also serve other daemons over HTTPS with mutual TLS on ADDRESS:PORT, e.g. 10.77.0.11:8443 (needed for trust, remotes and migration).",
+                               valueName: "address:port"))
+    var https: String?
+
     // Tests only: also needs GODWIT_TESTING_FAKE_DRIVER=1, so it can't be chosen by accident.
     @Option(help: .hidden)
     var testingFakeDriver: String?
@@ -57,6 +61,7 @@ struct Godwitd: AsyncParsableCommand {
             options.prefixLength = prefixLength
             options.cgroupRoot = cgroupRoot
             options.criu = criu
+            options.https = try https.map { try HTTPSAddress(parsing: $0) }
             options.busyboxExtraFiles = try busyboxExtra.map { spec in
                 let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
                 guard parts.count == 2, parts[0].hasPrefix("/"), !parts[1].isEmpty else {
