@@ -24,7 +24,8 @@ public enum LabDaemons {
                         "--cgroup-root", host.cgroups.name]
             for file in extraFiles { argv += ["--busybox-extra", "\(file.host):\(file.image)"] }
             if let httpsPort { argv += ["--https", "\(host.address):\(httpsPort)"] }
-            try spawnDetached(argv, log: host.stateDirectory + "/godwitd.log")
+            // Not Foundation's Process: the daemon must hold no descriptor of ours.
+            try DetachedProcess.spawn(argv, log: host.stateDirectory + "/godwitd.log")
         }
         for host in lab.hosts {
             guard poll(timeout: 20, { socketAnswers(host.daemonSocket) }) else {
@@ -74,39 +75,5 @@ public enum LabDaemons {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
             }
         }
-    }
-
-    /// Starts a process that outlives the CLI, in its own session, stdio to a log file.
-    /// posix_spawn rather than Foundation's Process: Process keeps a descriptor in the child
-    /// to notice its exit, and a daemon that lives on would keep it (and us) waiting; for the
-    /// same reason the daemon gets no descriptor beyond its stdio.
-    static func spawnDetached(_ argv: [String], log: String) throws {
-        let executable = try Command.resolve(argv[0])
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // Nothing else: whoever ran this CLI may be waiting for EOF on a descriptor we hold.
-        // (glibc's addclosefrom isn't visible to Swift; close-on-exec does the same.)
-        let open = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
-        for fd in open where fd > 2 {
-            let flags = fcntl(fd, F_GETFD)
-            if flags >= 0 { _ = fcntl(fd, F_SETFD, flags | FD_CLOEXEC) }
-        }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // Own session (no terminal signals from the CLI's), default signal mask and handlers.
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setflags(&attributes, Int16(0x80 /* POSIX_SPAWN_SETSID */ | POSIX_SPAWN_SETSIGMASK))
-        var cArgs = argv.map { strdup($0) } + [nil]
-        defer { for arg in cArgs { free(arg) } }
-        var pid: pid_t = 0
-        let status = posix_spawn(&pid, executable, &actions, &attributes, &cArgs, environ)
-        guard status == 0 else { throw GodwitError.errno("posix_spawn \(executable)", status) }
     }
 }
