@@ -56,18 +56,26 @@ import Testing
         #expect(throws: RequestError.self) { try operations.cancel(op.id) }
     }
 
-    @Test func waitReturnsTheCurrentStateAfterItsTimeout() async throws {
+    @Test func waitReturnsTheCurrentStateAfterItsTimeoutAndTheFinalOneWhenTheWorkEnds() async throws {
         let (operations, _) = try manager()
-        let op = operations.start("Slow", resources: [:]) { _ in
-            try await Task.sleep(for: .seconds(60))
-            return [:]
+        // The work can't end before the test opens the gate: no race, no clock.
+        let (gate, open) = AsyncStream<Void>.makeStream()
+        let op = operations.start("Gated", resources: [:]) { _ in
+            for await _ in gate { break }
+            return ["done": "yes"]
         }
-        let clock = ContinuousClock()
-        let start = clock.now
+        // The timeout passes while the work waits at the gate: the operation as it is now.
         let current = try await operations.wait(op.id, timeout: .milliseconds(200))
-        #expect(current.status == .running)
-        #expect(clock.now - start < .seconds(5))
-        _ = try operations.cancel(op.id)
+        #expect(current.id == op.id && current.status == .running && current.metadata.isEmpty)
+
+        // No timeout: wait returns only because the work ended, and says how it ended.
+        async let finished = operations.wait(op.id, timeout: nil)
+        open.yield()
+        open.finish()
+        let done = try await finished
+        #expect(done.id == op.id && done.status == .success && done.metadata == ["done": "yes"])
+        // A wait on a finished operation returns its final state at once.
+        #expect(try await operations.wait(op.id, timeout: nil).status == .success)
         await operations.drain()
     }
 
