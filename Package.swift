@@ -46,7 +46,7 @@ let package = Package(
         .target(name: "Memory", dependencies: ["CGodwit", "GodwitCore", "CXXHash"]),
         .target(name: "HostCheck", dependencies: ["CGodwit", "GodwitCore", "Checkpoint", "Memory"]),
         .target(name: "Lab", dependencies: ["GodwitCore"]),
-        .target(name: "Runtime", dependencies: ["CGodwit", "GodwitCore"]),
+        .target(name: "Runtime", dependencies: ["CGodwit", "GodwitCore", "API"]),
         .target(name: "Migration", dependencies: ["GodwitCore", "API", "Checkpoint", "Memory", "Runtime", "HostCheck"]),
         .target(
             name: "Trust",

@@ -1,3 +1,4 @@
+import API
 import Foundation
 import GodwitCore
 
@@ -30,14 +31,10 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
         self.limits = limits
     }
 
-    /// Names become cgroup directories and file names: keep them to a safe alphabet.
+    /// Names become cgroup directories, veth and file names and hostnames. The rule is the
+    /// API's (`ContainerName`), the one the CLI and the daemon apply: one rule, one place.
     public static func validate(name: String) throws {
-        let allowed = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-        guard !name.isEmpty, name.count <= 64, !name.hasPrefix("."),
-              name.unicodeScalars.allSatisfy(allowed.contains) else {
-            throw GodwitError("invalid container name \"\(name)\"",
-                              hint: "use 1-64 letters, digits, '-', '_' or '.', not starting with '.'")
-        }
+        try ContainerName.validate(name)
     }
 
     /// The environment as `K=V` lines, with a PATH when the caller gave none.

@@ -31,7 +31,10 @@ import Testing
         #expect(throws: (any Error).self) { try ContainerSpec.validate(name: "../etc") }
         #expect(throws: (any Error).self) { try ContainerSpec.validate(name: "") }
         #expect(throws: (any Error).self) { try ContainerSpec(name: "ok", image: "/i", initCommand: []) }
-        try ContainerSpec.validate(name: "web-1.test_x")
+        // The API's rule (ContainerName): what the CLI and the daemon accept, no more.
+        #expect(throws: (any Error).self) { try ContainerSpec.validate(name: "web_1") }
+        #expect(throws: (any Error).self) { try ContainerSpec(name: "web.1", image: "/i", initCommand: ["/sbin/init"]) }
+        try ContainerSpec.validate(name: "web-1")
     }
 
     @Test func hybridLayoutFromMountinfo() throws {
