@@ -51,15 +51,34 @@ public final class MigrationSecrets: Sendable {
     /// peer other than the one it was issued for are all refused (403).
     public func consume(migrationID: String, presented: String, peerFingerprint: String? = nil,
                         now: Date = Date()) throws {
+        try check(migrationID: migrationID, presented: presented, peerFingerprint: peerFingerprint, now: now,
+                  consuming: true)
+    }
+
+    /// Accepts `presented` for `migrationID` without consuming it: one migration opens several
+    /// data channels (rsync, images, page server), each presenting the same secret. Replay is
+    /// still bounded: only the peer it was issued to (when bound), only until it expires or
+    /// the migration ends (`revoke`), which the daemon does on success, failure and cancel.
+    public func verify(migrationID: String, presented: String, peerFingerprint: String? = nil,
+                       now: Date = Date()) throws {
+        try check(migrationID: migrationID, presented: presented, peerFingerprint: peerFingerprint, now: now,
+                  consuming: false)
+    }
+
+    func check(migrationID: String, presented: String, peerFingerprint: String?, now: Date, consuming: Bool) throws {
         let context = [("migration", migrationID)]
         let refused = { (why: String) in
             TrustError.forbidden(GodwitError("migration secret refused: \(why)",
-                                             hint: "a migration secret works once, for its own migration; start the migration again",
+                                             hint: consuming
+                                                 ? "a migration secret works once, for its own migration; start the migration again"
+                                                 : "a migration secret works only for its own migration, until it ends; start the migration again",
                                              context: context))
         }
         let presentedHash = SecretBytes.hash(Array(Base64URL.decode(presented) ?? Data()))
         try entries.withLockedValue { entries in
-            guard let entry = entries[migrationID] else { throw refused("unknown migration, or secret already used") }
+            guard let entry = entries[migrationID] else {
+                throw refused(consuming ? "unknown migration, or secret already used" : "unknown migration, or the migration ended")
+            }
             guard entry.expiresAt > now else {
                 entries[migrationID] = nil
                 throw refused("expired")
@@ -68,7 +87,7 @@ public final class MigrationSecrets: Sendable {
             if let bound = entry.peerFingerprint, bound != peerFingerprint {
                 throw refused("presented by a host other than the one it was issued to")
             }
-            entries[migrationID] = nil
+            if consuming { entries[migrationID] = nil }
         }
     }
 

@@ -16,7 +16,15 @@ static const char usage[] =
     "      (the caller configures the network meanwhile), prints \"ok\" once INIT is exec'd.\n"
     "  godwit-spawn exec --pid PID [--cgroup DIR]... [--env K=V]... [--cwd DIR] -- CMD [ARG]...\n"
     "      Runs CMD inside the namespaces of the container whose init is PID; stdio passes\n"
-    "      through and CMD's exit status is ours (128+N when killed by signal N).\n";
+    "      through and CMD's exit status is ours (128+N when killed by signal N).\n"
+    "  godwit-spawn tunnel --socket PATH -- ARG...\n"
+    "      rsync's remote shell (-e \"godwit-spawn tunnel --socket PATH --\"): connects to the\n"
+    "      unix socket PATH, sends ARG... as one JSON array line, then copies stdin to the\n"
+    "      socket and the socket to stdout; stdin's EOF becomes shutdown(SHUT_WR), the\n"
+    "      socket's EOF closes stdout and ends the tunnel (as ssh does when the remote command\n"
+    "      exits). Exits 0 when it ended cleanly, 1 otherwise.\n";
+
+int spawn_tunnel(const char *socket_path, char **argv);
 
 static const char *need_value(int argc, char **argv, int *i) {
     if (*i + 1 >= argc) die("%s needs a value\n%s", argv[*i], usage);
@@ -61,6 +69,12 @@ int main(int argc, char **argv) {
     struct spawn_options opts;
     memset(&opts, 0, sizeof opts);
     if (argc < 2) die("%s", usage);
+    // tunnel has its own options: parse() knows only run/exec's.
+    if (strcmp(argv[1], "tunnel") == 0) {
+        if (argc < 5 || strcmp(argv[2], "--socket") != 0 || strcmp(argv[4], "--") != 0 || argc < 6)
+            die("tunnel needs --socket PATH -- ARG...\n%s", usage);
+        return spawn_tunnel(argv[3], argv + 5);
+    }
     parse(argc, argv, &opts);
     if (strcmp(argv[1], "run") == 0) {
         if (!opts.rootfs || opts.rootfs[0] != '/') die("run needs --rootfs with an absolute path");

@@ -1,0 +1,164 @@
+import Foundation
+import GodwitCore
+
+/// What one filesystem sync moved, from rsync's `--stats`.
+public struct SyncStats: Sendable, Equatable {
+    /// rsync's "Total bytes sent" (protocol bytes, compressed deltas included).
+    public var bytesSent: Int64
+    /// rsync's "Total bytes received".
+    public var bytesReceived: Int64
+}
+
+/// Syncs a container's root filesystem to another host with rsync, as LXD does, over a
+/// Godwit peer stream instead of ssh: the source's rsync runs `godwit-spawn tunnel` as its
+/// "remote shell", the tunnel's bytes go through the authenticated channel, and the
+/// destination runs `rsync --server` on the channel's fd. The destination never runs what
+/// the peer asks for: it checks the announced command against an allowlist and always
+/// writes into its own directory.
+public enum FilesystemSync {
+    /// rsync flags for a faithful copy of a root filesystem: hard links, ACLs, xattrs,
+    /// devices, numeric ownership (ids must not be remapped through this host's passwd).
+    public static let rsyncOptions = ["-aHAX", "--numeric-ids", "--delete", "--stats"]
+
+    // MARK: source side
+
+    /// Pushes `directory`'s contents to the peer. `channel` opens the peer stream (its fd is
+    /// closed here); `spawnHelper` is the path of godwit-spawn. Blocking: run on a thread.
+    public static func push(from directory: String, channel: () throws -> Int32, spawnHelper: String,
+                            extraOptions: [String] = []) throws -> SyncStats {
+        guard !spawnHelper.contains(where: \.isWhitespace) else {
+            throw GodwitError("the godwit-spawn path may not contain spaces (rsync splits its -e command): \(spawnHelper)")
+        }
+        var template = Array("/tmp/godwit-sync-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw GodwitError.errno("mkdtemp for the rsync tunnel") }
+        let temp = String(cString: made)
+        defer { try? FileManager.default.removeItem(atPath: temp) }
+        let socketPath = temp + "/tunnel.sock"
+        let listener = try listenUnix(socketPath)
+        defer { close(listener) }
+        let source = directory.hasSuffix("/") ? directory : directory + "/"
+        let argv = ["rsync"] + rsyncOptions + extraOptions
+            + ["-e", "\(spawnHelper) tunnel --socket \(socketPath) --", source, "godwit:/"]
+        var stdoutFds: [Int32] = [-1, -1]
+        guard pipe2(&stdoutFds, O_CLOEXEC) == 0 else { throw GodwitError.errno("pipe for rsync's output") }
+        let rsync: SyncProcess
+        do {
+            rsync = try SyncProcess(argv, stdin: -1, stdout: stdoutFds[1])
+        } catch {
+            close(stdoutFds[0]); close(stdoutFds[1])
+            throw error
+        }
+        close(stdoutFds[1])
+        let output = Drain(stdoutFds[0])
+        func failed(_ why: String) -> GodwitError {
+            let (status, stderr) = rsync.wait()
+            let detail = stderr.lastLine.isEmpty ? "" : ": \(stderr.lastLine)"
+            return GodwitError("rsync of \(directory) \(why) (rsync exit \(status))\(detail)")
+        }
+        // rsync starts the tunnel, which connects here; if rsync dies first, say why.
+        let tunnel: Int32
+        do {
+            tunnel = try acceptTunnel(listener, while: rsync)
+        } catch {
+            rsync.kill()
+            throw failed("did not start its tunnel").with("error", "\(error)")
+        }
+        defer { close(tunnel) }
+        let peer: Int32
+        do {
+            peer = try channel()
+        } catch {
+            rsync.kill()
+            _ = rsync.wait()
+            throw GodwitError.wrap(error, doing: "opening the filesystem sync channel for \(directory)")
+        }
+        defer { close(peer) }
+        let relayed = Result { try SocketRelay.run(tunnel, peer, label: "rsync tunnel of \(directory)") }
+        let (status, stderr) = rsync.wait()
+        let stats = output.text()
+        guard status == 0 else {
+            let why = stderr.lastLine.isEmpty ? ((try? relayed.get()) == nil ? "\(relayed)" : "") : stderr.lastLine
+            throw GodwitError("rsync of \(directory) to the peer failed (exit \(status)): \(why)",
+                              hint: "the destination's log says why its side stopped, if it did")
+        }
+        _ = try relayed.get()
+        return SyncStats(bytesSent: statistic("Total bytes sent", in: stats),
+                         bytesReceived: statistic("Total bytes received", in: stats))
+    }
+
+    /// "Total bytes sent: 1,234,567" → 1234567 (0 when missing).
+    static func statistic(_ name: String, in text: String) -> Int64 {
+        for line in text.split(separator: "\n") where line.hasPrefix(name + ":") {
+            let digits = line.dropFirst(name.count + 1).filter(\.isNumber)
+            return Int64(digits) ?? 0
+        }
+        return 0
+    }
+
+    static func listenUnix(_ path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw GodwitError.errno("socket for the rsync tunnel") }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            close(fd)
+            throw GodwitError("tunnel socket path too long: \(path)")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        // The directory is 0700 (mkdtemp): only root reaches the socket.
+        guard bound == 0, listen(fd, 1) == 0 else {
+            let error = GodwitError.errno("bind/listen \(path)")
+            close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// Waits for the tunnel's connection, giving up if rsync exits or after 60 s.
+    static func acceptTunnel(_ listener: Int32, while rsync: SyncProcess) throws -> Int32 {
+        for _ in 0..<600 {
+            var entry = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            if Glibc.poll(&entry, 1, 100) > 0 {
+                let fd = accept4(listener, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+                if fd >= 0 { return fd }
+            }
+            if let status = rsync.poll() {
+                throw GodwitError("rsync exited (status \(status)) before connecting its tunnel")
+            }
+        }
+        throw GodwitError("rsync's tunnel did not connect within 60 s")
+    }
+}
+
+/// Reads a descriptor to EOF on its own thread (rsync's --stats output), then closes it.
+final class Drain: @unchecked Sendable {
+    private var data = Data()
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ fd: Int32) {
+        Thread.detachNewThread { [self] in
+            var buffer = [UInt8](repeating: 0, count: 16384)
+            while true {
+                let n = read(fd, &buffer, buffer.count)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                data.append(contentsOf: buffer[0..<n])
+            }
+            close(fd)
+            done.signal()
+        }
+    }
+
+    func text() -> String {
+        done.wait()
+        done.signal()
+        return String(decoding: data, as: UTF8.self)
+    }
+}

@@ -1,0 +1,295 @@
+import Foundation
+import GodwitCore
+import NIOCore
+
+/// Sits on the TLS channel (after the NIOSSL handler) and joins it to the bridge end of a
+/// local socketpair. Phase `.line`: one JSON line each way (header, answer), handled by the
+/// role's `lineReceived`. Phase `.open`: frames (see `PeerStreamWire`) in both directions.
+///
+/// Backpressure is the NIO "glue" pattern: each side reads only while its partner channel is
+/// writable (below its high-water mark), so at most ~1 MiB per direction sits in user space
+/// whatever the volume streamed. Both channels share one event loop: no locks.
+final class PeerStreamBridge: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    enum Phase { case line, open, closed }
+
+    /// The role's handling of the first line received (header on the server, answer on the client).
+    var lineReceived: (PeerStreamBridge, ChannelHandlerContext, Substring) -> Void = { _, context, _ in context.close(promise: nil) }
+    /// Called once when the stream ends without both directions ending cleanly.
+    var aborted: ((any Error)?) -> Void = { _ in }
+    /// For error context: "remote 'h2'", "peer <fingerprint>"...
+    var label = "peer stream"
+
+    private(set) var phase = Phase.line
+    private var context: ChannelHandlerContext?
+    private var line = ByteBuffer()
+    private(set) var local: Channel?
+    private weak var localHandler: LocalSideHandler?
+    /// Frame bytes that arrived before the local channel existed (at most one read's worth).
+    private var held: [ByteBuffer] = []
+    private var prefix = ByteBuffer()
+    private var remaining = 0
+    private var receivedEnd = false
+    private var sentEnd = false
+    private var endWritten = false
+    private var localOutputDone = false
+    private var pendingRead = false
+    private var localNeedsFlush = false
+    private var lastError: (any Error)?
+    private var finished = false
+
+    var tlsWritable: Bool { context?.channel.isWritable ?? false }
+
+    // MARK: TLS side
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        switch phase {
+        case .closed:
+            return
+        case .line:
+            line.writeBuffer(&buffer)
+            guard let newline = line.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
+                if line.readableBytes > PeerStreamWire.maxHeaderLength {
+                    fail(context, GodwitError("\(label): first line longer than \(PeerStreamWire.maxHeaderLength) bytes"))
+                }
+                return
+            }
+            let length = newline - line.readerIndex
+            guard length <= PeerStreamWire.maxHeaderLength, let text = line.readString(length: length) else {
+                fail(context, GodwitError("\(label): first line longer than \(PeerStreamWire.maxHeaderLength) bytes"))
+                return
+            }
+            line.moveReaderIndex(forwardBy: 1)
+            if line.readableBytes > 0 { held.append(line) }
+            line = ByteBuffer()
+            lineReceived(self, context, Substring(text))
+        case .open:
+            if local == nil { held.append(buffer) } else { consume(&buffer, context: context) }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if localNeedsFlush {
+            localNeedsFlush = false
+            local?.flush()
+        }
+    }
+
+    /// Glue: read from TLS only when the local socket can take what we'd decode.
+    func read(context: ChannelHandlerContext) {
+        if phase == .open, !(local?.isWritable ?? false) {
+            pendingRead = true
+        } else {
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { localHandler?.resumeReading() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if lastError == nil { lastError = error }
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        phase = .closed
+        if !(receivedEnd && endWritten) {
+            // An abnormal end must reach the local user as a dead socket (EOF/ECONNRESET
+            // for its reader, EPIPE for its writer), never as a clean end of data.
+            local?.close(promise: nil)
+            aborted(lastError)
+        }
+        context.fireChannelInactive()
+    }
+
+    /// Protocol violation or local failure: tear everything down.
+    func fail(_ context: ChannelHandlerContext, _ error: any Error) {
+        if lastError == nil { lastError = error }
+        context.close(promise: nil)
+    }
+
+    /// Writes one JSON line (header or answer).
+    func writeLine<T: Encodable>(_ value: T, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
+        context.writeAndFlush(wrapOutboundOut(PeerStreamWire.encodeLine(value, allocator: context.channel.allocator)))
+    }
+
+    // MARK: decoding frames from the peer
+
+    private func consume(_ buffer: inout ByteBuffer, context: ChannelHandlerContext) {
+        guard let local else { return }
+        while buffer.readableBytes > 0 {
+            if remaining > 0 {
+                let count = min(remaining, buffer.readableBytes)
+                local.write(buffer.readSlice(length: count)!, promise: nil)
+                remaining -= count
+                localNeedsFlush = true
+                continue
+            }
+            if receivedEnd {
+                fail(context, GodwitError("\(label): data after the end of stream"))
+                return
+            }
+            let need = 4 - prefix.readableBytes
+            var piece = buffer.readSlice(length: min(need, buffer.readableBytes))!
+            prefix.writeBuffer(&piece)
+            guard prefix.readableBytes == 4, let length = prefix.readInteger(as: UInt32.self) else { continue }
+            prefix.clear()
+            if length == 0 {
+                receivedEnd = true
+                endInbound()
+            } else if length > PeerStreamWire.maxFrame {
+                fail(context, GodwitError("\(label): frame of \(length) bytes exceeds \(PeerStreamWire.maxFrame)"))
+                return
+            } else {
+                remaining = Int(length)
+            }
+        }
+    }
+
+    /// The peer ended its direction: once everything before it reached the local socket,
+    /// shut down our writing side of it, so the local reader sees EOF (its writes go on).
+    private func endInbound() {
+        guard let local else { return }
+        localNeedsFlush = false
+        local.writeAndFlush(ByteBuffer()).whenComplete { [self] _ in
+            local.close(mode: .output).whenComplete { [self] _ in
+                localOutputDone = true
+                finishIfDone()
+            }
+        }
+    }
+
+    // MARK: local side (called by LocalSideHandler on the same event loop)
+
+    func attach(local channel: Channel, handler: LocalSideHandler) {
+        guard phase != .closed, let context else {
+            channel.close(promise: nil)
+            return
+        }
+        local = channel
+        localHandler = handler
+        let early = held
+        held = []
+        for var buffer in early { consume(&buffer, context: context) }
+        channelReadComplete(context: context)
+        if pendingRead, channel.isWritable {
+            pendingRead = false
+            context.read()
+        }
+    }
+
+    func open() { phase = .open }
+
+    func sendData(_ buffer: ByteBuffer) {
+        guard let context, phase == .open, !sentEnd else { return }
+        var buffer = buffer
+        while buffer.readableBytes > 0 {
+            let chunk = buffer.readSlice(length: min(buffer.readableBytes, PeerStreamWire.maxFrame))!
+            var header = context.channel.allocator.buffer(capacity: 4)
+            header.writeInteger(UInt32(chunk.readableBytes))
+            context.write(wrapOutboundOut(header), promise: nil)
+            context.write(wrapOutboundOut(chunk), promise: nil)
+        }
+    }
+
+    func flushToPeer() { context?.flush() }
+
+    /// The local user ended its writing side (shutdown(SHUT_WR) or close): end our direction.
+    func sendEnd() {
+        guard let context, phase == .open, !sentEnd else { return }
+        sentEnd = true
+        var header = context.channel.allocator.buffer(capacity: 4)
+        header.writeInteger(UInt32(0))
+        context.writeAndFlush(wrapOutboundOut(header)).whenComplete { [self] result in
+            if case .success = result { endWritten = true }
+            finishIfDone()
+        }
+    }
+
+    func localWritabilityChanged(_ writable: Bool) {
+        guard writable, pendingRead, let context else { return }
+        pendingRead = false
+        context.read()
+    }
+
+    /// The local socket failed (EPIPE: its user closed without reading) or closed.
+    func localEnded(error: (any Error)?) {
+        guard let context, phase != .closed else { return }
+        if receivedEnd && endWritten { return finishIfDone() }
+        fail(context, error ?? GodwitError("\(label): the local end closed before the stream ended"))
+    }
+
+    private func finishIfDone() {
+        guard receivedEnd, endWritten, localOutputDone, !finished else { return }
+        finished = true
+        phase = .closed
+        local?.close(promise: nil)
+        context?.close(promise: nil)
+    }
+}
+
+/// On the bridge end of the socketpair: forwards what the local user writes as frames, and
+/// applies the glue's backpressure in the other direction.
+final class LocalSideHandler: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+
+    let bridge: PeerStreamBridge
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+
+    init(bridge: PeerStreamBridge) { self.bridge = bridge }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func channelActive(context: ChannelHandlerContext) {
+        bridge.attach(local: context.channel, handler: self)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        bridge.sendData(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) { bridge.flushToPeer() }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event { bridge.sendEnd() }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Glue: read what the user wrote only while TLS can take it.
+    func read(context: ChannelHandlerContext) {
+        if bridge.tlsWritable { context.read() } else { pendingRead = true }
+    }
+
+    func resumeReading() {
+        guard pendingRead, let context else { return }
+        pendingRead = false
+        context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        bridge.localWritabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        bridge.localEnded(error: error)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        bridge.localEnded(error: nil)
+        context.fireChannelInactive()
+    }
+}
