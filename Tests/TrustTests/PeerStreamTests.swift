@@ -156,3 +156,52 @@ import Testing
         #expect(pair.headers.withLockedValue { $0.isEmpty })
     }
 }
+
+/// Loopback throughput of a peer stream next to a plain socketpair, median of 3 runs of
+/// 512 MiB each. Prints only (no wall-clock assertion); `GODWIT_BENCH=1` enables it.
+@Suite(.serialized) struct PeerStreamThroughput {
+    static let size = 512 << 20
+
+    /// Writes `size` bytes into `writer` and reads them from `reader`: MB/s.
+    static func measure(_ writer: Int32, _ reader: Int32) async throws -> Double {
+        let start = Date()
+        async let sent: Void = onThread {
+            let block = [UInt8](repeating: 0x5a, count: 1 << 20)
+            for _ in 0..<(size >> 20) { try FD.write(writer, block) }
+            shutdown(writer, Int32(SHUT_WR))
+        }
+        let count = try await onThread { () -> Int in
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            var total = 0
+            while true {
+                let n = read(reader, &buffer, buffer.count)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return total }
+                total += n
+            }
+        }
+        try await sent
+        #expect(count == size)
+        return Double(size) / 1e6 / Date().timeIntervalSince(start)
+    }
+
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["GODWIT_BENCH"] == "1"))
+    func peerStreamVersusSocketpair() async throws {
+        let pair = try await PeerStreamPair()
+        defer { Task { await pair.stop() } }
+        var stream: [Double] = [], plain: [Double] = []
+        for run in 0..<3 {
+            let (client, server) = try await pair.open(migration: "bench\(run)")
+            stream.append(try await Self.measure(client, server))
+            close(client); close(server)
+            var fds: [Int32] = [-1, -1]
+            _ = socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds)
+            plain.append(try await Self.measure(fds[0], fds[1]))
+            close(fds[0]); close(fds[1])
+        }
+        let median = { (values: [Double]) in values.sorted()[1] }
+        print(String(format: "peer stream: %.0f MB/s (runs %@); socketpair: %.0f MB/s (runs %@)",
+                     median(stream), stream.map { String(format: "%.0f", $0) }.joined(separator: ", "),
+                     median(plain), plain.map { String(format: "%.0f", $0) }.joined(separator: ", ")))
+    }
+}
