@@ -25,8 +25,11 @@ test: build
 demo: build
 	$(GODWIT) demo
 
+# Link throughput, then the migration benchmark's quick profile (< 10 min; the full profile
+# is `godwit bench migrate`, see docs/benchmarks.md). Results under bench/results/.
 bench: build
 	$(GODWIT) bench link
+	$(GODWIT) bench migrate --quick
 
 clean:
 	rm -rf .build
