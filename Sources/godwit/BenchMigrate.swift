@@ -36,6 +36,8 @@ struct MigrateBench: AsyncParsableCommand {
     @Flag(help: "The quick profile: 256 MiB, strides 4,0, 1 repetition; other options override it.") var quick = false
     @Option(help: "Seconds memtouch keeps writing before the move.") var warmSeconds: Double = 3
     @Option(help: "Results directory (default: bench/results/<timestamp> in the checkout).") var output: String?
+    @Option(help: "Skip the runs that would start after this many minutes (default: 9 with --quick, else none).")
+    var maxMinutes: Double?
 
     func plan() throws -> BenchPlan {
         var plan = quick ? BenchPlan.quick : BenchPlan.full
@@ -62,6 +64,7 @@ struct MigrateBench: AsyncParsableCommand {
             throw ValidationError(error.message + (error.hint.map { "\nhint: " + $0 } ?? ""))
         }
         guard warmSeconds >= 0, warmSeconds <= 600 else { throw ValidationError("--warm-seconds must be in [0, 600]") }
+        if let maxMinutes, !(maxMinutes > 0) { throw ValidationError("--max-minutes must be greater than 0") }
     }
 
     func run() async throws {
@@ -87,8 +90,10 @@ struct MigrateBench: AsyncParsableCommand {
                                      extraFiles: [(workloads[0], "usr/bin/memtouch"), (workloads[1], "usr/bin/udpecho")],
                                      httpsPort: LabDaemons.httpsPort)
                 try await LabTrust.enrollAll(lab)
+                let limit = maxMinutes ?? (quick ? 9 : nil)
                 let runner = BenchRunner(lab: lab, criu: criu, godwit: LabCommand.executable, warmSeconds: warmSeconds,
-                                         rawDirectory: directory + "/raw")
+                                         rawDirectory: directory + "/raw",
+                                         deadline: limit.map { started.addingTimeInterval($0 * 60) })
                 let samples = runner.runAll(plan)
                 try Self.write(samples: samples, plan: plan, directory: directory, criuVersion: criuVersion,
                                seconds: Date().timeIntervalSince(started))

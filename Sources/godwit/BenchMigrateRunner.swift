@@ -13,6 +13,8 @@ final class BenchRunner {
     let godwit: String
     let warmSeconds: Double
     let rawDirectory: String
+    /// Runs that would start after this are skipped (the quick profile's 10-minute promise).
+    let deadline: Date?
     let source: LabHost, destination: LabHost
     static let responderPort: UInt16 = 7777
     static let reportPath = "/tmp/memtouch.json"
@@ -20,8 +22,9 @@ final class BenchRunner {
     private var unavailable: [BenchStrategy: String] = [:]
     private var counter = 0
 
-    init(lab: Lab, criu: CRIU, godwit: String, warmSeconds: Double, rawDirectory: String) {
+    init(lab: Lab, criu: CRIU, godwit: String, warmSeconds: Double, rawDirectory: String, deadline: Date? = nil) {
         self.lab = lab; self.criu = criu; self.godwit = godwit; self.warmSeconds = warmSeconds; self.rawDirectory = rawDirectory
+        self.deadline = deadline
         source = lab.hosts[0]; destination = lab.hosts[1]
     }
 
@@ -37,6 +40,9 @@ final class BenchRunner {
                 var sample: BenchSample
                 if let why = unavailable[configuration.strategy] {
                     sample = BenchSample(configuration: configuration, repetition: repetition, outcome: .skipped, note: why)
+                } else if let deadline, Date() > deadline {
+                    sample = BenchSample(configuration: configuration, repetition: repetition, outcome: .skipped,
+                                         note: "not run: the time limit (--max-minutes) was reached")
                 } else {
                     do {
                         sample = try run(configuration, repetition: repetition)
