@@ -69,7 +69,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "API", "GodwitCore", "Runtime", "Checkpoint", "HostCheck", "Trust",
+                "API", "GodwitCore", "Runtime", "Checkpoint", "HostCheck", "Trust", "Migration",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),

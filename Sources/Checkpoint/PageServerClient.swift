@@ -71,6 +71,15 @@ public final class PageServerClient {
         }
     }
 
+    /// Speaks the protocol over an already connected stream (the daemons' authenticated
+    /// channel, relayed to the source's CRIU by `PageServerRelay`). The relay turns our
+    /// abort and end of stream into what CRIU must see (unknown command, reset or FIN).
+    public init(connected fd: Int32, peer: String) {
+        self.host = peer
+        self.port = 0
+        self.fd = fd
+    }
+
     deinit { abandon() }
 
     /// Drops the connection WITHOUT CLOSE: an unknown command (CRIU fails the session

@@ -61,6 +61,8 @@ public struct DaemonContext: Sendable {
     /// Identity, trusted clients, remotes and migration secrets; nil without `--https`.
     /// Use `requireTrust()` in routes that cannot work without it.
     public let trust: TrustLayer?
+    /// Moves to and from peers (needs `trust` and a driver that can migrate).
+    public let migrations: MigrationService
 
     public init(options: DaemonOptions, store: Store, driver: any ContainerDriver, trust: TrustLayer? = nil) throws {
         self.options = options
@@ -76,6 +78,8 @@ public struct DaemonContext: Sendable {
                                       cgroupParent: options.cgroupRoot,
                                       containersDirectory: options.stateDir.appendingPathComponent("containers"))
         startedAt = Date()
+        migrations = MigrationService()
+        migrations.attach(self)
     }
 
     public func serverInfo() -> ServerInfo {

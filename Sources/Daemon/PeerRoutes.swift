@@ -18,5 +18,6 @@ public enum PeerRoutes {
                                               fingerprint: daemon.trust?.identity.fingerprint ?? "",
                                               client: context.trustedClient?.name))
         }
+        daemon.migrations.addPeerRoutes(to: router)
     }
 }

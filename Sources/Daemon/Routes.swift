@@ -88,6 +88,9 @@ public struct APIRoutes: Sendable {
         // MARK: trust and remotes (TrustRoutes.swift)
         TrustRoutes.add(to: router, daemon: daemon)
 
+        // MARK: moves (Migration/MoveRoutes.swift)
+        MoveRoutes.add(to: router, daemon: daemon)
+
         // MARK: operations and events
         router.get("/1.0/operations") { _, _ in try Self.sync(operations.list()) }
         router.get("/1.0/operations/:id") { _, context in

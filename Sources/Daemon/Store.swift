@@ -177,7 +177,8 @@ public final class Store: Sendable {
                                                         hint: "choose another name, or `godwit delete \(record.name)` first"))
             }
             var record = record
-            if let addresses {
+            // An incoming move brings its address along (same IP on every host).
+            if let addresses, record.ipv4 == nil {
                 let used = Set(try String.fetchAll(db, sql: "SELECT ipv4 FROM containers WHERE ipv4 IS NOT NULL")
                     .compactMap(IPv4.init))
                 record.ipv4 = try addresses.nextFree(excluding: used).description

@@ -49,6 +49,9 @@ public final class TCPPageServerUpstream: LazyPageUpstream {
         fd = s
     }
 
+    /// Over an already connected stream (the daemons' channel to the source's relay).
+    public init(connected fd: Int32) { self.fd = fd }
+
     deinit {
         abort()
         Glibc.close(fd)  // linger 0 unless finish() switched it off: a reset

@@ -93,6 +93,10 @@ struct InfoCommand: AsyncParsableCommand {
                 print("Config:")
                 for key in c.config.keys.sorted() { print("  \(key): \(c.config[key]!)") }
             }
+            if let move = try? await client.lastMove(name) {
+                print("Last move:")
+                print(move.text.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+            }
         }
     }
 }

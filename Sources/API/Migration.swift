@@ -1,0 +1,152 @@
+import Foundation
+
+// Moving a container between daemons: what the CLI asks its daemon, what the two daemons
+// say to each other over mutual TLS, and the report the user gets.
+
+/// `godwit move --mode`: `auto` picks the best strategy both hosts support.
+public enum MoveMode: String, Codable, Sendable, CaseIterable {
+    case auto
+    case stopAndCopy = "stop-and-copy"
+    case postCopy = "post-copy"
+    case preCopy = "pre-copy"
+    case hybrid
+}
+
+/// `POST /1.0/containers/{name}/move` (unix socket): an operation whose metadata ends with
+/// the report (`report` key, JSON).
+public struct MoveRequest: Codable, Sendable, Equatable {
+    /// A remote name from `godwit remote list`.
+    public var target: String
+    /// The name on the destination (default: the same).
+    public var newName: String?
+    public var mode: MoveMode
+
+    public init(target: String, newName: String? = nil, mode: MoveMode = .auto) {
+        self.target = target; self.newName = newName; self.mode = mode
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case target, mode
+        case newName = "new_name"
+    }
+}
+
+/// One strategy as one host can play it.
+public struct StrategyOffer: Codable, Sendable, Equatable {
+    public var strategy: String
+    public var asSource: Bool
+    public var asDestination: Bool
+    /// Why not, when a side is unavailable.
+    public var reason: String?
+
+    public init(strategy: String, asSource: Bool, asDestination: Bool, reason: String?) {
+        self.strategy = strategy; self.asSource = asSource; self.asDestination = asDestination; self.reason = reason
+    }
+}
+
+/// `GET /1.0/migrations/check` (HTTPS): the destination's own support check.
+public struct PeerCapabilities: Codable, Sendable, Equatable {
+    public var host: String
+    /// "4.2.1"; nil when CRIU is missing or unusable.
+    public var criuVersion: String?
+    public var strategies: [StrategyOffer]
+
+    public init(host: String, criuVersion: String?, strategies: [StrategyOffer]) {
+        self.host = host; self.criuVersion = criuVersion; self.strategies = strategies
+    }
+}
+
+/// `POST /1.0/migrations` (HTTPS): the source asks the destination to take a container.
+public struct IncomingMigrationRequest: Codable, Sendable, Equatable {
+    public var name: String
+    public var image: String
+    public var imageFingerprint: String
+    public var config: [String: String]
+    public var ipv4: String?
+    public var mac: String
+    /// The strategy the source chose from both checks (never auto).
+    public var mode: MoveMode
+    public var sourceHost: String
+    public var criuVersion: String?
+
+    public init(name: String, image: String, imageFingerprint: String, config: [String: String], ipv4: String?,
+                mac: String, mode: MoveMode, sourceHost: String, criuVersion: String?) {
+        self.name = name; self.image = image; self.imageFingerprint = imageFingerprint; self.config = config
+        self.ipv4 = ipv4; self.mac = mac; self.mode = mode; self.sourceHost = sourceHost; self.criuVersion = criuVersion
+    }
+}
+
+/// The destination's answer: the migration's id, its secret (every data channel of this
+/// migration presents it) and the port of the data-channel listener.
+public struct IncomingMigrationAnswer: Codable, Sendable, Equatable {
+    public var id: String
+    public var secret: String
+    public var streamPort: Int
+
+    public init(id: String, secret: String, streamPort: Int) {
+        self.id = id; self.secret = secret; self.streamPort = streamPort
+    }
+}
+
+/// What the destination did for `restore`, `commit` and later (`GET /1.0/migrations/{id}`).
+public struct IncomingMigrationStatus: Codable, Sendable, Equatable {
+    public var id: String
+    /// receiving, restored, running, done, aborted, lost
+    public var phase: String
+    public var pid: Int32?
+    public var fetchMillis: Double
+    public var rebuildMillis: Double
+    public var restoreMillis: Double
+    public var pagesFetched: Int
+    public var allLocalAfterCommitMillis: Double?
+    public var lost: String?
+
+    public init(id: String, phase: String, pid: Int32? = nil, fetchMillis: Double = 0, rebuildMillis: Double = 0,
+                restoreMillis: Double = 0, pagesFetched: Int = 0, allLocalAfterCommitMillis: Double? = nil, lost: String? = nil) {
+        self.id = id; self.phase = phase; self.pid = pid; self.fetchMillis = fetchMillis; self.rebuildMillis = rebuildMillis
+        self.restoreMillis = restoreMillis; self.pagesFetched = pagesFetched
+        self.allLocalAfterCommitMillis = allLocalAfterCommitMillis; self.lost = lost
+    }
+}
+
+/// One phase of a move: how long, and how many bytes crossed the link.
+public struct MovePhase: Codable, Sendable, Equatable {
+    public var name: String
+    public var millis: Double
+    public var bytes: UInt64
+
+    public init(name: String, millis: Double, bytes: UInt64 = 0) { self.name = name; self.millis = millis; self.bytes = bytes }
+}
+
+/// The report of one move, kept in the source's (and destination's) history.
+public struct MoveReport: Codable, Sendable, Equatable {
+    public var container: String
+    public var newName: String
+    public var source: String
+    public var destination: String
+    public var mode: MoveMode
+    /// Why `mode` (auto's choice, or the user's).
+    public var modeReason: String
+    /// moved, rolled-back, lost
+    public var outcome: String
+    public var reason: String?
+    public var failedPhase: String?
+    public var startedAt: Date
+    public var totalMillis: Double
+    /// From the freeze to the container running on the destination.
+    public var frozenMillis: Double?
+    /// Post-copy: from the freeze until every page was on the destination.
+    public var allLocalMillis: Double?
+    public var phases: [MovePhase]
+
+    public init(container: String, newName: String, source: String, destination: String, mode: MoveMode, modeReason: String,
+                outcome: String, reason: String? = nil, failedPhase: String? = nil, startedAt: Date, totalMillis: Double,
+                frozenMillis: Double? = nil, allLocalMillis: Double? = nil, phases: [MovePhase] = []) {
+        self.container = container; self.newName = newName; self.source = source; self.destination = destination
+        self.mode = mode; self.modeReason = modeReason; self.outcome = outcome; self.reason = reason
+        self.failedPhase = failedPhase; self.startedAt = startedAt; self.totalMillis = totalMillis
+        self.frozenMillis = frozenMillis; self.allLocalMillis = allLocalMillis; self.phases = phases
+    }
+
+    public var totalBytes: UInt64 { phases.reduce(0) { $0 + $1.bytes } }
+}

@@ -1,0 +1,145 @@
+import API
+import Foundation
+import GodwitCore
+import HostCheck
+import Hummingbird
+import Trust
+
+/// Moves between this daemon and its peers: the source side (`move`) and, through
+/// `incoming`, the destination side. Created with the daemon; needs `--https` (trust)
+/// and a driver that can migrate.
+public final class MigrationService: @unchecked Sendable {
+    private let lock = NSLock()
+    private var contextValue: DaemonContext?
+    private var incomingValue: IncomingMigrations?
+    private var checkCache: (at: Date, capabilities: PeerCapabilities)?
+
+    public init() {}
+
+    /// Called once the daemon context exists (the context holds this service).
+    public func attach(_ context: DaemonContext) {
+        lock.withLock {
+            contextValue = context
+            if let trust = context.trust, let driver = context.driver as? any MigrationDriver, let https = context.options.https {
+                incomingValue = IncomingMigrations(context: context, trust: trust, driver: driver, listenHost: https.host)
+            }
+        }
+    }
+
+    var context: DaemonContext {
+        get throws {
+            guard let context = lock.withLock({ contextValue }) else { throw GodwitError("the migration service is not attached") }
+            return context
+        }
+    }
+
+    /// The destination side; the error says why this daemon can't take part in moves.
+    func incoming() throws -> IncomingMigrations {
+        if let incoming = lock.withLock({ incomingValue }) { return incoming }
+        let context = try context
+        if context.trust == nil {
+            throw RequestError.badRequest(GodwitError("this daemon has no HTTPS listener, so it can't take part in moves",
+                                                      hint: "start godwitd with --https ADDRESS:PORT"))
+        }
+        throw RequestError.badRequest(GodwitError("this daemon's driver (\(context.driver.kind)) can't migrate containers"))
+    }
+
+    func migrationDriver() throws -> any MigrationDriver {
+        let context = try context
+        guard let driver = context.driver as? any MigrationDriver else {
+            throw RequestError.badRequest(GodwitError("this daemon's driver (\(context.driver.kind)) can't migrate containers"))
+        }
+        return driver
+    }
+
+    /// This host's support check, cached for a minute (it forks probes and runs CRIU).
+    func capabilities() throws -> PeerCapabilities {
+        let context = try context
+        if let cached = lock.withLock({ checkCache }), Date().timeIntervalSince(cached.at) < 60 { return cached.capabilities }
+        var capabilities = MovePlanner.capabilities(HostProbe.run(criuSetting: context.options.criu))
+        capabilities.host = context.options.hostName
+        let fresh = capabilities
+        lock.withLock { checkCache = (Date(), fresh) }
+        return fresh
+    }
+
+    // MARK: routes
+
+    /// The daemon-to-daemon routes (HTTPS, behind the trust check).
+    public func addPeerRoutes(to router: Router<PeerRequestContext>) {
+        router.get("/1.0/migrations/check") { _, _ in try APIRoutes.sync(try self.capabilities()) }
+        router.post("/1.0/migrations") { request, context in
+            let body = try await APIRoutes.decode(IncomingMigrationRequest.self, request)
+            guard let client = context.trustedClient else {
+                throw TrustError.forbidden(GodwitError("moves need a trusted client certificate"))
+            }
+            return try APIRoutes.sync(try await self.incoming().begin(body, peerFingerprint: client.fingerprint,
+                                                                      peerName: client.name))
+        }
+        router.post("/1.0/migrations/:id/restore") { _, context in
+            try APIRoutes.sync(try await self.incoming().restore(try context.parameters.require("id")))
+        }
+        router.post("/1.0/migrations/:id/commit") { _, context in
+            try APIRoutes.sync(try await self.incoming().commit(try context.parameters.require("id")))
+        }
+        router.post("/1.0/migrations/reports") { request, _ in
+            // The source's final report, so `godwit info` shows the move on this side too.
+            let report = try await APIRoutes.decode(MoveReport.self, request)
+            self.record(report, direction: "in", peer: report.source, container: report.newName)
+            return try APIRoutes.sync([String: String]())
+        }
+        router.get("/1.0/migrations/:id") { _, context in
+            try APIRoutes.sync(try self.incoming().migration(try context.parameters.require("id")).status())
+        }
+        router.delete("/1.0/migrations/:id") { _, context in
+            let id = try context.parameters.require("id")
+            await (try self.incoming()).abort(id, reason: "the source aborted the move")
+            return try APIRoutes.sync([String: String]())
+        }
+    }
+
+    // MARK: moving out
+
+    /// `POST /1.0/containers/{name}/move`: checks what can be checked before any work, then
+    /// runs the move as an operation whose metadata ends with the report.
+    public func move(_ name: String, _ request: MoveRequest) throws -> OperationInfo {
+        let context = try context
+        let record = try context.containers.record(name)
+        guard record.status == .running else {
+            throw RequestError.badRequest(GodwitError("container '\(name)' is \(record.status.rawValue.lowercased()); only running containers move live",
+                                                      hint: record.status == .frozen ? "`godwit resume \(name)` first" : "`godwit start \(name)` first"))
+        }
+        guard let trust = context.trust else { _ = try incoming(); throw GodwitError("no trust layer") }
+        do { _ = try trust.remotes.get(request.target) } catch {
+            throw RequestError.badRequest(GodwitError("unknown remote '\(request.target)'",
+                                                      hint: "`godwit remote list` shows the remotes; `godwit remote add` adds one"))
+        }
+        if let newName = request.newName { try RequestError.validating { try ContainerName.validate(newName) } }
+        let driver = try migrationDriver()
+        return try context.containers.operation("Moving", container: name) { handle in
+            let report = try await MoveSource(service: self, context: context, trust: trust, driver: driver,
+                                              record: record, request: request, handle: handle).run()
+            let json = String(decoding: try APICoding.encoder().encode(report), as: UTF8.self)
+            return ["report": json]
+        }
+    }
+
+    // MARK: history
+
+    func record(_ report: MoveReport, direction: String = "out", peer: String? = nil, container: String? = nil) {
+        guard let context = try? context else { return }
+        let json = (try? APICoding.encoder().encode(report)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        _ = try? context.store.recordMigration(MigrationRecord(
+            id: nil, container: container ?? report.container, direction: direction, peer: peer ?? report.destination,
+            strategy: report.mode.rawValue,
+            status: report.outcome, startedAt: report.startedAt, finishedAt: Date(),
+            downtimeMilliseconds: report.frozenMillis.map { Int64($0) }, details: ["report": json]))
+    }
+
+    /// The move reports of `container` on this host (moves out of it, and into it), oldest first.
+    public func reports(of container: String) throws -> [MoveReport] {
+        try context.store.migrations(of: container).compactMap { record in
+            record.details["report"].flatMap { try? APICoding.decoder().decode(MoveReport.self, from: Data($0.utf8)) }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+import Checkpoint
+import Foundation
+import GodwitCore
+import Memory
+
+/// Where an incoming container is restored: CRIU, the restore flags (images directory,
+/// rootfs, veth on this host's bridge, cgroup root), the cgroup it lands in, and a
+/// directory for the page store.
+public struct IncomingTarget: Sendable {
+    public var criu: CRIU
+    public var restore: RestoreOptions
+    public var cgroup: Cgroup
+    public var storeDirectory: String
+
+    public init(criu: CRIU, restore: RestoreOptions, cgroup: Cgroup, storeDirectory: String) {
+        self.criu = criu; self.restore = restore; self.cgroup = cgroup; self.storeDirectory = storeDirectory
+    }
+}
+
+/// What the destination measured.
+public struct IncomingFigures: Codable, Sendable {
+    public var fetchMillis = 0.0
+    public var rebuildMillis = 0.0
+    public var lazyDaemonMillis = 0.0
+    public var restoreMillis = 0.0
+    public var pagesFetched = 0
+    public var lazyPages = 0
+    /// Post-copy: from the commit until every page was local.
+    public var allLocalAfterCommitMillis: Double?
+    public var pagesServedLocally = 0
+    public var pagesFetchedOnFault = 0
+    /// Set when the container was lost after the commit (post-copy only).
+    public var lost: String?
+    public var notes: [String] = []
+    public init() {}
+}
+
+/// The destination's half of a move. The source's lazy dump keeps the container frozen
+/// and serves its memory through a page channel; this side either fetches every page and
+/// restores normally (stop-and-copy), or restores at once with `criu lazy-pages` fetching
+/// on fault behind a LazyPageProxy (post-copy). Either way the restored tasks stay stopped
+/// until `commit()`, which the source calls only after it has doomed its own tasks:
+/// never two running copies.
+public final class IncomingRestore: @unchecked Sendable {
+    public enum Mode: String, Sendable { case copy, lazy }
+
+    public let mode: Mode
+    public let target: IncomingTarget
+    private let lock = NSLock()
+    private var client: PageServerClient?
+    private var proxy: LazyPageProxy?
+    private var daemon: LazyPagesDaemon?
+    private var store: PageStore?
+    private var committedAt: UInt64?
+    private var finished = false
+    public private(set) var restoredPID: pid_t?
+    private var figuresValue = IncomingFigures()
+    public var figures: IncomingFigures { lock.lock(); defer { lock.unlock() }; return figuresValue }
+
+    public init(mode: Mode, target: IncomingTarget) {
+        self.mode = mode
+        self.target = target
+    }
+
+    private static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+    private static func millis(since t: UInt64) -> Double { Double(now() - t) / 1e6 }
+
+    /// Restores from the images already received plus the page channel `pages` (owned from
+    /// now on). Returns the restored init's host pid; its tasks are stopped.
+    public func restore(pages fd: Int32) throws -> pid_t {
+        try? FileManager.default.removeItem(atPath: target.storeDirectory)
+        let store = try PageStore(directory: target.storeDirectory)
+        self.store = store
+        let images = target.restore.imagesDirectory
+        var options = target.restore
+        options.leaveStopped = true
+        switch mode {
+        case .copy:
+            var t = Self.now()
+            let client = PageServerClient(connected: fd, peer: "source")
+            self.client = client
+            let rebuilder = ImageRebuilder(directory: images)
+            var requests: [PageServerClient.Request] = []
+            var lazyPages = 0
+            for (id, entries) in try rebuilder.lazyEntries() {
+                for entry in entries {
+                    lazyPages += entry.pages
+                    var start = 0
+                    while start < entry.pages {
+                        let count = min(PageServerClient.maxPagesPerRequest, entry.pages - start)
+                        requests.append(.init(nsPID: id, vaddr: entry.vaddr + UInt64(start) * systemPageSize, pages: count))
+                        start += count
+                    }
+                }
+            }
+            try client.fetch(requests) { id, vaddr, pages, bytes in
+                try store.store(nsPID: id, vaddr: vaddr, count: pages, data: bytes)
+            }
+            update { $0.fetchMillis = Self.millis(since: t); $0.pagesFetched = client.pagesFetched; $0.lazyPages = lazyPages }
+            t = Self.now()
+            _ = try rebuilder.rebuild { id, vaddr, pages, buffer in
+                let held = try store.read(nsPID: id, vaddr: vaddr, count: pages, into: buffer)
+                if held.contains(false) {
+                    throw GodwitError("page \(id):0x\(String(vaddr, radix: 16)) did not arrive from the source")
+                }
+            }
+            // The rebuilt images hold the memory now; the store's copy can go.
+            store.destroy()
+            update { $0.rebuildMillis = Self.millis(since: t) }
+        case .lazy:
+            let t = Self.now()
+            let proxy = try LazyPageProxy(store: store, upstream: TCPPageServerUpstream(connected: fd))
+            // CLOSE would let the source's dump complete (killing the source): not before
+            // the source has doomed its tasks and called commit().
+            proxy.holdClose()
+            proxy.start()
+            self.proxy = proxy
+            let daemon = try LazyPagesDaemon(criu: target.criu, address: PageServerAddress(address: "127.0.0.1", port: proxy.port),
+                                             directory: images)
+            self.daemon = daemon
+            try daemon.waitUntilReady()
+            update { $0.lazyDaemonMillis = Self.millis(since: t) }
+            options.lazyPages = true
+        }
+        let t = Self.now()
+        let (pid, _) = try target.criu.restore(options)
+        restoredPID = pid
+        update { $0.restoreMillis = Self.millis(since: t) }
+        if case .failed(let why)? = proxy?.wait(timeout: 0) { throw GodwitError("the page channel failed: \(why)") }
+        guard TrackedProcess.of(hostPID: pid) != nil else {
+            throw GodwitError("the restored container's init (pid \(pid)) is not there")
+        }
+        return pid
+    }
+
+    /// The source's tasks are doomed: run. Stop-and-copy sends CLOSE (the source's dump
+    /// completes); post-copy lets lazy-pages' CLOSE through once every page is here.
+    public func commit() throws {
+        committedAt = Self.now()
+        proxy?.releaseClose()
+        // CRIU restores the freezer state it found at dump time (FROZEN: CRIU froze it).
+        try target.cgroup.thaw()
+        for task in ContainerProcesses.hostPIDs(cgroupDirectories: target.cgroup.directories) { kill(task, SIGCONT) }
+        if let client {
+            // The destination runs either way: the source's tasks are already doomed, so a
+            // failed CLOSE only means the source's dump ends in an error.
+            do { try client.close() } catch { update { $0.notes.append("CLOSE to the source failed: \(error)") } }
+            self.client = nil
+        }
+    }
+
+    /// Post-copy: waits until every page is local (or the session failed, which loses the
+    /// container: its tasks are killed before lazy-pages goes, so they never see zero pages).
+    /// Stop-and-copy returns at once.
+    @discardableResult
+    public func waitUntilLocal(timeout: TimeInterval) -> IncomingFigures {
+        guard let proxy else { return figures }
+        let outcome = proxy.wait(timeout: timeout)
+        let stats = proxy.statistics
+        update {
+            $0.pagesServedLocally = stats.pagesServedLocally
+            $0.pagesFetchedOnFault = stats.pagesFetched
+        }
+        switch outcome {
+        case .completed?:
+            if let at = proxy.completedAt, let committedAt, at > committedAt {
+                update { $0.allLocalAfterCommitMillis = Double(at - committedAt) / 1e6 }
+            } else {
+                update { $0.allLocalAfterCommitMillis = 0 }
+            }
+            if daemon?.waitForExit(timeout: 30) == nil { daemon?.kill() }
+        case .failed(let why)?:
+            lose(why)
+        case nil:
+            lose("not every page arrived within \(Int(timeout)) s")
+        }
+        proxy.stop()
+        store?.destroy()
+        return figures
+    }
+
+    private func lose(_ why: String) {
+        update { $0.lost = why }
+        try? target.cgroup.kill()
+        daemon?.kill()
+        try? target.cgroup.remove()
+    }
+
+    /// Before the commit: kill what was restored and fail the page session (the source
+    /// resumes). Idempotent.
+    public func abort() {
+        lock.lock()
+        if finished { lock.unlock(); return }
+        finished = true
+        lock.unlock()
+        try? target.cgroup.kill()
+        daemon?.kill()
+        try? target.cgroup.remove()
+        client?.abandon()
+        proxy?.stop()
+        store?.destroy()
+    }
+
+    private func update(_ change: (inout IncomingFigures) -> Void) {
+        lock.lock(); change(&figuresValue); lock.unlock()
+    }
+}

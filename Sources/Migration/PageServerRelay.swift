@@ -1,0 +1,152 @@
+import Checkpoint
+import Foundation
+import GodwitCore
+
+/// The source's end of the page channel: relays the destination's page-server session
+/// (arriving through the daemons' authenticated channel) to the local `criu dump
+/// --lazy-pages` page server, and back.
+///
+/// CRIU decides the source's fate from how this TCP connection ends (see
+/// PageServerClient): after CLOSE was answered a clean FIN lets the dump complete; any
+/// other end must be a reset (or an unknown command), which fails the dump and resumes
+/// the source. A channel can't carry "reset", so the relay decides: it watches the
+/// destination's requests (32-byte headers; clients send nothing else) for CLOSE, and
+/// ends the CRIU connection with FIN only if CLOSE went through and was answered.
+/// Every other end (the channel broke, the destination daemon died, we abort) is a reset.
+public final class PageServerRelay: @unchecked Sendable {
+    public let channel: Int32
+    let criu: Int32
+    private let lock = NSLock()
+    private var closeForwarded = false
+    private var closeAnswered = false
+    private var ended = false
+    private let group = DispatchGroup()
+    public private(set) var bytesToDestination: UInt64 = 0
+
+    /// Connects to CRIU's page server at `address` (with SO_LINGER {on, 0}) and starts
+    /// relaying `channel` (which the relay owns from now on).
+    public init(channel: Int32, pageServer address: PageServerAddress) throws {
+        criu = try Self.connect(address)
+        self.channel = channel
+        start()
+        // Closing happens once both directions are done, so no thread reads a reused fd;
+        // the linger mode set by `end()` makes that close a FIN or a reset.
+        group.notify(queue: .global()) { [criu, channel] in
+            close(criu)
+            close(channel)
+        }
+    }
+
+    static func connect(_ address: PageServerAddress) throws -> Int32 {
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw GodwitError.errno("socket") }
+        var one: Int32 = 1
+        setsockopt(s, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        setLinger(s, resetOnClose: true)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(address.port).bigEndian)
+        inet_pton(AF_INET, address.address, &addr.sin_addr)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else {
+            let error = GodwitError.errno("connect to the source's CRIU page server \(address.address):\(address.port)")
+            close(s)
+            throw error
+        }
+        return s
+    }
+
+    static func setLinger(_ fd: Int32, resetOnClose: Bool) {
+        var l = linger(l_onoff: resetOnClose ? 1 : 0, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+    }
+
+    private func start() {
+        group.enter()
+        let requests = Thread { [self] in
+            defer { group.leave() }
+            var header = [UInt8](repeating: 0, count: PageServerClient.headerSize)
+            while true {
+                guard Self.readFull(channel, &header) else { break }
+                let cmd = header.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
+                if cmd == PageServerClient.close { lock.lock(); closeForwarded = true; lock.unlock() }
+                guard Self.writeFull(criu, header) else { break }
+            }
+            end()
+        }
+        group.enter()
+        let answers = Thread { [self] in
+            defer { group.leave() }
+            var buffer = [UInt8](repeating: 0, count: 1 << 18)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { recv(criu, $0.baseAddress, $0.count, 0) }
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { break }
+                lock.lock()
+                bytesToDestination += UInt64(n)
+                // CRIU's only answer after CLOSE is its int32 status.
+                if closeForwarded { closeAnswered = true }
+                lock.unlock()
+                guard Self.writeFull(channel, Array(buffer[0..<n])) else { break }
+            }
+            // CRIU closed (after CLOSE, or it failed): pass the end on.
+            shutdown(channel, Int32(SHUT_WR))
+            end()
+        }
+        for thread in [requests, answers] { thread.stackSize = 1 << 20; thread.start() }
+    }
+
+    /// Ends the CRIU connection exactly once: FIN after an answered CLOSE, reset otherwise.
+    /// (shutdown(SHUT_RD) sends nothing: it only wakes our reader; the close after both
+    /// threads finish sends the reset, as linger is {on, 0}.)
+    private func end() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !ended else { return }
+        ended = true
+        if closeAnswered {
+            Self.setLinger(criu, resetOnClose: false)
+            shutdown(criu, Int32(SHUT_WR))
+        } else {
+            Self.setLinger(criu, resetOnClose: true)
+            shutdown(criu, Int32(SHUT_RD))
+        }
+        shutdown(channel, Int32(SHUT_RDWR))
+    }
+
+    /// Whether the session ended with an answered CLOSE (the dump completes).
+    public var committed: Bool { lock.lock(); defer { lock.unlock() }; return closeAnswered }
+
+    /// Fails the session now (the source resumes unless its tasks were killed).
+    public func abort() { end() }
+
+    /// Waits for both directions to finish.
+    public func wait(timeout: TimeInterval) -> Bool {
+        group.wait(timeout: .now() + timeout) == .success
+    }
+
+    static func readFull(_ fd: Int32, _ buffer: inout [UInt8]) -> Bool {
+        var done = 0
+        let count = buffer.count
+        while done < count {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + done, count - done, 0) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return false }
+            done += n
+        }
+        return true
+    }
+
+    static func writeFull(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return false }
+            done += n
+        }
+        return true
+    }
+}

@@ -1,0 +1,171 @@
+import API
+import Foundation
+import GodwitCore
+import Testing
+
+/// `godwit move` between two real lab hosts: real daemons with mutual TLS, real CRIU, the
+/// container's veth re-created on the other host's bridge. Small memory to stay fast.
+@Suite(.serialized, .enabled(if: geteuid() == 0, "needs root"))
+struct MoveTests {
+    /// A container with a counter, a memory writer and a TCP server, plus a client in the
+    /// lab's client namespace connected to it.
+    final class Workload {
+        let lab: MoveLab
+        let name: String
+        var host: String
+        var client = Process()
+        var input = Pipe()
+        var sentLines: [String] = []
+        var memtouchPID = ""
+
+        init(lab: MoveLab, name: String, host: String, memoryMiB: Int) throws {
+            self.lab = lab; self.name = name; self.host = host
+            let launch = try lab.on(host, ["launch"], ["busybox", name])
+            try #require(launch.succeeded, "launch failed: \(launch.stderr)")
+            _ = try lab.sh(host, name, "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done </dev/null >/dev/null 2>&1 &")
+            _ = try lab.sh(host, name, "memtouch --size \(memoryMiB) --stride 4 --report /tmp/mt.json </dev/null >/dev/null 2>&1 &")
+            _ = try lab.sh(host, name, "(sleep 100000 | nc -l -p 5000 > /tmp/received) </dev/null >/dev/null 2>&1 &")
+            try #require(waitUntil { (try? self.report())??["ready"] as? Bool == true }, "memtouch never got ready")
+            memtouchPID = try lab.sh(host, name, "pidof memtouch").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            let ip = try #require(try lab.container(host, name)?.ipv4)
+            var connected = false
+            for _ in 0..<20 where !connected {
+                client = Process()
+                input = Pipe()
+                client.executableURL = URL(fileURLWithPath: try Command.resolve("nsenter"))
+                client.arguments = ["--net=" + lab.clientNetnsPath, try Command.resolve("busybox"), "nc", ip, "5000"]
+                client.standardInput = input
+                client.standardOutput = FileHandle.nullDevice
+                client.standardError = FileHandle.nullDevice
+                try client.run()
+                usleep(300_000)
+                connected = client.isRunning
+                if !connected { client.waitUntilExit() }
+            }
+            try #require(connected, "the client could not connect to \(ip):5000")
+            try send("line-0")
+        }
+
+        func stop() {
+            try? input.fileHandleForWriting.close()
+            if client.isRunning {
+                kill(client.processIdentifier, SIGKILL)
+                client.waitUntilExit()
+            }
+        }
+
+        func counter() -> Int? {
+            Int((try? lab.sh(host, name, "cat /tmp/counter").stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? "")
+        }
+
+        func report() throws -> [String: Any]? {
+            let text = try lab.sh(host, name, "cat /tmp/mt.json").stdout
+            return try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+        }
+
+        /// One more line over the same TCP connection; the server must have all lines so far.
+        func send(_ line: String) throws {
+            sentLines.append(line)
+            try input.fileHandleForWriting.write(contentsOf: Data((line + "\n").utf8))
+            let expected = sentLines.map { $0 + "\n" }.joined()
+            #expect(waitUntil { (try? self.lab.sh(self.host, self.name, "cat /tmp/received").stdout) == expected },
+                    "the server in \(name) on \(host) did not receive \(sentLines) over the same connection")
+            #expect(client.isRunning, "the client's TCP connection broke")
+        }
+
+        /// After a move: the same processes carry on, memory verifies, TCP works.
+        func expectHealthy(on host: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+            self.host = host
+            let before = try #require(counter(), "no counter on \(host)", sourceLocation: sourceLocation)
+            #expect(waitUntil { (self.counter() ?? 0) > before + 2 }, "the counter stopped at \(before)", sourceLocation: sourceLocation)
+            #expect(try lab.sh(host, name, "pidof memtouch").stdout.trimmingCharacters(in: .whitespacesAndNewlines) == memtouchPID,
+                    "memtouch is not the same process", sourceLocation: sourceLocation)
+            func verification(_ r: [String: Any]?) -> [String: Any] { r?["verification"] as? [String: Any] ?? [:] }
+            let runsBefore = verification(try report())["runs"] as? Int ?? 0
+            _ = try lab.sh(host, name, "kill -USR1 \(memtouchPID)")
+            #expect(waitUntil { (verification(try? self.report())["runs"] as? Int ?? 0) > runsBefore },
+                    "memtouch did not verify", sourceLocation: sourceLocation)
+            let v = verification(try report())
+            #expect(v["verdict"] as? String == "pass" && v["bad_pages"] as? Int == 0,
+                    "memtouch's memory does not verify: \(v)", sourceLocation: sourceLocation)
+            try send("line-\(sentLines.count)")
+        }
+    }
+
+    func move(_ lab: MoveLab, _ name: String, from: String, to: String, mode: String) throws -> MoveReport {
+        let result = try lab.on(from, ["move"], [name, "\(to):", "--mode", mode, "--format", "json"])
+        try #require(result.succeeded, "move \(from) -> \(to) (\(mode)) failed: \(result.stderr)")
+        return try APICoding.decoder().decode(MoveReport.self, from: Data(result.stdout.utf8))
+    }
+
+    @Test func movesThereAndBackInEachModeKeepingMemoryCounterAndTCP() throws {
+        let lab = try MoveLab()
+        defer { lab.tearDown() }
+        let workload = try Workload(lab: lab, name: "web", host: "h1", memoryMiB: 64)
+        defer { workload.stop() }
+        let ip = try #require(try lab.container("h1", "web")?.ipv4)
+        for mode in ["stop-and-copy", "post-copy"] {
+            for (from, to) in [("h1", "h2"), ("h2", "h1")] {
+                let report = try move(lab, "web", from: from, to: to, mode: mode)
+                #expect(report.outcome == "moved")
+                #expect(report.mode.rawValue == mode)
+                #expect((report.frozenMillis ?? 0) > 0 && (report.frozenMillis ?? 0) < report.totalMillis)
+                #expect(report.totalBytes > 64 << 20 / 2, "\(report.totalBytes) bytes for 64 MiB of memory")
+                if mode == "post-copy" { #expect(report.allLocalMillis != nil) }
+                #expect(try lab.container(from, "web") == nil, "web is still listed on \(from)")
+                let moved = try #require(try lab.container(to, "web"), "web is not listed on \(to)")
+                #expect(moved.status == .running)
+                #expect(moved.ipv4 == ip, "the address changed")
+                #expect(lab.processes(from, "web").isEmpty, "processes left on \(from)")
+                #expect(lab.mounts(from, "web").isEmpty, "mounts left on \(from)")
+                try workload.expectHealthy(on: to)
+            }
+        }
+        // Both hosts keep the history; info shows the last move.
+        let info = try lab.on("h1", ["info"], ["web"])
+        #expect(info.stdout.contains("post-copy"), "info lacks the last move: \(info.stdout)")
+    }
+
+    @Test func autoPicksAStrategyBothHostsSupportAndSaysWhy() throws {
+        let lab = try MoveLab()
+        defer { lab.tearDown() }
+        #expect(try lab.on("h1", ["launch"], ["busybox", "small"]).succeeded)
+        let report = try move(lab, "small", from: "h1", to: "h2", mode: "auto")
+        #expect(report.mode == .postCopy)
+        #expect(report.modeReason.contains("auto"))
+    }
+
+    @Test func aHostThatDoesNotTrustUsRefusesAndTheContainerStays() throws {
+        let lab = try MoveLab()
+        defer { lab.tearDown() }
+        #expect(try lab.on("h1", ["launch"], ["busybox", "c1"]).succeeded)
+        #expect(try lab.on("h2", ["trust", "remove"], ["h1"]).succeeded)
+        let result = try lab.on("h1", ["move"], ["c1", "h2:"])
+        #expect(!result.succeeded)
+        #expect(result.stderr.contains("not trusted") || result.stderr.contains("403"), "\(result.stderr)")
+        #expect(try lab.container("h1", "c1")?.status == .running)
+        #expect(try lab.container("h2", "c1") == nil)
+    }
+
+    @Test func badMovesAreRefusedClearly() throws {
+        let lab = try MoveLab()
+        defer { lab.tearDown() }
+        #expect(try lab.on("h1", ["launch"], ["busybox", "c1"]).succeeded)
+        #expect(try lab.on("h2", ["launch"], ["busybox", "c1"]).succeeded)
+        let cases: [([String], String)] = [
+            (["c1", "nowhere:"], "unknown remote"),
+            (["c1", "h2"], "REMOTE:"),
+            (["nope", "h2:"], "nope"),
+            (["c1", "h2:"], "already exists"),
+            (["c1", "h2:Bad_Name"], "name"),
+            (["c1", "h2:", "--mode", "pre-copy"], "not implemented"),
+        ]
+        for (arguments, words) in cases {
+            let result = try lab.on("h1", ["move"], arguments)
+            #expect(!result.succeeded, "move \(arguments) succeeded")
+            #expect(result.stderr.contains(words), "move \(arguments): \(result.stderr)")
+        }
+        #expect(try lab.container("h1", "c1")?.status == .running)
+        #expect(try lab.containers("h2").map(\.name) == ["c1"])
+    }
+}
