@@ -43,9 +43,16 @@ public enum BenchOutput {
                        cell(s.stat(.frozen)), cell(s.stat(.allLocal)), cell(s.stat(.wire)), s.verification])
         }
         var text = table.markdown()
-        let notes = summaries.flatMap { s in s.notes.map { "- \(s.configuration.strategy.rawValue), stride \(s.configuration.stride), \(s.configuration.sizeMiB) MiB: \($0)" } }
+        let notes = summaries.flatMap { s in
+            s.notes.map { "- \(s.configuration.strategy.rawValue), stride \(s.configuration.stride), \(s.configuration.sizeMiB) MiB: \(shortened($0))" }
+        }
         if !notes.isEmpty { text += "\n\nNotes:\n" + notes.joined(separator: "\n") }
         return text
+    }
+
+    /// A note as the table shows it (the CSV keeps it whole).
+    static func shortened(_ note: String, limit: Int = 240) -> String {
+        note.count <= limit ? note : String(note.prefix(limit - 1)) + "…"
     }
 
     // MARK: CSV

@@ -260,7 +260,8 @@ final class Workload {
 
     func cleanUp() {
         baselineCleanup?()
-        for host in Set([host.name, runner.source.name]).compactMap({ try? runner.lab.host(named: $0) }) {
+        // Both hosts: a failed move can leave the container on either (or, lost, on h2).
+        for host in [runner.source, runner.destination] {
             _ = try? runner.runGodwit(["delete", "--dir", host.stateDirectory, "--force", name], timeout: 60)
         }
     }
