@@ -11,6 +11,8 @@ public enum ConfigKey {
         case boolean
         case milliseconds(ClosedRange<Int>)
         case string
+        /// One of these words.
+        case choice([String])
     }
 
     public struct Definition: Sendable {
@@ -34,6 +36,9 @@ public enum ConfigKey {
               help: "stop pre-copy once the predicted final pause is below this (ms)"),
         .init(key: "migration.incremental.memory.autoconverge", kind: .boolean, defaultValue: "true",
               help: "throttle the container's CPU when pre-copy rounds don't converge"),
+        .init(key: "migration.incremental.memory.tracker", kind: .choice(["auto", "uffd-wp", "soft-dirty", "hashing"]),
+              defaultValue: "auto",
+              help: "dirty tracker for pre-copy: auto (what `godwit check` found on the source), uffd-wp, soft-dirty or hashing"),
         .init(key: "migration.postcopy", kind: .boolean, defaultValue: "true",
               help: "allow post-copy and hybrid moves (false: never risk losing the container mid-move)"),
     ]
@@ -83,6 +88,9 @@ public enum ConfigKey {
             }
         case .string:
             return value
+        case .choice(let words):
+            guard words.contains(value) else { throw bad("one of " + words.joined(separator: ", ")) }
+            return value
         }
     }
 
@@ -128,6 +136,8 @@ public struct ContainerConfig: Codable, Sendable, Equatable {
     public var downtimeTargetMilliseconds: Int { Int(self["migration.incremental.memory.downtime"] ?? "300") ?? 300 }
     public var autoConverge: Bool { self["migration.incremental.memory.autoconverge"] != "false" }
     public var postCopyAllowed: Bool { self["migration.postcopy"] != "false" }
+    /// migration.incremental.memory.tracker: nil for auto (the host check's choice).
+    public var forcedTracker: DirtyTrackerKind? { self["migration.incremental.memory.tracker"].flatMap(DirtyTrackerKind.init(rawValue:)) }
 }
 
 /// Sizes as users write them: binary (KiB, MiB, GiB) and decimal (kB, MB, GB) units.

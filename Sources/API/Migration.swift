@@ -12,6 +12,14 @@ public enum MoveMode: String, Codable, Sendable, CaseIterable {
     case hybrid
 }
 
+extension MoveMode {
+    /// Pre-copy rounds while the container runs (pre-copy, hybrid).
+    public var preCopies: Bool { self == .preCopy || self == .hybrid }
+    /// The destination restores at once and fetches memory lazily (post-copy, hybrid):
+    /// after the commit a lost link loses the container.
+    public var restoresLazily: Bool { self == .postCopy || self == .hybrid }
+}
+
 /// `POST /1.0/containers/{name}/move` (unix socket): an operation whose metadata ends with
 /// the report (`report` key, JSON).
 public struct MoveRequest: Codable, Sendable, Equatable {
@@ -100,6 +108,19 @@ public struct IncomingMigrationStatus: Codable, Sendable, Equatable {
     public var pagesFetched: Int
     public var allLocalAfterCommitMillis: Double?
     public var lost: String?
+    /// Pre-copy rounds applied to the page store (the final scan's invalidations included).
+    public var roundsReceived: Int?
+    /// Pages of CRIU's lazy pagemaps (the memory the source's dump left to transfer).
+    public var lazyPages: Int?
+    /// Copy restores: lazy pages taken from the pre-copy page store instead of the source.
+    public var pagesFromStore: Int?
+    /// Lazy restores: pages `criu lazy-pages` got from the page store, pushed by the source
+    /// after the freeze, fetched from the source on demand, and fetched more than once (0).
+    public var pagesServedLocally: Int?
+    public var pagesPushed: Int?
+    public var pagesFetchedOnFault: Int?
+    public var pagesFetchedTwice: Int?
+    public var pagesRequestedTwice: Int?
 
     public init(id: String, phase: String, pid: Int32? = nil, fetchMillis: Double = 0, rebuildMillis: Double = 0,
                 restoreMillis: Double = 0, pagesFetched: Int = 0, allLocalAfterCommitMillis: Double? = nil, lost: String? = nil) {
@@ -107,6 +128,57 @@ public struct IncomingMigrationStatus: Codable, Sendable, Equatable {
         self.restoreMillis = restoreMillis; self.pagesFetched = pagesFetched
         self.allLocalAfterCommitMillis = allLocalAfterCommitMillis; self.lost = lost
     }
+}
+
+/// One pre-copy round of a move, as the source saw it.
+public struct MoveRound: Codable, Sendable, Equatable {
+    public var round: Int
+    /// Pages the tracker reported (round 1: every resident page).
+    public var dirtyPages: Int
+    public var residentPages: Int
+    public var dataPages: Int
+    public var zeroPages: Int
+    public var bytes: UInt64
+    public var millis: Double
+    /// Pages dirtied per second since the previous round's scan (nil for round 1).
+    public var dirtyPagesPerSecond: Double?
+    /// The final pause these dirty pages would need at the bandwidth measured so far.
+    public var predictedPauseMillis: Double?
+    /// CPU allowance auto-converge set after this round (percent), if any.
+    public var throttlePercent: Int?
+    /// The convergence policy's decision, in words.
+    public var decision: String
+
+    public init(round: Int, dirtyPages: Int, residentPages: Int, dataPages: Int, zeroPages: Int, bytes: UInt64, millis: Double,
+                dirtyPagesPerSecond: Double? = nil, predictedPauseMillis: Double? = nil, throttlePercent: Int? = nil, decision: String) {
+        self.round = round; self.dirtyPages = dirtyPages; self.residentPages = residentPages; self.dataPages = dataPages
+        self.zeroPages = zeroPages; self.bytes = bytes; self.millis = millis; self.dirtyPagesPerSecond = dirtyPagesPerSecond
+        self.predictedPauseMillis = predictedPauseMillis; self.throttlePercent = throttlePercent; self.decision = decision
+    }
+}
+
+/// Where a move's memory came from on the destination (pre-copy, post-copy, hybrid).
+/// Every field is optional: reports written before these figures existed still decode.
+public struct MoveMemoryFigures: Codable, Sendable, Equatable {
+    /// Pre-copy: the dirty tracker the source used (uffd-wp, soft-dirty, hashing).
+    public var tracker: String?
+    /// Pre-copy: why the rounds stopped.
+    public var finalReason: String?
+    /// Pages the final scan (container frozen) found dirty since the last round.
+    public var finalDirtyPages: Int?
+    /// Pages of CRIU's lazy pagemaps (what the dump left on the source).
+    public var lazyPages: Int?
+    /// Copy restores: pages taken from the page store / fetched from the frozen source.
+    public var pagesFromStore: Int?
+    public var pagesFetched: Int?
+    /// Lazy restores: pages served from the destination's store, pushed after the freeze,
+    /// fetched on fault, and fetched more than once (must be 0).
+    public var pagesServedLocally: Int?
+    public var pagesPushed: Int?
+    public var pagesFetchedOnFault: Int?
+    public var pagesFetchedTwice: Int?
+
+    public init() {}
 }
 
 /// One phase of a move: how long, and how many bytes crossed the link.
@@ -138,6 +210,10 @@ public struct MoveReport: Codable, Sendable, Equatable {
     /// Post-copy: from the freeze until every page was on the destination.
     public var allLocalMillis: Double?
     public var phases: [MovePhase]
+    /// Pre-copy rounds (pre-copy and hybrid), oldest first; nil for other modes.
+    public var rounds: [MoveRound]?
+    /// Where the memory came from (nil in reports of older versions).
+    public var memory: MoveMemoryFigures?
 
     public init(container: String, newName: String, source: String, destination: String, mode: MoveMode, modeReason: String,
                 outcome: String, reason: String? = nil, failedPhase: String? = nil, startedAt: Date, totalMillis: Double,

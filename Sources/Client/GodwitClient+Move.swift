@@ -31,6 +31,28 @@ extension MoveReport {
             lines.append("    \(phase.name.padding(toLength: 28, withPad: " ", startingAt: 0)) \(ms(phase.millis))"
                          + (phase.bytes > 0 ? "  \(bytes(phase.bytes))" : ""))
         }
+        if let rounds, !rounds.isEmpty {
+            lines.append("  pre-copy: \(rounds.count) round(s) with the \(memory?.tracker ?? "?") tracker; \(memory?.finalReason ?? "")")
+            for r in rounds {
+                var line = "    round \(r.round): \(r.dirtyPages) dirty pages, sent \(r.dataPages) data + \(r.zeroPages) zero pages (\(bytes(r.bytes))) in \(ms(r.millis))"
+                if let rate = r.dirtyPagesPerSecond { line += String(format: ", dirty rate %.0f pages/s", rate) }
+                if let pause = r.predictedPauseMillis { line += ", predicted pause \(ms(pause))" }
+                if let throttle = r.throttlePercent { line += ", CPU throttled to \(throttle) %" }
+                lines.append(line)
+            }
+        }
+        if let m = memory {
+            var parts: [String] = []
+            if let n = m.finalDirtyPages { parts.append("\(n) pages dirty at the freeze") }
+            if let n = m.lazyPages { parts.append("\(n) pages left on the source by the dump") }
+            if let n = m.pagesFromStore { parts.append("\(n) taken from the page store") }
+            if let n = m.pagesFetched, m.pagesFromStore != nil { parts.append("\(n) fetched") }
+            if let n = m.pagesServedLocally { parts.append("\(n) served locally") }
+            if let n = m.pagesPushed { parts.append("\(n) pushed") }
+            if let n = m.pagesFetchedOnFault { parts.append("\(n) fetched on demand") }
+            if let n = m.pagesFetchedTwice, n > 0 { parts.append("\(n) FETCHED TWICE") }
+            if !parts.isEmpty { lines.append("  memory: " + parts.joined(separator: ", ")) }
+        }
         return lines.joined(separator: "\n")
     }
 }

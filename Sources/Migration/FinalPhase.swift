@@ -175,30 +175,11 @@ public final class FinalPhase {
             let connection = try PageServerClient(host: source.pageServerHost, port: port)
             client = connection
             let rebuilder = ImageRebuilder(directory: dstImages)
-            var requests: [PageServerClient.Request] = []
             let pageSize = systemPageSize
-            for (id, entries) in try rebuilder.lazyEntries() {
-                for entry in entries {
-                    report.lazyPages += entry.pages
-                    // Runs of missing pages; runs less than `fetchBridgePages` apart are
-                    // fetched as one GET (the pages between are re-sent by the frozen source:
-                    // harmless, and at 1 Gbit/s 3 pages cost about one round trip). Never
-                    // across entries: the source only serves addresses inside its lazy entries.
-                    let bridge = fetchBridgePages
-                    var runs: [(start: Int, end: Int)] = []
-                    for i in 0..<entry.pages where !destination.store.contains(nsPID: id, vaddr: entry.vaddr + UInt64(i) * pageSize) {
-                        report.pagesMissing += 1
-                        if let last = runs.last, i - last.end < bridge {
-                            runs[runs.count - 1].end = i + 1
-                        } else {
-                            runs.append((i, i + 1))
-                        }
-                    }
-                    for run in runs {
-                        requests.append(.init(nsPID: id, vaddr: entry.vaddr + UInt64(run.start) * pageSize, pages: run.end - run.start))
-                    }
-                }
-            }
+            let plan = try Self.missingPages(rebuilder.lazyEntries(), store: destination.store, bridge: fetchBridgePages)
+            report.lazyPages = plan.lazyPages
+            report.pagesMissing = plan.missingPages
+            let requests = plan.requests
             let store = destination.store
             try connection.fetch(requests) { id, vaddr, pages, bytes in
                 try store.store(nsPID: id, vaddr: vaddr, count: pages, data: bytes)
@@ -289,6 +270,38 @@ public final class FinalPhase {
         }
         try? FileManager.default.removeItem(atPath: destination.restore.imagesDirectory)
         progress?("final phase rolled back: the source container runs on")
+    }
+
+    /// What to fetch from the frozen source: for each lazy pagemap entry, the runs of pages
+    /// `store` lacks (dirtied after they were sent, or never sent). Runs less than `bridge`
+    /// pages apart are fetched as one GET (the pages between are re-sent by the frozen
+    /// source: harmless, and at 1 Gbit/s 3 pages cost about one round trip). Never across
+    /// entries: the source only serves addresses inside its lazy entries. An empty store
+    /// asks for everything (stop-and-copy). Shared by the local final phase and moves.
+    public static func missingPages(_ lazyEntries: [(id: Int32, entries: [PagemapEntry])], store: PageStore, bridge: Int)
+        -> (requests: [PageServerClient.Request], lazyPages: Int, missingPages: Int)
+    {
+        let pageSize = systemPageSize
+        var requests: [PageServerClient.Request] = []
+        var lazyPages = 0, missing = 0
+        for (id, entries) in lazyEntries {
+            for entry in entries {
+                lazyPages += entry.pages
+                var runs: [(start: Int, end: Int)] = []
+                for i in 0..<entry.pages where !store.contains(nsPID: id, vaddr: entry.vaddr + UInt64(i) * pageSize) {
+                    missing += 1
+                    if let last = runs.last, i - last.end < bridge {
+                        runs[runs.count - 1].end = i + 1
+                    } else {
+                        runs.append((i, i + 1))
+                    }
+                }
+                for run in runs {
+                    requests.append(.init(nsPID: id, vaddr: entry.vaddr + UInt64(run.start) * pageSize, pages: run.end - run.start))
+                }
+            }
+        }
+        return (requests, lazyPages, missing)
     }
 
     /// Copies the files of an images directory (flat); returns the bytes copied.

@@ -29,6 +29,12 @@ public struct IncomingFigures: Codable, Sendable {
     public var allLocalAfterCommitMillis: Double?
     public var pagesServedLocally = 0
     public var pagesFetchedOnFault = 0
+    public var pagesFetchedTwice = 0
+    public var pagesRequestedTwice = 0
+    /// Copy restores: lazy pages the pre-copy page store already held.
+    public var pagesFromStore = 0
+    /// Hybrid: pages the source pushed after the freeze.
+    public var pagesPushed = 0
     /// Set when the container was lost after the commit (post-copy only).
     public var lost: String?
     public var notes: [String] = []
@@ -36,11 +42,13 @@ public struct IncomingFigures: Codable, Sendable {
 }
 
 /// The destination's half of a move. The source's lazy dump keeps the container frozen
-/// and serves its memory through a page channel; this side either fetches every page and
-/// restores normally (stop-and-copy), or restores at once with `criu lazy-pages` fetching
-/// on fault behind a LazyPageProxy (post-copy). Either way the restored tasks stay stopped
-/// until `commit()`, which the source calls only after it has doomed its own tasks:
-/// never two running copies.
+/// and serves its memory through a page channel; this side either fetches every page the
+/// page store lacks and restores normally (stop-and-copy: the store is empty; pre-copy:
+/// it holds the rounds minus the final scan's invalidations), or restores at once with
+/// `criu lazy-pages` behind a LazyPageProxy that serves from the store and fetches the rest
+/// on fault (post-copy: empty store; hybrid: pre-filled, plus the source's background push).
+/// Either way the restored tasks stay stopped until `commit()`, which the source calls
+/// only after it has doomed its own tasks: never two running copies.
 public final class IncomingRestore: @unchecked Sendable {
     public enum Mode: String, Sendable { case copy, lazy }
 
@@ -50,27 +58,32 @@ public final class IncomingRestore: @unchecked Sendable {
     private var client: PageServerClient?
     private var proxy: LazyPageProxy?
     private var daemon: LazyPagesDaemon?
-    private var store: PageStore?
+    private let store: PageStore
+    private var pushFD: Int32 = -1
+    private let pushDone = DispatchGroup()
     private var committedAt: UInt64?
     private var finished = false
     public private(set) var restoredPID: pid_t?
     private var figuresValue = IncomingFigures()
     public var figures: IncomingFigures { lock.lock(); defer { lock.unlock() }; return figuresValue }
 
-    public init(mode: Mode, target: IncomingTarget) {
+    /// `store`: the migration's page store (empty unless pre-copy rounds filled it).
+    public init(mode: Mode, target: IncomingTarget, store: PageStore) {
         self.mode = mode
         self.target = target
+        self.store = store
     }
 
     private static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
     private static func millis(since t: UInt64) -> Double { Double(now() - t) / 1e6 }
 
     /// Restores from the images already received plus the page channel `pages` (owned from
-    /// now on). Returns the restored init's host pid; its tasks are stopped.
-    public func restore(pages fd: Int32) throws -> pid_t {
-        try? FileManager.default.removeItem(atPath: target.storeDirectory)
-        let store = try PageStore(directory: target.storeDirectory)
-        self.store = store
+    /// now on), and in lazy mode the source's push channel `push` (PageRecords of the pages
+    /// the final scan found dirty, read from the frozen source; owned from now on). Returns
+    /// the restored init's host pid; its tasks are stopped.
+    public func restore(pages fd: Int32, push: Int32? = nil) throws -> pid_t {
+        let store = self.store
+        if let push { lock.lock(); pushFD = push; lock.unlock() }
         let images = target.restore.imagesDirectory
         var options = target.restore
         options.leaveStopped = true
@@ -80,23 +93,15 @@ public final class IncomingRestore: @unchecked Sendable {
             let client = PageServerClient(connected: fd, peer: "source")
             self.client = client
             let rebuilder = ImageRebuilder(directory: images)
-            var requests: [PageServerClient.Request] = []
-            var lazyPages = 0
-            for (id, entries) in try rebuilder.lazyEntries() {
-                for entry in entries {
-                    lazyPages += entry.pages
-                    var start = 0
-                    while start < entry.pages {
-                        let count = min(PageServerClient.maxPagesPerRequest, entry.pages - start)
-                        requests.append(.init(nsPID: id, vaddr: entry.vaddr + UInt64(start) * systemPageSize, pages: count))
-                        start += count
-                    }
-                }
-            }
-            try client.fetch(requests) { id, vaddr, pages, bytes in
+            // Only what the store lacks: unchanged pre-copied pages are not sent twice.
+            let plan = try FinalPhase.missingPages(rebuilder.lazyEntries(), store: store, bridge: 4)
+            try client.fetch(plan.requests) { id, vaddr, pages, bytes in
                 try store.store(nsPID: id, vaddr: vaddr, count: pages, data: bytes)
             }
-            update { $0.fetchMillis = Self.millis(since: t); $0.pagesFetched = client.pagesFetched; $0.lazyPages = lazyPages }
+            update {
+                $0.fetchMillis = Self.millis(since: t); $0.pagesFetched = client.pagesFetched; $0.lazyPages = plan.lazyPages
+                $0.pagesFromStore = plan.lazyPages - plan.missingPages
+            }
             t = Self.now()
             _ = try rebuilder.rebuild { id, vaddr, pages, buffer in
                 let held = try store.read(nsPID: id, vaddr: vaddr, count: pages, into: buffer)
@@ -115,6 +120,10 @@ public final class IncomingRestore: @unchecked Sendable {
             proxy.holdClose()
             proxy.start()
             self.proxy = proxy
+            if let push { startPush(push, into: proxy) }
+            var lazyPages = 0
+            for (_, entries) in try ImageRebuilder(directory: images).lazyEntries() { lazyPages += entries.reduce(0) { $0 + $1.pages } }
+            update { $0.lazyPages = lazyPages }
             let daemon = try LazyPagesDaemon(criu: target.criu, address: PageServerAddress(address: "127.0.0.1", port: proxy.port),
                                              directory: images)
             self.daemon = daemon
@@ -160,6 +169,8 @@ public final class IncomingRestore: @unchecked Sendable {
         update {
             $0.pagesServedLocally = stats.pagesServedLocally
             $0.pagesFetchedOnFault = stats.pagesFetched
+            $0.pagesFetchedTwice = stats.pagesFetchedTwice
+            $0.pagesRequestedTwice = stats.pagesRequestedTwice
         }
         switch outcome {
         case .completed?:
@@ -175,8 +186,38 @@ public final class IncomingRestore: @unchecked Sendable {
             lose("not every page arrived within \(Int(timeout)) s")
         }
         proxy.stop()
-        store?.destroy()
+        endPush()
+        store.destroy()
         return figures
+    }
+
+    /// Hybrid: applies the source's push (PageRecords) to the proxy's store as it arrives,
+    /// so that most faults find their page local. A failed push only means more faults.
+    private func startPush(_ fd: Int32, into proxy: LazyPageProxy) {
+        pushDone.enter()
+        let thread = Thread { [self] in
+            defer { pushDone.leave() }
+            let reader = PageRecordReader(source: FileDescriptorStream(fd: fd, owns: false))
+            do {
+                while let record = try reader.next() {
+                    let n = try proxy.apply(record)
+                    update { $0.pagesPushed += n }
+                }
+            } catch {
+                update { $0.notes.append("the push from the source stopped: \(error)") }
+            }
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    private func endPush() {
+        lock.lock(); let fd = pushFD; lock.unlock()
+        guard fd >= 0 else { return }
+        shutdown(fd, Int32(SHUT_RDWR))
+        _ = pushDone.wait(timeout: .now() + 10)
+        lock.lock(); pushFD = -1; lock.unlock()
+        close(fd)
     }
 
     private func lose(_ why: String) {
@@ -198,7 +239,8 @@ public final class IncomingRestore: @unchecked Sendable {
         try? target.cgroup.remove()
         client?.abandon()
         proxy?.stop()
-        store?.destroy()
+        endPush()
+        store.destroy()
     }
 
     private func update(_ change: (inout IncomingFigures) -> Void) {

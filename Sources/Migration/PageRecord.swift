@@ -110,7 +110,10 @@ public final class FileDescriptorStream: ByteSink, ByteSource {
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         var done = 0
         while done < bytes.count {
-            let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
+            // send(MSG_NOSIGNAL): a peer that went away is an error here, not a SIGPIPE
+            // that kills the daemon; plain write for pipes and files.
+            var n = Glibc.send(fd, bytes.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL))
+            if n < 0 && errno == ENOTSOCK { n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done) }
             if n < 0 {
                 if errno == EINTR { continue }
                 throw GodwitError.errno("write to page stream")

@@ -28,6 +28,11 @@ public struct RoundStats: Sendable {
     public var processes = 0
     public var exitedProcesses = 0
     public var fallbacks: [String] = []
+    /// Set by the session after the round: the pause this dirty set would need at the
+    /// bandwidth measured so far, the policy's decision, and a CPU throttle it applied.
+    public var predictedPauseSeconds: Double?
+    public var decision = ""
+    public var throttlePercent: Int?
 
     public init(round: Int) { self.round = round }
 }

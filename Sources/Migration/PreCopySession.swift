@@ -56,7 +56,6 @@ public final class PreCopySession {
             var stats = try sender.sendRound(scan, round: round, tracker: tracker)
             stats.intervalNanos = lastScan.map { scannedAt - $0 } ?? 0
             lastScan = scannedAt
-            report.rounds.append(stats)
             for line in stats.fallbacks { progress?(line) }
             let decision = policy.decide(after: RoundObservation(
                 round: round, dirtyPages: stats.dirtyPages, residentPages: stats.residentPages,
@@ -71,17 +70,22 @@ public final class PreCopySession {
                 line += String(format: "; predicted pause %.0f ms", pause * 1000)
             }
             line += "]"
+            stats.predictedPauseSeconds = policy.predictedPause(dirtyPages: stats.dirtyPages)
+            stats.decision = decision.reason
             report.decisions.append(line)
             progress?(line)
             switch decision {
             case .finalPhase(let reason):
+                report.rounds.append(stats)
                 report.finalReason = reason
                 return report
             case .anotherRound(_, let throttlePercent):
                 if let percent = throttlePercent, let throttle {
                     try throttle.apply(percent: percent)
                     report.lowestThrottle = min(report.lowestThrottle ?? 100, percent)
+                    stats.throttlePercent = percent
                 }
+                report.rounds.append(stats)
             }
         }
     }

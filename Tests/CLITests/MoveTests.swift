@@ -158,7 +158,6 @@ struct MoveTests {
             (["nope", "h2:"], "nope"),
             (["c1", "h2:"], "already exists"),
             (["c1", "h2:Bad_Name"], "name"),
-            (["c1", "h2:", "--mode", "pre-copy"], "not implemented"),
         ]
         for (arguments, words) in cases {
             let result = try lab.on("h1", ["move"], arguments)

@@ -19,6 +19,14 @@ final class IncomingMigration: @unchecked Sendable {
     let transfers = DispatchGroup()
     var transferErrors: [String] = []
     var pagesFD: Int32?
+    /// Hybrid: the source's push of the final dirty pages (read once the proxy runs).
+    var pushFD: Int32?
+    /// Pre-copy rounds arrive on their own channel into this store, created at begin for
+    /// every mode (empty unless rounds fill it), so restore has one path: fetch or serve
+    /// only what the store lacks.
+    var store: PageStore?
+    var precopyFD: Int32?
+    var roundsReceived = 0
     var restore: IncomingRestore?
     var phase = "receiving"
     var finished = false
@@ -40,10 +48,22 @@ final class IncomingMigration: @unchecked Sendable {
     func status() -> IncomingMigrationStatus {
         let figures = restore?.figures ?? IncomingFigures()
         return with { m in
-            IncomingMigrationStatus(id: m.id, phase: m.phase, pid: m.restore?.restoredPID,
-                                    fetchMillis: figures.fetchMillis, rebuildMillis: figures.rebuildMillis,
-                                    restoreMillis: figures.restoreMillis, pagesFetched: figures.pagesFetched,
-                                    allLocalAfterCommitMillis: figures.allLocalAfterCommitMillis, lost: figures.lost)
+            var status = IncomingMigrationStatus(id: m.id, phase: m.phase, pid: m.restore?.restoredPID,
+                                                 fetchMillis: figures.fetchMillis, rebuildMillis: figures.rebuildMillis,
+                                                 restoreMillis: figures.restoreMillis, pagesFetched: figures.pagesFetched,
+                                                 allLocalAfterCommitMillis: figures.allLocalAfterCommitMillis, lost: figures.lost)
+            status.roundsReceived = m.roundsReceived
+            status.lazyPages = figures.lazyPages
+            if m.request.mode.restoresLazily {
+                status.pagesServedLocally = figures.pagesServedLocally
+                status.pagesPushed = figures.pagesPushed
+                status.pagesFetchedOnFault = figures.pagesFetchedOnFault
+                status.pagesFetchedTwice = figures.pagesFetchedTwice
+                status.pagesRequestedTwice = figures.pagesRequestedTwice
+            } else {
+                status.pagesFromStore = figures.pagesFromStore
+            }
+            return status
         }
     }
 }
@@ -130,6 +150,7 @@ public final class IncomingMigrations: @unchecked Sendable {
             let port = try await streamPort()
             let migration = IncomingMigration(id: id, request: request, peerFingerprint: peerFingerprint, peerName: peerName,
                                               directory: directory, syncDirectory: syncDirectory)
+            migration.store = try PageStore(directory: migration.storeDirectory)
             lock.withLock { active[id] = migration }
             context.events.log("info", "incoming migration \(id): \(request.name) from \(peerName) (\(request.mode.rawValue))")
             Task { [weak self] in
@@ -169,9 +190,32 @@ public final class IncomingMigrations: @unchecked Sendable {
                     migration.with { $0.transferErrors.append("\(header.channel): \(error)") }
                 }
             }
-        case "pages":
+        case "precopy":
+            // Pre-copy rounds, then the final scan's invalidations, then EOF. Restore waits
+            // for this handler (transfers), so it sees the store as the freeze left it.
+            guard migration.request.mode.preCopies, let store = migration.with({ $0.store }) else {
+                throw TrustError.forbidden(GodwitError("migration \(header.migration) has no pre-copy rounds"))
+            }
+            migration.transfers.enter()
+            return { fd in
+                migration.with { $0.precopyFD = fd }
+                defer {
+                    migration.with { $0.precopyFD = nil }
+                    close(fd)
+                    migration.transfers.leave()
+                }
+                let receiver = PreCopyReceiver(reader: PageRecordReader(source: FileDescriptorStream(fd: fd, owns: false)), store: store)
+                do {
+                    while try receiver.receiveRound() != nil { migration.with { $0.roundsReceived += 1 } }
+                } catch {
+                    migration.with { $0.transferErrors.append("precopy: \(error)") }
+                }
+            }
+        case "pages", "push":
+            let push = header.channel == "push"
             return { fd in
                 let previous = migration.with { m -> Int32? in
+                    if push { defer { m.pushFD = fd }; return m.pushFD }
                     defer { m.pagesFD = fd }
                     return m.pagesFD
                 }
@@ -196,11 +240,18 @@ public final class IncomingMigrations: @unchecked Sendable {
                       let fd = migration.with({ m -> Int32? in defer { m.pagesFD = nil }; return m.pagesFD }) else {
                     throw GodwitError("the source never opened the page channel")
                 }
+                // Hybrid: the source opened its push right after the final scan.
+                var push: Int32?
+                if migration.request.mode == .hybrid {
+                    _ = poll(timeout: 10) { migration.with { $0.pushFD != nil } }
+                    push = migration.with { m -> Int32? in defer { m.pushFD = nil }; return m.pushFD }
+                }
                 let spec = try self.spec(migration)
                 let target = try driver.incomingTarget(spec, images: migration.imagesDirectory, store: migration.storeDirectory)
-                let restore = IncomingRestore(mode: migration.request.mode == .postCopy ? .lazy : .copy, target: target)
+                guard let store = migration.with({ $0.store }) else { throw GodwitError("migration \(id) has no page store") }
+                let restore = IncomingRestore(mode: migration.request.mode.restoresLazily ? .lazy : .copy, target: target, store: store)
                 migration.with { $0.restore = restore }
-                _ = try restore.restore(pages: fd)
+                _ = try restore.restore(pages: fd, push: push)
                 migration.with { $0.phase = "restored" }
                 return migration.status()
             }
@@ -256,6 +307,13 @@ public final class IncomingMigrations: @unchecked Sendable {
         guard !alreadyFinished else { return }
         migration.with { $0.restore }?.abort()
         if let fd = migration.with({ m -> Int32? in defer { m.pagesFD = nil }; return m.pagesFD }) { close(fd) }
+        if let fd = migration.with({ m -> Int32? in defer { m.pushFD = nil }; return m.pushFD }) { close(fd) }
+        // Stop a pre-copy receiver still writing into the store before the store goes.
+        if let fd = migration.with({ $0.precopyFD }) { shutdown(fd, Int32(SHUT_RDWR)) }
+        if migration.with({ $0.restore }) == nil {
+            _ = try? await blocking { migration.transfers.wait(timeout: .now() + 30) == .success }
+            migration.with { $0.store }?.destroy()
+        }
         await removeContainer(migration.request.name)
         context.events.log("warning", "incoming migration \(id) of \(migration.request.name) aborted: \(reason)")
         finish(migration, status: "rolled-back")

@@ -12,7 +12,7 @@ public final class MigrationService: @unchecked Sendable {
     private let lock = NSLock()
     private var contextValue: DaemonContext?
     private var incomingValue: IncomingMigrations?
-    private var checkCache: (at: Date, capabilities: PeerCapabilities)?
+    private var checkCache: (at: Date, capabilities: PeerCapabilities, tracker: DirtyTrackerKind?)?
 
     public init() {}
 
@@ -53,14 +53,22 @@ public final class MigrationService: @unchecked Sendable {
     }
 
     /// This host's support check, cached for a minute (it forks probes and runs CRIU).
-    func capabilities() throws -> PeerCapabilities {
+    func capabilities() throws -> PeerCapabilities { try check().capabilities }
+
+    /// The dirty tracker `godwit check` chose for this host (nil: none works).
+    func hostTracker() throws -> DirtyTrackerKind? { try check().tracker }
+
+    private func check() throws -> (capabilities: PeerCapabilities, tracker: DirtyTrackerKind?) {
         let context = try context
-        if let cached = lock.withLock({ checkCache }), Date().timeIntervalSince(cached.at) < 60 { return cached.capabilities }
-        var capabilities = MovePlanner.capabilities(HostProbe.run(criuSetting: context.options.criu))
+        if let cached = lock.withLock({ checkCache }), Date().timeIntervalSince(cached.at) < 60 {
+            return (cached.capabilities, cached.tracker)
+        }
+        let report = HostProbe.run(criuSetting: context.options.criu)
+        var capabilities = MovePlanner.capabilities(report)
         capabilities.host = context.options.hostName
         let fresh = capabilities
-        lock.withLock { checkCache = (Date(), fresh) }
-        return fresh
+        lock.withLock { checkCache = (Date(), fresh, report.dirtyTracker) }
+        return (fresh, report.dirtyTracker)
     }
 
     // MARK: routes

@@ -16,14 +16,39 @@ public enum MovePlanner {
         })
     }
 
-    /// Strategies this daemon carries out between hosts today, in `auto`'s order of
-    /// preference. (Pre-copy and hybrid run locally; their wire protocol is the next step.)
-    static let implemented: [MoveMode] = [.postCopy, .stopAndCopy]
+    /// Strategies this daemon carries out between hosts, in `auto`'s order of preference.
+    static let implemented: [MoveMode] = [.hybrid, .preCopy, .postCopy, .stopAndCopy]
 
-    /// The mode to use, and why; throws (saying which host lacks what) when the requested
-    /// mode can't run between these two hosts.
-    public static func plan(requested: MoveMode, source: PeerCapabilities, destination: PeerCapabilities)
-        throws -> (mode: MoveMode, reason: String)
+    /// What `auto` needs to know about the container.
+    public struct Container: Sendable {
+        /// Anonymous memory of the container's cgroup (nil: unknown).
+        public var memoryBytes: UInt64?
+        public var config: ContainerConfig
+        public init(memoryBytes: UInt64?, config: ContainerConfig) { self.memoryBytes = memoryBytes; self.config = config }
+    }
+
+    /// The link speed `auto` assumes before anything was measured: 1 Gbit/s.
+    static let nominalBytesPerSecond = 125_000_000.0
+
+    /// "A lot of memory": more than stop-and-copy could move within the container's
+    /// downtime target (migration.incremental.memory.downtime, 300 ms: ~36 MiB) at 1 Gbit/s.
+    public static func largeMemoryThreshold(_ config: ContainerConfig) -> UInt64 {
+        UInt64(Double(config.downtimeTargetMilliseconds) / 1000 * nominalBytesPerSecond)
+    }
+
+    /// The mode to use, and why; throws (saying which host lacks what, or which key
+    /// forbids it) when the requested mode can't run between these two hosts.
+    ///
+    /// `auto`, following LXD's meaning of the keys: pre-copy rounds only when
+    /// migration.incremental.memory is on (LXD's switch for incremental transfer) and the
+    /// container has a lot of memory (small ones move within the downtime target anyway);
+    /// then hybrid when migration.postcopy allows post-copy and both hosts support it, else
+    /// pre-copy. Otherwise post-copy when allowed and supported (its frozen time doesn't
+    /// grow with memory), else stop-and-copy. An explicit `--mode pre-copy` or `hybrid`
+    /// runs rounds whatever migration.incremental.memory says: asking for pre-copy is
+    /// asking for rounds (their number still follows .goal, .iterations and .downtime).
+    public static func plan(requested: MoveMode, source: PeerCapabilities, destination: PeerCapabilities,
+                            container: Container) throws -> (mode: MoveMode, reason: String)
     {
         // CRIU's image and page-server formats change between minor versions (4.1 and 4.2
         // can't exchange pages): both sides must run the same major.minor.
@@ -40,6 +65,9 @@ public enum MovePlanner {
             guard implemented.contains(mode) else {
                 return "\(mode.rawValue) between hosts is not implemented yet (available: \(implemented.map(\.rawValue).joined(separator: ", ")))"
             }
+            if mode.restoresLazily, !container.config.postCopyAllowed {
+                return "migration.postcopy=false forbids post-copy and hybrid for this container"
+            }
             let s = source.strategies.first { $0.strategy == mode.rawValue }
             let d = destination.strategies.first { $0.strategy == mode.rawValue }
             guard let s, s.asSource else { return "\(source.host) can't be its source: \(s?.reason ?? "unknown strategy")" }
@@ -52,12 +80,31 @@ public enum MovePlanner {
             }
             return (requested, "requested")
         }
+        let threshold = largeMemoryThreshold(container.config)
+        let memory = container.memoryBytes.map { ByteSize.format($0) } ?? "an unknown amount of memory"
+        let large = (container.memoryBytes ?? 0) > threshold
+        let sizeText = "the container uses \(memory), " + (large ? "more" : "less") + " than the \(ByteSize.format(threshold)) stop-and-copy moves within migration.incremental.memory.downtime=\(container.config.downtimeTargetMilliseconds) ms at 1 Gbit/s"
+        var candidates: [MoveMode] = [.postCopy, .stopAndCopy]
         var refused: [String] = []
-        for mode in implemented {
+        if container.config.incrementalMemory {
+            if large { candidates = [.hybrid, .preCopy] + candidates } else { refused.append("no pre-copy: \(sizeText)") }
+        } else {
+            refused.append("no pre-copy: migration.incremental.memory is off")
+        }
+        for mode in candidates {
             if let why = check(mode) { refused.append(why); continue }
-            let reason = mode == .postCopy
-                ? "auto: post-copy keeps the frozen time independent of memory size, and both hosts support it"
-                : "auto: stop-and-copy" + (refused.isEmpty ? "" : " (\(refused.joined(separator: "; ")))")
+            let others = refused.isEmpty ? "" : " (\(refused.joined(separator: "; ")))"
+            let reason: String
+            switch mode {
+            case .hybrid:
+                reason = "auto: hybrid, as migration.incremental.memory is on and \(sizeText): pre-copy rounds while it runs, then a lazy restore served from the copied pages; both hosts support it and migration.postcopy allows it"
+            case .preCopy:
+                reason = "auto: pre-copy, as migration.incremental.memory is on and \(sizeText)" + others
+            case .postCopy:
+                reason = "auto: post-copy keeps the frozen time independent of memory size, and both hosts support it" + others
+            default:
+                reason = "auto: stop-and-copy" + others
+            }
             return (mode, reason)
         }
         throw GodwitError("no migration strategy works between \(source.host) and \(destination.host): \(refused.joined(separator: "; "))",

@@ -2,12 +2,14 @@ import API
 import Checkpoint
 import Foundation
 import GodwitCore
+import Memory
 import Migration
 import NIOHTTP1
 import Trust
 
 /// The source's side of `godwit move`: plan with the destination, sync the filesystem
-/// while running, lazy-dump (CRIU freezes the container and keeps it frozen while its page
+/// while running, [pre-copy, hybrid: rounds of dirty pages into the destination's page
+/// store through the "precopy" channel], lazy-dump (CRIU freezes the container and keeps it frozen while its page
 /// server serves the memory), final sync, images, the page channel, restore there, then
 /// THE COMMIT: the source's tasks are doomed (SIGKILL while frozen) before the destination
 /// may run them. Any failure before the commit rolls back: the page session fails, CRIU
@@ -56,18 +58,29 @@ final class MoveSource: @unchecked Sendable {
         var relay: PageServerRelay?
         var source: MigrationSourceSide?
         var committed = false
+        var tracker: ContainerDirtyTracker?
+        var precopyFD: Int32 = -1
+        var push: PushSender?
+        var memory = MoveMemoryFigures()
+        defer {
+            tracker?.close()
+            if precopyFD >= 0 { close(precopyFD) }
+        }
         do {
-            // 1. Plan from both hosts' own checks.
+            // 1. Plan from both hosts' own checks and the container's keys and size.
+            guard let initProcess = record.initProcess else { throw ContainerService.noProcess(record.name) }
+            let side = try driver.migrationSource(context.containers.spec(record), init: initProcess)
+            source = side
+            let config = ContainerConfig(record.config)
             let (mode, reason) = try await step("negotiation") { () -> ((MoveMode, String), UInt64) in
                 let theirs: PeerCapabilities = try await peer.call(.GET, "/1.0/migrations/check")
-                return (try MovePlanner.plan(requested: request.mode, source: try service.capabilities(), destination: theirs), 0)
+                let container = MovePlanner.Container(memoryBytes: Self.anonymousMemory(side.cgroup), config: config)
+                return (try MovePlanner.plan(requested: request.mode, source: try service.capabilities(), destination: theirs,
+                                             container: container), 0)
             }
             report.mode = mode
             report.modeReason = reason
             report.destination = peer.remote.name
-            guard let initProcess = record.initProcess else { throw ContainerService.noProcess(record.name) }
-            let side = try driver.migrationSource(context.containers.spec(record), init: initProcess)
-            source = side
             let answer: IncomingMigrationAnswer = try await peer.call(.POST, "/1.0/migrations", body: IncomingMigrationRequest(
                 name: newName, image: record.image, imageFingerprint: record.imageFingerprint, config: record.config,
                 ipv4: record.ipv4, mac: record.mac, mode: mode, sourceHost: context.options.hostName,
@@ -85,6 +98,40 @@ final class MoveSource: @unchecked Sendable {
                 return ((), UInt64(max(0, stats.bytesSent)))
             }
 
+            // 2b. Pre-copy rounds while the container runs, into the destination's page store.
+            var rounds = 0
+            var precopyWriter: PageRecordWriter?
+            if mode.preCopies {
+                let kind = ContainerDirtyTracker.kind(hostChoice: try service.hostTracker(), forced: config.forcedTracker)
+                let t = ContainerDirtyTracker.forCgroup(side.cgroup, kind: kind)
+                tracker = t
+                memory.tracker = kind.rawValue
+                // Asking for pre-copy is asking for rounds, whatever migration.incremental.memory says.
+                let settings = { var s = ConvergenceSettings(config: config); s.enabled = true; return s }()
+                let fd = try await Self.blocking { try open("precopy") }
+                precopyFD = fd
+                let writer = PageRecordWriter(sink: FileDescriptorStream(fd: fd, owns: false))
+                precopyWriter = writer
+                let handle = self.handle
+                let pre = try await step("pre-copy (\(kind.rawValue))") { () -> (PreCopyReport, UInt64) in
+                    let done = try await Self.blocking { () throws -> PreCopyReport in
+                        let session = PreCopySession(tracker: t, sender: PreCopySender(writer: writer), settings: settings,
+                                                     throttle: settings.autoConverge ? try? CPUThrottle(cgroup: side.cgroup) : nil,
+                                                     progress: { handle.progress("pre-copy: " + $0) })
+                        return try session.run()
+                    }
+                    return (done, done.totalBytes)
+                }
+                rounds = pre.rounds.count
+                memory.finalReason = pre.finalReason
+                report.rounds = pre.rounds.map { r in
+                    MoveRound(round: r.round, dirtyPages: r.dirtyPages, residentPages: r.residentPages, dataPages: r.dataPages,
+                              zeroPages: r.zeroPages, bytes: r.bytesSent, millis: Double(r.copyNanos) / 1e6,
+                              dirtyPagesPerSecond: r.dirtyPagesPerSecond, predictedPauseMillis: r.predictedPauseSeconds.map { $0 * 1000 },
+                              throttlePercent: r.throttlePercent, decision: r.decision)
+                }
+            }
+
             // 3. Freeze: CRIU's lazy dump; from here the container is frozen.
             let images = context.options.stateDir.appendingPathComponent("containers/\(record.name)/move-images").path
             try? FileManager.default.removeItem(atPath: images)
@@ -97,6 +144,29 @@ final class MoveSource: @unchecked Sendable {
                 dump = d
                 try await Self.blocking { try d.waitUntilServing() }
                 return (d, 0)
+            }
+            // 3b. Pre-copy: the final scan (race-free: CRIU holds the tasks frozen) tells the
+            //     destination which stored pages changed since they were sent; it forgets
+            //     them, and fetches or is pushed only those. Hybrid: the push starts now.
+            if let t = tracker, let writer = precopyWriter {
+                let fd = precopyFD
+                let finalRound = rounds + 1
+                let scan = try await step("final scan") { () -> (DirtyScan, UInt64) in
+                    try await Self.blocking { () throws -> (DirtyScan, UInt64) in
+                        let scan = try t.scan(attachNew: false)
+                        // Marker-free protection: CRIU dumped no phantom pages; let go now.
+                        t.close()
+                        let sent = try PreCopySender(writer: writer).sendInvalidations(scan, round: finalRound)
+                        shutdown(fd, Int32(SHUT_WR))
+                        return (scan, sent.bytesSent)
+                    }
+                }
+                memory.finalDirtyPages = scan.dirtyPages
+                handle.progress("final scan: \(scan.dirtyPages) pages dirty since the last round")
+                if mode == .hybrid {
+                    let fd = try await Self.blocking { try open("push") }
+                    push = PushSender(scan: scan, round: rounds + 2, fd: fd)
+                }
             }
             try await step("final filesystem sync") {
                 let stats = try await Self.blocking { try FilesystemSync.push(from: side.syncDirectory, channel: { try open("rsync") }, spawnHelper: spawnHelper) }
@@ -117,13 +187,16 @@ final class MoveSource: @unchecked Sendable {
             let pageChannel = try await Self.blocking { try open("pages") }
             let r = try PageServerRelay(channel: pageChannel, pageServer: lazy.options.lazyPages!)
             relay = r
-            let restored: IncomingMigrationStatus = try await step(mode == .postCopy ? "restore (lazy)" : "memory + restore") {
+            let restored: IncomingMigrationStatus = try await step(mode.restoresLazily ? "restore (lazy)" : "memory + restore") {
                 let status: IncomingMigrationStatus = try await peer.call(.POST, "/1.0/migrations/\(answer.id)/restore")
-                return (status, mode == .postCopy ? 0 : r.bytesToDestination)
+                return (status, mode.restoresLazily ? 0 : r.bytesToDestination)
             }
-            if mode != .postCopy {
+            memory.lazyPages = restored.lazyPages
+            if !mode.restoresLazily {
                 phases.append(MovePhase(name: "destination: fetch", millis: restored.fetchMillis))
                 phases.append(MovePhase(name: "destination: rebuild", millis: restored.rebuildMillis))
+                memory.pagesFetched = restored.pagesFetched
+                memory.pagesFromStore = restored.pagesFromStore
             }
             phases.append(MovePhase(name: "destination: criu restore", millis: restored.restoreMillis))
 
@@ -137,8 +210,8 @@ final class MoveSource: @unchecked Sendable {
             report.frozenMillis = Double(Self.now() - freezeAt) / 1e6
             handle.progress("running on \(peer.remote.name)")
 
-            // 6. Post-copy: the rest of memory streams; done when every page is there.
-            if mode == .postCopy {
+            // 6. Post-copy, hybrid: the rest of memory streams; done when every page is there.
+            if mode.restoresLazily {
                 let t = Self.now()
                 var status = restored
                 while status.phase == "fetching" || status.phase == "restored" {
@@ -147,15 +220,26 @@ final class MoveSource: @unchecked Sendable {
                     status = try await peer.call(.GET, "/1.0/migrations/\(answer.id)")
                 }
                 phases.append(MovePhase(name: "background page transfer", millis: millis(since: t), bytes: r.bytesToDestination))
+                if let push, let pushed = await Self.blocking({ push.wait(timeout: 30) }) {
+                    phases.append(MovePhase(name: "background push", millis: Double(pushed.nanos) / 1e6, bytes: pushed.bytes))
+                }
+                memory.pagesServedLocally = status.pagesServedLocally
+                memory.pagesPushed = status.pagesPushed
+                memory.pagesFetchedOnFault = status.pagesFetchedOnFault
+                memory.pagesFetchedTwice = status.pagesFetchedTwice
+                report.memory = memory
                 if let lost = status.lost { throw GodwitError("the container was lost after its commit: \(lost)") }
                 report.allLocalMillis = status.allLocalAfterCommitMillis.map { $0 + report.frozenMillis! }
             }
+            report.memory = memory
             _ = await Self.blocking { _ = r.wait(timeout: 30); return lazy.waitForExit(timeout: 30) }
             try await removeSource(side)
         } catch {
             let reason = (error as? GodwitError)?.message ?? "\(error)"
             report.reason = reason
             report.failedPhase = phase
+            if report.memory == nil, memory.tracker != nil { report.memory = memory }
+            push?.abort()
             if committed {
                 report.outcome = "lost"
             } else {
@@ -204,6 +288,16 @@ final class MoveSource: @unchecked Sendable {
         try? FileManager.default.removeItem(at: spec.directory)
         try context.store.deleteContainer(record.name)
         context.events.lifecycle("container-migrated", container: record.name, context: ["to": request.target])
+    }
+
+    /// Anonymous memory of the container's cgroup (v1 memory.stat total_rss, v2 anon).
+    static func anonymousMemory(_ cgroup: Cgroup) -> UInt64? {
+        guard let stat = cgroup.read("memory.stat") else { return nil }
+        for line in stat.split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2, parts[0] == "total_rss" || parts[0] == "anon", let value = UInt64(parts[1]) { return value }
+        }
+        return nil
     }
 
     static func blocking<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
