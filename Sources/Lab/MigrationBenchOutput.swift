@@ -189,7 +189,12 @@ public enum BenchOutput {
                     let x = groupLeft + Double(b) * (barWidth + barGap)
                     guard let summary = summaries.first(where: {
                         $0.configuration == BenchConfiguration(strategy: strategy, stride: group.stride, sizeMiB: group.sizeMiB)
-                    }), let stat = summary.stat(metric) else { continue }
+                    }), let stat = summary.stat(metric) else {
+                        // Not measured (mode skipped, run failed): say so instead of an empty slot.
+                        out.append(String(format: #"<text x="%.1f" y="%.1f" font-size="8" fill="gray" transform="rotate(-90 %.1f %.1f)">n/a</text>"#,
+                                          x + barWidth / 2 + 3, bottom - 3, x + barWidth / 2 + 3, bottom - 3))
+                        continue
+                    }
                     out.append(String(format: #"<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%@"><title>%@ stride %d %d MiB: %@ ms</title></rect>"#,
                                       x, y(stat.median), barWidth, max(0.5, bottom - y(stat.median)), colour(strategy),
                                       xml(strategy.rawValue), group.stride, group.sizeMiB, xml(cell(stat))))

@@ -95,6 +95,11 @@ struct MigrateBench: AsyncParsableCommand {
                                          rawDirectory: directory + "/raw",
                                          deadline: limit.map { started.addingTimeInterval($0 * 60) })
                 let samples = runner.runAll(plan)
+                // The daemons' logs go with the lab: keep them for the post-mortem of failed moves.
+                for host in lab.hosts {
+                    try? FileManager.default.copyItem(atPath: host.stateDirectory + "/godwitd.log",
+                                                      toPath: directory + "/raw/\(host.name)-godwitd.log")
+                }
                 try Self.write(samples: samples, plan: plan, directory: directory, criuVersion: criuVersion,
                                seconds: Date().timeIntervalSince(started))
             } catch {

@@ -231,6 +231,15 @@ import Testing
         #expect(svg.contains("criu-page-server"))
     }
 
+    @Test func svgMarksModesWithoutFigures() {
+        var skipped = MigrationBenchStatisticsTests.sample(.preCopy, app: 0, total: 0, outcome: .skipped)
+        skipped.note = "not implemented yet"
+        let svg = BenchOutput.svg(BenchSummary.summarize([MigrationBenchStatisticsTests.sample(.stopAndCopy, app: 900, total: 1000), skipped]),
+                                  title: "t")
+        #expect(svg.components(separatedBy: ">n/a</text>").count - 1 == 3)  // pre-copy in each of the three panels
+        #expect(svg.contains("pre-copy"))  // still in the legend
+    }
+
     @Test func ticksCoverTheMaximum() {
         #expect(BenchOutput.ticks(maximum: 9.3) == [0, 2, 4, 6, 8, 10])
         #expect(BenchOutput.ticks(maximum: 2600).last! >= 2600)
