@@ -387,7 +387,8 @@ public struct BenchMoveFigures: Sendable, Equatable {
             rounds = count.intValue
         case let list as [Any]:
             rounds = list.count
-            let pages = list.compactMap { ($0 as? [String: Any]).flatMap { Self.number($0["pages"]) }.map { Int($0) } }
+            // Pages found dirty (and sent) in each round; `pages` in older drafts of the report.
+            let pages = list.compactMap { ($0 as? [String: Any]).flatMap { Self.number($0["dirtyPages"] ?? $0["pages"]) }.map { Int($0) } }
             pagesPerRound = pages.count == list.count ? pages : nil
         default:
             rounds = nil

@@ -38,7 +38,8 @@ public enum BenchOutput {
                 return r.isEmpty ? text : "\(text) \(r)"
             }
             let runs = s.moved == s.runs ? "\(s.runs)" : "\(s.moved)/\(s.runs)"
-            table.add(["\(c.sizeMiB) MiB", "\(c.stride)", c.strategy.rawValue, runs,
+            let mode = c.strategy.rawValue + (s.rounds.map { " (\(tickLabel($0.median)) rounds)" } ?? "")
+            table.add(["\(c.sizeMiB) MiB", "\(c.stride)", mode, runs,
                        withRatio(.appDowntime), withRatio(.networkDowntime), withRatio(.total),
                        cell(s.stat(.frozen)), cell(s.stat(.allLocal)), cell(s.stat(.wire)), s.verification])
         }

@@ -150,7 +150,8 @@ import Testing
         #expect(figures.outcome == "moved" && figures.totalMillis == 2500.5 && figures.frozenMillis == 2400)
         #expect(figures.allLocalMillis == nil && figures.rounds == nil)
         #expect(figures.phases == [BenchPhase(name: "memory", millis: 2000, bytes: 268_435_456), BenchPhase(name: "restore", millis: 100, bytes: 0)])
-        let withRounds = #"{"outcome":"moved","rounds":[{"pages":65536},{"pages":1200},{"pages":80}],"allLocalMillis":900}"#
+        let withRounds = #"{"outcome":"moved","rounds":[{"round":1,"dirtyPages":65536,"dataPages":65530},{"round":2,"dirtyPages":1200},"#
+            + #"{"round":3,"dirtyPages":80}],"allLocalMillis":900,"memory":{"tracker":"uffd-wp"}}"#
         let later = try BenchMoveFigures(json: Data(withRounds.utf8))
         #expect(later.rounds == 3 && later.pagesPerRound == [65536, 1200, 80] && later.allLocalMillis == 900)
         #expect(try BenchMoveFigures(json: Data(#"{"outcome":"moved","rounds":4}"#.utf8)).rounds == 4)
@@ -181,6 +182,12 @@ import Testing
         #expect(BenchOutput.cell(BenchStat(median: 5, min: 5, max: 5, count: 3)) == "5.00")
         #expect(BenchOutput.cell(nil) == "-")
         #expect(BenchOutput.ratio(0.4) == "×0.40")
+    }
+
+    @Test func markdownShowsPreCopyRounds() {
+        var sample = MigrationBenchStatisticsTests.sample(.preCopy, app: 500, total: 900)
+        sample.rounds = 3
+        #expect(BenchOutput.markdown(BenchSummary.summarize([sample])).contains("| pre-copy (3 rounds) |"))
     }
 
     @Test func markdownTableHasOneRowPerConfigurationWithRatios() {
