@@ -94,7 +94,9 @@ public final class IncomingRestore: @unchecked Sendable {
             self.client = client
             let rebuilder = ImageRebuilder(directory: images)
             // Only what the store lacks: unchanged pre-copied pages are not sent twice.
-            let plan = try FinalPhase.missingPages(rebuilder.lazyEntries(), store: store, bridge: 4)
+            // No bridging (1): across hosts the GETs are pipelined, and at stride 4 bridging
+            // would fetch every page of a dirty region instead of the quarter that changed.
+            let plan = try FinalPhase.missingPages(rebuilder.lazyEntries(), store: store, bridge: 1)
             try client.fetch(plan.requests) { id, vaddr, pages, bytes in
                 try store.store(nsPID: id, vaddr: vaddr, count: pages, data: bytes)
             }
@@ -111,6 +113,7 @@ public final class IncomingRestore: @unchecked Sendable {
             }
             // The rebuilt images hold the memory now; the store's copy can go.
             store.destroy()
+            ImageRebuilder.removeStaging(directory: images)
             update { $0.rebuildMillis = Self.millis(since: t) }
         case .lazy:
             let t = Self.now()
@@ -152,9 +155,15 @@ public final class IncomingRestore: @unchecked Sendable {
         for task in ContainerProcesses.hostPIDs(cgroupDirectories: target.cgroup.directories) { kill(task, SIGCONT) }
         if let client {
             // The destination runs either way: the source's tasks are already doomed, so a
-            // failed CLOSE only means the source's dump ends in an error.
-            do { try client.close() } catch { update { $0.notes.append("CLOSE to the source failed: \(error)") } }
+            // failed CLOSE only means the source's dump ends in an error. In the background:
+            // CRIU's answer to CLOSE was seen to take a minute under load, and the commit
+            // call must not time out (the source would report the container lost).
             self.client = nil
+            let thread = Thread { [self] in
+                do { _ = try client.close() } catch { update { $0.notes.append("CLOSE to the source failed: \(error)") } }
+            }
+            thread.stackSize = 1 << 20
+            thread.start()
         }
     }
 

@@ -1,6 +1,8 @@
 import API
+import Checkpoint
 import Foundation
 import GodwitCore
+import Memory
 import Migration
 import Trust
 
@@ -205,8 +207,19 @@ public final class IncomingMigrations: @unchecked Sendable {
                     migration.transfers.leave()
                 }
                 let receiver = PreCopyReceiver(reader: PageRecordReader(source: FileDescriptorStream(fd: fd, owns: false)), store: store)
+                // A copy restore rebuilds CRIU's pages images from the store while the
+                // container is frozen: allocate their space now, while it runs.
+                let stage = !migration.request.mode.restoresLazily
                 do {
-                    while try receiver.receiveRound() != nil { migration.with { $0.roundsReceived += 1 } }
+                    while let receipt = try receiver.receiveRound() {
+                        migration.with { $0.roundsReceived += 1 }
+                        guard stage, receipt.dataPages > 0 else { continue }
+                        for id in store.nsPIDs {
+                            let pages = UInt64(store.pageCount(nsPID: id))
+                            try? ImageRebuilder.prepareStaging(directory: migration.imagesDirectory, id: id,
+                                                               bytes: (pages + pages / 20 + 256) * systemPageSize)
+                        }
+                    }
                 } catch {
                     migration.with { $0.transferErrors.append("precopy: \(error)") }
                 }
