@@ -27,9 +27,14 @@ public enum LabNetwork {
         for host in lab.hosts {
             // The host's address lives on the bridge, so the host and its containers share
             // one interface onto the lab segment.
+            // A bridge without an address of its own takes the lowest MAC among its ports,
+            // so it changed whenever a container's veth came or went: every peer's ARP entry
+            // for the host then pointed at a MAC nobody had, and the host's connections
+            // (a move's control call, its page channel) stalled until the entries expired,
+            // tens of seconds. A set address never changes.
             try batch(host.netns, [
                 "link set lo up",
-                "link add \(host.bridge) type bridge",
+                "link add \(host.bridge) address \(LabAddressing.bridgeMAC(host.index)) type bridge",
                 "link set \(host.endpoint.uplink) master \(host.bridge)",
                 "link set \(host.endpoint.uplink) up",
                 "link set \(host.bridge) up",
