@@ -118,6 +118,9 @@ public final class IncomingRestore: @unchecked Sendable {
         case .lazy:
             let t = Self.now()
             let proxy = try LazyPageProxy(store: store, upstream: TCPPageServerUpstream(connected: fd))
+            // Each round trip through the daemons' channel is slow next to CRIU's own TCP:
+            // fetch 1 MiB per background GET instead of lazy-pages' 64 KiB.
+            proxy.readAheadPages = LazyPageProxy.remoteReadAheadPages
             // CLOSE would let the source's dump complete (killing the source): not before
             // the source has doomed its tasks and called commit().
             proxy.holdClose()

@@ -138,6 +138,19 @@ public final class LazyPageProxy: @unchecked Sendable {
     public private(set) var stats = LazyProxyStats()
     /// Called once, on a proxy thread, when the session can't go on.
     public var onFailure: ((String) -> Void)?
+    /// Read-ahead for background GETs (more than one page), in pages: the proxy asks the
+    /// source for up to this many pages the store lacks from the requested address (the
+    /// source clamps the answer at the end of its page run), answers lazy-pages what it
+    /// asked, and keeps the rest for its next GETs. Why: lazy-pages keeps one background
+    /// GET in flight and drops its size back to 64 KiB after every page fault, so with a
+    /// faulting application its background rate is 64 KiB per round trip; through the
+    /// daemons' TLS channel and the source's relay a round trip costs several times
+    /// CRIU's direct TCP one. 0 = fetch exactly what was asked. Faults (1-page GETs) are
+    /// never enlarged. Set before `start()`.
+    public var readAheadPages = 0
+    /// What a destination uses when the source is reached through the daemons' channel:
+    /// 1 MiB, ~8 ms on a 1 Gbit/s link (what a page fault may wait behind it).
+    public static let remoteReadAheadPages = 256
 
     private let store: PageStore
     private var upstreamLink: LazyPageUpstream?
@@ -156,6 +169,11 @@ public final class LazyPageProxy: @unchecked Sendable {
         var data: [UInt8] = []
         var ready = false
         let isClose: Bool
+        /// Pages asked of the source (>= `pages` with read-ahead).
+        var fetchPages = 0
+        /// The first page was being fetched (read-ahead) when lazy-pages asked: answered
+        /// from the store when it reaches the head of the queue (that fetch is before it).
+        var deferred = false
         init(header: [UInt8], nsPID: Int32, vaddr: UInt64, pages: Int, isClose: Bool = false) {
             self.header = header; self.nsPID = nsPID; self.vaddr = vaddr; self.pages = pages; self.isClose = isClose
         }
@@ -166,6 +184,8 @@ public final class LazyPageProxy: @unchecked Sendable {
     /// Pages already answered (a re-request after a short reply asks only for the rest).
     private var delivered = Set<Key>()
     private var fetched = Set<Key>()
+    /// Pages asked of the source and not yet arrived.
+    private var fetching = Set<Key>()
     private var upstreamError: String?
     private var holdingClose = false
     private var heldClose: Pending?
@@ -347,35 +367,55 @@ public final class LazyPageProxy: @unchecked Sendable {
         for i in 0..<pages where delivered.contains(Key(ns: nsPID, vaddr: vaddr + UInt64(i * pageSize))) {
             stats.pagesRequestedTwice += 1
         }
-        var held = 0
-        while held < pages, store.contains(nsPID: nsPID, vaddr: vaddr + UInt64(held * pageSize)) { held += 1 }
-        var reply = header
-        if held > 0 {
-            let p = Pending(header: reply, nsPID: nsPID, vaddr: vaddr, pages: held)
-            p.data = [UInt8](repeating: 0, count: held * pageSize)
-            _ = try p.data.withUnsafeMutableBytes { try store.read(nsPID: nsPID, vaddr: vaddr, count: held, into: $0) }
-            Self.setReply(&p.header, pages: held)
-            p.ready = true
-            stats.localReplies += 1
-            stats.pagesServedLocally += held
-            if held < pages { stats.shortReplies += 1 }
-            queue.append(p)
-            try flushLocked()
+        let p = Pending(header: header, nsPID: nsPID, vaddr: vaddr, pages: pages)
+        queue.append(p)
+        if fetching.contains(Key(ns: nsPID, vaddr: vaddr)) {
+            p.deferred = true
             return
         }
+        if try !answerLocally(p) { try forward(p) }
+        try flushLocked()
+    }
+
+    /// Answers `p` with the held prefix of its pages, if any. Caller holds `lock`.
+    private func answerLocally(_ p: Pending) throws -> Bool {
+        var held = 0
+        while held < p.pages, store.contains(nsPID: p.nsPID, vaddr: p.vaddr + UInt64(held * pageSize)) { held += 1 }
+        guard held > 0 else { return false }
+        p.data = [UInt8](repeating: 0, count: held * pageSize)
+        _ = try p.data.withUnsafeMutableBytes { try store.read(nsPID: p.nsPID, vaddr: p.vaddr, count: held, into: $0) }
+        Self.setReply(&p.header, pages: held)
+        p.ready = true
+        stats.localReplies += 1
+        stats.pagesServedLocally += held
+        if held < p.pages { stats.shortReplies += 1 }
+        p.pages = held
+        return true
+    }
+
+    /// Asks the source for the run of pages the store lacks from `p.vaddr` (with
+    /// read-ahead for background GETs). Caller holds `lock`.
+    private func forward(_ p: Pending) throws {
         if let upstreamError {
-            throw GodwitError("page \(nsPID):0x\(String(vaddr, radix: 16)) is needed from the source, whose connection failed (\(upstreamError))")
+            throw GodwitError("page \(p.nsPID):0x\(String(p.vaddr, radix: 16)) is needed from the source, whose connection failed (\(upstreamError))")
         }
+        let limit = p.pages > 1 ? max(p.pages, readAheadPages) : p.pages
         var missing = 0
-        while missing < pages, !store.contains(nsPID: nsPID, vaddr: vaddr + UInt64(missing * pageSize)) { missing += 1 }
-        Self.setCommand(&reply, PageServerClient.get)
-        Self.setPages(&reply, missing)
-        let p = Pending(header: header, nsPID: nsPID, vaddr: vaddr, pages: missing)
-        queue.append(p)
+        while missing < limit {
+            let key = Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(missing * pageSize))
+            if store.contains(nsPID: key.ns, vaddr: key.vaddr) || fetching.contains(key) { break }
+            missing += 1
+        }
+        p.pages = min(p.pages, missing)
+        p.fetchPages = missing
+        for i in 0..<missing { fetching.insert(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
+        var request = p.header
+        Self.setCommand(&request, PageServerClient.get)
+        Self.setPages(&request, missing)
         inFlight.append(p)
         stats.forwardedRequests += 1
         lock.broadcast()
-        try reply.withUnsafeBytes { try upstream.send($0) }
+        try request.withUnsafeBytes { try upstream.send($0) }
     }
 
     private func handleClose(header: [UInt8]) {
@@ -441,7 +481,16 @@ public final class LazyPageProxy: @unchecked Sendable {
 
     /// Sends ready replies from the head of the queue. Caller holds `lock`.
     private func flushLocked() throws {
-        while let head = queue.first, head.ready {
+        while let head = queue.first {
+            if head.deferred {
+                // The fetch that held its first page was before it in the queue, so it
+                // is done; wait if a later fetch is getting that page again (the first
+                // one came back short).
+                if fetching.contains(Key(ns: head.nsPID, vaddr: head.vaddr)) { return }
+                head.deferred = false
+                if try !answerLocally(head) { try forward(head) }
+            }
+            guard head.ready else { return }
             queue.removeFirst()
             if head.isClose {
                 try writeDown(head.data)
@@ -499,16 +548,18 @@ public final class LazyPageProxy: @unchecked Sendable {
                      UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
                 }
                 guard cmd & 0xFFFF == PageServerClient.addF, vaddr == head.vaddr,
-                      Int32(truncatingIfNeeded: dst) == head.nsPID, nr > 0, nr <= UInt64(head.pages) else {
-                    throw GodwitError("the source's page server answered GET(\(head.nsPID), 0x\(String(head.vaddr, radix: 16)), \(head.pages)) with cmd 0x\(String(cmd, radix: 16)), \(nr) pages at 0x\(String(vaddr, radix: 16))",
+                      Int32(truncatingIfNeeded: dst) == head.nsPID, nr > 0, nr <= UInt64(head.fetchPages) else {
+                    throw GodwitError("the source's page server answered GET(\(head.nsPID), 0x\(String(head.vaddr, radix: 16)), \(head.fetchPages)) with cmd 0x\(String(cmd, radix: 16)), \(nr) pages at 0x\(String(vaddr, radix: 16))",
                                       hint: "both hosts must run the same CRIU version")
                 }
                 var data = [UInt8](repeating: 0, count: Int(nr) * pageSize)
                 try data.withUnsafeMutableBytes { try upstream.receive($0) }
                 lock.lock()
                 inFlight.removeFirst()
+                for i in 0..<head.fetchPages { fetching.remove(Key(ns: head.nsPID, vaddr: head.vaddr + UInt64(i * pageSize))) }
                 stats.pagesFetched += Int(nr)
-                if Int(nr) < head.pages { stats.shortReplies += 1 }
+                let answered = min(Int(nr), head.pages)
+                if answered < head.pages { stats.shortReplies += 1 }
                 for i in 0..<Int(nr) {
                     let a = head.vaddr + UInt64(i * pageSize)
                     if !fetched.insert(Key(ns: head.nsPID, vaddr: a)).inserted { stats.pagesFetchedTwice += 1 }
@@ -519,9 +570,9 @@ public final class LazyPageProxy: @unchecked Sendable {
                 } catch {
                     // Only the "all local" bookkeeping suffers; the reply still goes out.
                 }
-                head.data = data
-                head.pages = Int(nr)
-                Self.setReply(&head.header, pages: Int(nr))
+                head.data = answered == Int(nr) ? data : Array(data[0..<(answered * pageSize)])
+                head.pages = answered
+                Self.setReply(&head.header, pages: answered)
                 head.ready = true
                 try flushLocked()
                 lock.unlock()
