@@ -78,7 +78,13 @@ public final class PageServerClient {
         self.host = peer
         self.port = 0
         self.fd = fd
+        abortsWithCommand = false
     }
+
+    /// Over a relay, an abort is just the end of the stream: the relay resets CRIU's
+    /// connection. (An unknown command also fails CRIU's session, but CRIU 4.2.1 then left
+    /// the container's network lock and its TCP sockets behind when it resumed it.)
+    private var abortsWithCommand = true
 
     deinit { abandon() }
 
@@ -87,7 +93,7 @@ public final class PageServerClient {
     /// container. Idempotent.
     public func abandon() {
         guard fd >= 0 else { return }
-        try? sendHeader(cmd: Self.abort, pages: 0, vaddr: 0, dst: 0)
+        if abortsWithCommand { try? sendHeader(cmd: Self.abort, pages: 0, vaddr: 0, dst: 0) }
         Self.setAbortOnClose(fd, true)
         Glibc.close(fd)
         fd = -1

@@ -35,7 +35,10 @@ extension FilesystemSync {
         for option in options {
             if option == "--sender" { throw refuse("--sender would make this host send its files") }
             if option.hasPrefix("--") {
-                guard allowedLongOptions.contains(option) else { throw refuse("option \(option) is not allowed") }
+                // --timeout=N (an I/O timeout, seconds) is the one option with a value.
+                let isTimeout = option.hasPrefix("--timeout=") && !option.dropFirst(10).isEmpty
+                    && option.dropFirst(10).allSatisfy(\.isNumber)
+                guard isTimeout || allowedLongOptions.contains(option) else { throw refuse("option \(option) is not allowed") }
             } else {
                 // rsync's compact server flags: "-logDtpHAXre.iLsfxCIvu" (letters, one '.'
                 // before the protocol's capability letters).

@@ -18,7 +18,9 @@ public struct SyncStats: Sendable, Equatable {
 public enum FilesystemSync {
     /// rsync flags for a faithful copy of a root filesystem: hard links, ACLs, xattrs,
     /// devices, numeric ownership (ids must not be remapped through this host's passwd).
-    public static let rsyncOptions = ["-aHAX", "--numeric-ids", "--delete", "--stats"]
+    /// --timeout: a peer that vanished (daemon killed, link cut) must end the sync, whose
+    /// final round runs while the container is frozen, instead of stalling it for ever.
+    public static let rsyncOptions = ["-aHAX", "--numeric-ids", "--delete", "--stats", "--timeout=30"]
 
     // MARK: source side
 
@@ -73,8 +75,20 @@ public enum FilesystemSync {
             throw GodwitError.wrap(error, doing: "opening the filesystem sync channel for \(directory)")
         }
         defer { close(peer) }
-        let relayed = Result { try SocketRelay.run(tunnel, peer, label: "rsync tunnel of \(directory)") }
+        // The relay on its own thread: rsync's exit is the end of the sync, even when the
+        // tunnel it leaves behind (or a dead channel) would keep the relay waiting.
+        nonisolated(unsafe) var relayed: Result<(aToB: Int64, bToA: Int64), Error> = .failure(GodwitError("relay did not run"))
+        let relayDone = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            relayed = Result { try SocketRelay.run(tunnel, peer, label: "rsync tunnel of \(directory)") }
+            relayDone.signal()
+        }
         let (status, stderr) = rsync.wait()
+        if relayDone.wait(timeout: .now() + 5) == .timedOut {
+            shutdown(tunnel, Int32(SHUT_RDWR))
+            shutdown(peer, Int32(SHUT_RDWR))
+            relayDone.wait()
+        }
         let stats = output.text()
         guard status == 0 else {
             let why = stderr.lastLine.isEmpty ? ((try? relayed.get()) == nil ? "\(relayed)" : "") : stderr.lastLine

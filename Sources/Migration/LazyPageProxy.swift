@@ -50,7 +50,14 @@ public final class TCPPageServerUpstream: LazyPageUpstream {
     }
 
     /// Over an already connected stream (the daemons' channel to the source's relay).
-    public init(connected fd: Int32) { self.fd = fd }
+    public init(connected fd: Int32) {
+        self.fd = fd
+        abortsWithCommand = false
+    }
+
+    /// Over a relay (see PageServerRelay) an abort is the end of the stream, which the
+    /// relay turns into a reset; no unknown command (see PageServerClient.abandon).
+    private var abortsWithCommand = true
 
     deinit {
         abort()
@@ -93,6 +100,10 @@ public final class TCPPageServerUpstream: LazyPageUpstream {
         ended = true
         // An unknown command fails CRIU's session whatever follows; SHUT_RD wakes our
         // reader without sending anything; the close in deinit sends the reset.
+        guard abortsWithCommand else {
+            shutdown(fd, Int32(SHUT_RDWR))
+            return
+        }
         var h = [UInt8](repeating: 0, count: 32)
         h.withUnsafeMutableBytes { $0.storeBytes(of: PageServerClient.abort.littleEndian, toByteOffset: 0, as: UInt32.self) }
         _ = h.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, 32, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }

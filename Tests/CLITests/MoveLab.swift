@@ -9,6 +9,8 @@ final class MoveLab: @unchecked Sendable {
     let name = LabCLITests.uniqueName()
     let stateRoot = "/tmp/gw-move-" + UUID().uuidString.prefix(8).lowercased()
     private var tornDown = false
+    /// Daemons this test started itself (restarts): reaped at teardown.
+    private var startedDaemons: [pid_t] = []
 
     init(bandwidth: String? = nil) throws {
         guard geteuid() == 0 else { throw GodwitError("move tests need root") }
@@ -27,6 +29,7 @@ final class MoveLab: @unchecked Sendable {
         guard !tornDown else { return }
         tornDown = true
         _ = try? godwit(["lab", "down", "--name", name])
+        for pid in startedDaemons { _ = poll(timeout: 5) { DetachedProcess.exitStatus(of: pid) != nil } }
         try? FileManager.default.removeItem(atPath: stateRoot)
     }
 
@@ -87,8 +90,8 @@ final class MoveLab: @unchecked Sendable {
     /// until the CLI gets answers.
     func startDaemon(_ host: String, argv: [String], extra: [String] = []) throws {
         let netns = "/run/netns/godwit-\(name)-\(host)"
-        _ = try DetachedProcess.spawn(["nsenter", "--net=" + netns] + argv + extra,
-                                      log: stateDirectory(host) + "/godwitd.log")
+        startedDaemons.append(try DetachedProcess.spawn(["nsenter", "--net=" + netns] + argv + extra,
+                                                        log: stateDirectory(host) + "/godwitd.log"))
         guard poll(timeout: 30, { (try? self.on(host, ["list"]).succeeded) == true }) else {
             throw GodwitError("godwitd of \(host) did not come back")
         }

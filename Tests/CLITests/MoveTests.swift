@@ -18,7 +18,10 @@ struct MoveTests {
         var sentLines: [String] = []
         var memtouchPID = ""
 
-        init(lab: MoveLab, name: String, host: String, memoryMiB: Int) throws {
+        let tcp: Bool
+
+        init(lab: MoveLab, name: String, host: String, memoryMiB: Int, tcp: Bool = true) throws {
+            self.tcp = tcp
             self.lab = lab; self.name = name; self.host = host
             let launch = try lab.on(host, ["launch"], ["busybox", name])
             try #require(launch.succeeded, "launch failed: \(launch.stderr)")
@@ -27,6 +30,7 @@ struct MoveTests {
             _ = try lab.sh(host, name, "(sleep 100000 | nc -l -p 5000 > /tmp/received) </dev/null >/dev/null 2>&1 &")
             try #require(waitUntil { (try? self.report())??["ready"] as? Bool == true }, "memtouch never got ready")
             memtouchPID = try lab.sh(host, name, "pidof memtouch").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard tcp else { return }
             let ip = try #require(try lab.container(host, name)?.ipv4)
             var connected = false
             for _ in 0..<20 where !connected {
@@ -65,6 +69,7 @@ struct MoveTests {
 
         /// One more line over the same TCP connection; the server must have all lines so far.
         func send(_ line: String) throws {
+            guard tcp else { return }
             sentLines.append(line)
             try input.fileHandleForWriting.write(contentsOf: Data((line + "\n").utf8))
             let expected = sentLines.map { $0 + "\n" }.joined()

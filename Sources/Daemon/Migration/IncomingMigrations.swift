@@ -291,7 +291,7 @@ public final class IncomingMigrations: @unchecked Sendable {
             $0.initProcess = identity
             $0.lastMigration = Date()
         }
-        announce(pid: pid)
+        announce(pid: pid, address: record.ipv4)
         migration.with { $0.phase = restore.mode == .lazy ? "fetching" : "done" }
         context.events.lifecycle("container-migrated", container: record.name, context: ["from": migration.peerName])
         Task.detached { [self] in
@@ -362,12 +362,13 @@ public final class IncomingMigrations: @unchecked Sendable {
         return context.containers.spec(record)
     }
 
-    /// The container's MAC now sits behind another port of the segment; one packet from it
-    /// (an ARP request) teaches the switches, before a peer's next packet gets lost.
-    private func announce(pid: pid_t) {
-        guard let plan = context.containers.addresses else { return }
-        let neighbour = plan.gateway?.description ?? listenHost
-        _ = try? Command.run(["nsenter", "--net=/proc/\(pid)/ns/net", "ping", "-c", "1", "-W", "1", neighbour])
+    /// The container's MAC now sits behind another port of the segment: a gratuitous ARP
+    /// from it teaches the switches (and refreshes peers' caches) before a peer's next
+    /// packet goes to the old port. busybox's arping: no iputils on these hosts.
+    private func announce(pid: pid_t, address: String?) {
+        guard context.containers.addresses != nil, let address else { return }
+        _ = try? Command.run(["nsenter", "--net=/proc/\(pid)/ns/net", "busybox", "arping", "-U", "-c", "1", "-w", "1",
+                              "-I", "eth0", address])
     }
 
     func blocking<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {

@@ -1,0 +1,156 @@
+import API
+import Foundation
+import GodwitCore
+import Testing
+
+/// Failures during a move: the container keeps running on the source and nothing of it
+/// stays on the destination; secrets can't be replayed.
+@Suite(.serialized, .enabled(if: geteuid() == 0, "needs root"))
+struct MoveRollbackTests {
+    /// What a container left on a host: its row, processes, mounts, files.
+    func expectNothing(of name: String, on host: String, in lab: MoveLab, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        #expect(try lab.container(host, name) == nil, "\(name) is listed on \(host)", sourceLocation: sourceLocation)
+        #expect(lab.processes(host, name).isEmpty, "processes of \(name) on \(host)", sourceLocation: sourceLocation)
+        #expect(lab.mounts(host, name).isEmpty, "mounts of \(name) on \(host): \(lab.mounts(host, name))", sourceLocation: sourceLocation)
+        let directory = lab.stateDirectory(host) + "/containers/" + name
+        #expect(!FileManager.default.fileExists(atPath: directory), "\(directory) is left", sourceLocation: sourceLocation)
+    }
+
+    /// Starts `godwit move` in the background; returns the process and a pipe with its stderr.
+    func startMove(_ lab: MoveLab, _ arguments: [String]) throws -> (Process, Pipe) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: LabCLITests.godwit)
+        process.arguments = ["move", "--dir", "\(lab.name)/h1"] + arguments
+        process.environment = lab.environment
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        return (process, errors)
+    }
+
+    @Test func killingTheDestinationDaemonMidTransferLeavesTheContainerOnTheSource() throws {
+        // A slow link, so the memory transfer takes seconds and the kill lands inside it.
+        let lab = try MoveLab(bandwidth: "100mbit")
+        defer { lab.tearDown() }
+        // No TCP client: see aFailedRestore... below (connections established at the freeze
+        // don't always survive a rollback); reachability is checked instead.
+        let workload = try MoveTests.Workload(lab: lab, name: "web", host: "h1", memoryMiB: 96, tcp: false)
+        defer { workload.stop() }
+        let (move, errors) = try startMove(lab, ["web", "h2:", "--mode", "stop-and-copy"])
+        // The images have arrived (the container is frozen; the memory comes next).
+        let migrations = lab.stateDirectory("h2") + "/migrations"
+        let fetching = waitUntil(60) {
+            let ids = (try? FileManager.default.contentsOfDirectory(atPath: migrations)) ?? []
+            return ids.contains { FileManager.default.fileExists(atPath: migrations + "/" + $0 + "/images/inventory.img") }
+        }
+        try #require(fetching, "the destination never started fetching memory")
+        let argv = try lab.killDaemon("h2")
+        move.waitUntilExit()
+        let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(move.terminationStatus != 0, "the move succeeded although the destination died")
+        #expect(stderr.contains("rolled back"), "\(stderr)")
+
+        let info = try #require(try lab.container("h1", "web"))
+        #expect(info.status == .running)
+        try workload.expectHealthy(on: "h1")
+        let ip = try #require(info.ipv4)
+        #expect(try Command.run(["nsenter", "--net=" + lab.clientNetnsPath, "busybox", "ping", "-c", "1", "-W", "2", ip]).succeeded,
+                "the container is unreachable after the rollback")
+        try lab.startDaemon("h2", argv: argv)
+        try expectNothing(of: "web", on: "h2", in: lab)
+    }
+
+    @Test func aFailedRestoreOnTheDestinationRollsBackWithCRIUsReason() throws {
+        let lab = try MoveLab()
+        defer { lab.tearDown() }
+        // The destination's CRIU fails every restore, as a real one does when the host
+        // can't recreate something; everything else passes through to the real CRIU.
+        let criu = try #require(try Command.run(["bash", "-c", "ls \(FileManager.default.currentDirectoryPath)/.criu/bin/criu 2>/dev/null || command -v criu"])
+            .stdout.split(separator: "\n").first.map(String.init), "no CRIU found")
+        let wrapper = lab.stateRoot + "/criu-failing-restore"
+        try FileManager.default.createDirectory(atPath: lab.stateRoot, withIntermediateDirectories: true)
+        try """
+            #!/bin/bash
+            if [ "$1" = restore ]; then
+                dir=.; while [ $# -gt 0 ]; do [ "$1" = -D ] && dir=$2; shift; done
+                echo "Error (criu/cr-restore.c:1): injected failure for the rollback test" > "$dir/restore.log"
+                exit 1
+            fi
+            exec \(criu) "$@"
+
+            """.write(toFile: wrapper, atomically: true, encoding: .utf8)
+        chmod(wrapper, 0o755)
+        try lab.restartDaemon("h2", extra: ["--criu", wrapper])
+
+        // Without the TCP client: after a failure this late (the memory already served),
+        // the container resumed with its established connections dead in our runs with
+        // CRIU 4.2.1 (docs/migration.md, known limitations); processes, memory and the
+        // network are what this test holds it to.
+        let workload = try MoveTests.Workload(lab: lab, name: "web", host: "h1", memoryMiB: 32, tcp: false)
+        defer { workload.stop() }
+        for mode in ["stop-and-copy", "post-copy"] {
+            let result = try lab.on("h1", ["move"], ["web", "h2:", "--mode", mode])
+            #expect(!result.succeeded, "\(mode): the move succeeded")
+            #expect(result.stderr.contains("injected failure"), "\(mode): CRIU's line is not in the error: \(result.stderr)")
+            #expect(result.stderr.contains("rolled back"), "\(mode): \(result.stderr)")
+            #expect(try lab.container("h1", "web")?.status == .running)
+            try workload.expectHealthy(on: "h1")
+            try expectNothing(of: "web", on: "h2", in: lab)
+            // The network works: the lab client reaches the container (CRIU's lock is gone).
+            let ip = try #require(try lab.container("h1", "web")?.ipv4)
+            #expect(try Command.run(["nsenter", "--net=" + lab.clientNetnsPath, "busybox", "ping", "-c", "1", "-W", "2", ip]).succeeded,
+                    "\(mode): the container is unreachable after the rollback")
+            // The history keeps the failure.
+            let info = try lab.on("h1", ["info"], ["web"])
+            #expect(info.stdout.contains("rolled-back"), "\(info.stdout)")
+        }
+    }
+
+    @Test func aMigrationSecretWorksOnlyForItsOwnMigrationAndNotAfterIt() throws {
+        let lab = try MoveLab()
+        defer { lab.tearDown() }
+        let h1 = lab.stateDirectory("h1")
+        let h2Address = try #require(try lab.on("h2", ["info"], ["--format", "json"]).stdout
+            .components(separatedBy: "\"https_address\"").dropFirst().first?
+            .split(separator: "\"").dropFirst().first.map(String.init))
+        let netns = "/run/netns/godwit-\(lab.name)-h1"
+        func curl(_ method: String, _ path: String, _ body: String? = nil) throws -> String {
+            var argv = ["nsenter", "--net=" + netns, "curl", "-sS", "--max-time", "20", "--insecure",
+                        "--cert", h1 + "/server.crt", "--key", h1 + "/server.key", "-X", method]
+            if let body { argv += ["-H", "Content-Type: application/json", "--data", body] }
+            return try Command.run(argv + ["https://\(h2Address)\(path)"]).stdout
+        }
+        /// Opens a data channel as h1 (its certificate) and returns the listener's answer line.
+        /// s_client exits when its input ends (-no_ign_eof), after the answer had time to come;
+        /// SIGKILL bounds it in any case (it may inherit a blocked SIGTERM from us).
+        func openChannel(port: Int, migration: String, secret: String) throws -> String {
+            let header = "{\"migration\":\"\(migration)\",\"secret\":\"\(secret)\",\"channel\":\"images\"}"
+            let host = h2Address.split(separator: ":").first.map(String.init) ?? ""
+            let script = "(printf '%s\\n' '\(header)'; sleep 2) | timeout -s KILL 10 nsenter --net=\(netns) openssl s_client -quiet -no_ign_eof "
+                + "-connect \(host):\(port) -cert \(h1)/server.crt -key \(h1)/server.key 2>/dev/null"
+            return try Command.run(["bash", "-c", script]).stdout
+        }
+        // A migration as the source would begin it.
+        let begin = try curl("POST", "/1.0/migrations", """
+            {"name":"ghost","image":"busybox","imageFingerprint":"","config":{},"mac":"02:00:00:00:00:01",
+             "mode":"stop-and-copy","sourceHost":"h1"}
+            """)
+        let answer = try #require(try? JSONSerialization.jsonObject(with: Data(begin.utf8)) as? [String: Any], "\(begin)")
+        let metadata = try #require(answer["metadata"] as? [String: Any], "\(begin)")
+        let id = try #require(metadata["id"] as? String), secret = try #require(metadata["secret"] as? String)
+        let port = try #require(metadata["streamPort"] as? Int ?? metadata["stream_port"] as? Int, "\(metadata)")
+        #expect(try lab.container("h2", "ghost")?.status == .creating)
+
+        // Its secret opens its channels; a wrong one doesn't; another migration's id doesn't.
+        #expect(try openChannel(port: port, migration: id, secret: secret).contains("\"ok\""))
+        #expect(try openChannel(port: port, migration: id, secret: "AAAA" + secret.dropFirst(4)).contains("refused"))
+        #expect(try openChannel(port: port, migration: "another", secret: secret).contains("refused"))
+
+        // The migration ends (the source aborts): the recorded secret is worthless now.
+        _ = try curl("DELETE", "/1.0/migrations/\(id)")
+        let replay = try openChannel(port: port, migration: id, secret: secret)
+        #expect(replay.contains("refused") && !replay.contains("\"ok\""), "replayed secret: \(replay)")
+        try expectNothing(of: "ghost", on: "h2", in: lab)
+    }
+}
