@@ -1,10 +1,12 @@
+import API
 import ArgumentParser
+import Client
 import Foundation
 import GodwitCore
 import Lab
 
-/// `make demo`: two simulated hosts, a container with a memory workload, checkpointed and
-/// restored, with a report. Every step is the CLI a user would type, printed before it runs.
+/// `make demo`: two simulated hosts, a container with a memory workload moved live from one
+/// to the other (post-copy) and back (stop-and-copy), with a report. Every step is the CLI a user would type, printed before it runs.
 struct DemoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo", abstract: "Run the main job on two simulated hosts, with a report.")
@@ -66,16 +68,28 @@ final class DemoRun {
             throw GodwitError("memtouch did not get ready in the container")
         }
         try step(["list"] + h1)
-        try step(["stop", "--stateful", "web"] + h1)
-        let stop = lastSeconds
-        try step(["start", "web"] + h1)
-        report.add(["stop --stateful / start", String(format: "%.2f s / %.2f s (%d MiB touched)", stop, lastSeconds, memoryMiB)])
+        let h2 = ["--dir", "\(lab)/h2"]
+        // The headline: live moves, post-copy there and stop-and-copy back.
+        for (from, to, mode) in [(h1, "h2", "post-copy"), (h2, "h1", "stop-and-copy")] {
+            let json = try step(["move"] + from + ["web", "\(to):", "--mode", mode, "--format", "json"], quiet: true)
+            let moved = try APICoding.decoder().decode(MoveReport.self, from: Data(json.utf8))
+            print(moved.text)
+            let frozen = moved.frozenMillis.map { String(format: "%.0f ms", $0) } ?? "-"
+            var line = String(format: "%@, total %.2f s, frozen %@, %.0f MiB over the link", moved.outcome, moved.totalMillis / 1000,
+                              frozen, Double(moved.totalBytes) / 1048576)
+            if let local = moved.allLocalMillis { line += String(format: ", all memory local after %.2f s", local / 1000) }
+            report.add(["move \(mode) → \(to)", line])
+        }
+        try step(["list"] + h1)
+        try step(["list"] + h2)
         try step(["exec"] + h1 + ["web", "--", "sh", "-c", "kill -USR1 $(pidof memtouch)"])
-        usleep(500_000)
+        guard poll(timeout: 10, { ((try? self.memtouchReport(h1))?["verification"] as? [String: Any])?["runs"] as? Int ?? 0 > 0 }) else {
+            throw GodwitError("memtouch did not verify its memory after the moves")
+        }
         let mt = try memtouchReport(h1)
         let verdict = (mt["verification"] as? [String: Any])?["verdict"] as? String ?? "?"
         let gap = (mt["longest_gap_us"] as? Double).map { String(format: "%.2f s", $0 / 1e6) } ?? "?"
-        report.add(["workload after restore", "memory verification: \(verdict); longest pause it saw: \(gap)"])
+        report.add(["workload after both moves", "memory verification: \(verdict); longest pause it saw: \(gap)"])
         try step(["delete", "--force", "web"] + h1)
         print("\nGodwit demo report (lab \(lab))\n" + report.render())
     }
