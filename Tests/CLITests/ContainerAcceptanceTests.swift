@@ -127,45 +127,22 @@ import Testing
         let serverPID = try #require(try waitForPID(lab, "tcp", "nc"), "the server never started")
 
         // The client is a long-lived busybox nc in the bridge's namespace, fed through a pipe.
-        // It exits at once when refused (the server not listening yet): then try again.
-        var client = Process()
-        var input = Pipe()
-        defer {
-            try? input.fileHandleForWriting.close()
-            if client.isRunning {
-                kill(client.processIdentifier, SIGKILL)
-                client.waitUntilExit()
-            }
-        }
-        var connected = false
-        for _ in 0..<20 where !connected {
-            client = Process()
-            input = Pipe()
-            client.executableURL = URL(fileURLWithPath: try Command.resolve("nsenter"))
-            client.arguments = ["--net=" + lab.netnsPath, try Command.resolve("busybox"), "nc", ip, "5000"]
-            client.standardInput = input
-            client.standardOutput = FileHandle.nullDevice
-            client.standardError = FileHandle.nullDevice
-            try client.run()
-            usleep(300_000)
-            connected = client.isRunning
-            if !connected { client.waitUntilExit() }
-        }
-        try #require(connected, "the client could not connect to \(ip):5000")
-        try input.fileHandleForWriting.write(contentsOf: Data("before\n".utf8))
+        let client = try NetcatClient(netnsPath: lab.netnsPath, ip: ip, port: 5000)
+        defer { client.stop() }
+        try client.send("before")
         #expect(try waitUntil { try lab.sh("tcp", "cat /tmp/received").stdout == "before\n" },
                 "the server didn't get the first line")
 
         let stop = try lab.godwit(["stop", "--stateful", "tcp"])
         try #require(stop.succeeded, "stop --stateful failed: \(stop.stderr)\n\(lab.logText)")
-        #expect(client.isRunning, "the client's connection broke at the checkpoint")
+        #expect(client.isConnected, "the client's connection broke at the checkpoint")
         let start = try lab.godwit(["start", "tcp"])
         try #require(start.succeeded, "start (restore) failed: \(start.stderr)\n\(lab.logText)")
 
-        try input.fileHandleForWriting.write(contentsOf: Data("after\n".utf8))
+        try client.send("after")
         #expect(try waitUntil { try lab.sh("tcp", "cat /tmp/received").stdout == "before\nafter\n" },
                 "after the restore the server didn't get the second line on the same connection")
-        #expect(client.isRunning, "the client's connection broke after the restore")
+        #expect(client.isConnected, "the client's connection broke after the restore")
         #expect(try lab.sh("tcp", "pidof nc").stdout.trimmingCharacters(in: .whitespacesAndNewlines) == serverPID,
                 "the server is not the same process")
     }

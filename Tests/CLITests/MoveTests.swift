@@ -13,8 +13,7 @@ struct MoveTests {
         let lab: MoveLab
         let name: String
         var host: String
-        var client = Process()
-        var input = Pipe()
+        var client: NetcatClient?
         var sentLines: [String] = []
         var memtouchPID = ""
 
@@ -32,31 +31,11 @@ struct MoveTests {
             memtouchPID = try lab.sh(host, name, "pidof memtouch").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             guard tcp else { return }
             let ip = try #require(try lab.container(host, name)?.ipv4)
-            var connected = false
-            for _ in 0..<20 where !connected {
-                client = Process()
-                input = Pipe()
-                client.executableURL = URL(fileURLWithPath: try Command.resolve("nsenter"))
-                client.arguments = ["--net=" + lab.clientNetnsPath, try Command.resolve("busybox"), "nc", ip, "5000"]
-                client.standardInput = input
-                client.standardOutput = FileHandle.nullDevice
-                client.standardError = FileHandle.nullDevice
-                try client.run()
-                usleep(300_000)
-                connected = client.isRunning
-                if !connected { client.waitUntilExit() }
-            }
-            try #require(connected, "the client could not connect to \(ip):5000")
+            client = try NetcatClient(netnsPath: lab.clientNetnsPath, ip: ip, port: 5000)
             try send("line-0")
         }
 
-        func stop() {
-            try? input.fileHandleForWriting.close()
-            if client.isRunning {
-                kill(client.processIdentifier, SIGKILL)
-                client.waitUntilExit()
-            }
-        }
+        func stop() { client?.stop() }
 
         func counter() -> Int? {
             Int((try? lab.sh(host, name, "cat /tmp/counter").stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? "")
@@ -71,11 +50,11 @@ struct MoveTests {
         func send(_ line: String) throws {
             guard tcp else { return }
             sentLines.append(line)
-            try input.fileHandleForWriting.write(contentsOf: Data((line + "\n").utf8))
+            try client?.send(line)
             let expected = sentLines.map { $0 + "\n" }.joined()
             #expect(waitUntil { (try? self.lab.sh(self.host, self.name, "cat /tmp/received").stdout) == expected },
                     "the server in \(name) on \(host) did not receive \(sentLines) over the same connection")
-            #expect(client.isRunning, "the client's TCP connection broke")
+            #expect(client?.isConnected == true, "the client's TCP connection broke")
         }
 
         /// After a move: the same processes carry on, memory verifies, TCP works.
