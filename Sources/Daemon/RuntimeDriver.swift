@@ -32,12 +32,6 @@ public final class RuntimeDriver: ContainerDriver, @unchecked Sendable {
                                  environment: spec.config.environment, network: network, limits: limits)
     }
 
-    /// Blocking host work (godwit-spawn, CRIU, cgroup polling) runs off the cooperative pool.
-    private func blocking<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(with: Result { try work() }) }
-        }
-    }
 
     private func running(_ spec: DriverSpec, _ initProcess: ProcessIdentity) throws -> RunningContainer {
         let container = try runtime.adopt(name: spec.name)

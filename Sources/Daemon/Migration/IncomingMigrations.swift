@@ -370,10 +370,4 @@ public final class IncomingMigrations: @unchecked Sendable {
         _ = try? Command.run(["nsenter", "--net=/proc/\(pid)/ns/net", "busybox", "arping", "-U", "-c", "1", "-w", "1",
                               "-I", "eth0", address])
     }
-
-    func blocking<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(with: Result { try work() }) }
-        }
-    }
 }

@@ -94,7 +94,7 @@ final class MoveSource: @unchecked Sendable {
 
             // 2. Filesystem, while the container runs.
             try await step("filesystem sync") {
-                let stats = try await Self.blocking { try FilesystemSync.push(from: side.syncDirectory, channel: { try open("rsync") }, spawnHelper: spawnHelper) }
+                let stats = try await blocking { try FilesystemSync.push(from: side.syncDirectory, channel: { try open("rsync") }, spawnHelper: spawnHelper) }
                 return ((), UInt64(max(0, stats.bytesSent)))
             }
 
@@ -108,13 +108,13 @@ final class MoveSource: @unchecked Sendable {
                 memory.tracker = kind.rawValue
                 // Asking for pre-copy is asking for rounds, whatever migration.incremental.memory says.
                 let settings = { var s = ConvergenceSettings(config: config); s.enabled = true; return s }()
-                let fd = try await Self.blocking { try open("precopy") }
+                let fd = try await blocking { try open("precopy") }
                 precopyFD = fd
                 let writer = PageRecordWriter(sink: FileDescriptorStream(fd: fd, owns: false))
                 precopyWriter = writer
                 let handle = self.handle
                 let pre = try await step("pre-copy (\(kind.rawValue))") { () -> (PreCopyReport, UInt64) in
-                    let done = try await Self.blocking { () throws -> PreCopyReport in
+                    let done = try await blocking { () throws -> PreCopyReport in
                         let session = PreCopySession(tracker: t, sender: PreCopySender(writer: writer), settings: settings,
                                                      throttle: settings.autoConverge ? try? CPUThrottle(cgroup: side.cgroup) : nil,
                                                      progress: { handle.progress("pre-copy: " + $0) })
@@ -142,7 +142,7 @@ final class MoveSource: @unchecked Sendable {
                 options.lazyPages = PageServerAddress(address: "127.0.0.1", port: try PageServerClient.freePort())
                 let d = try LazyDump(criu: side.criu, options: options)
                 dump = d
-                try await Self.blocking { try d.waitUntilServing() }
+                try await blocking { try d.waitUntilServing() }
                 return (d, 0)
             }
             // 3b. Pre-copy: the final scan (race-free: CRIU holds the tasks frozen) tells the
@@ -152,7 +152,7 @@ final class MoveSource: @unchecked Sendable {
                 let fd = precopyFD
                 let finalRound = rounds + 1
                 let scan = try await step("final scan") { () -> (DirtyScan, UInt64) in
-                    try await Self.blocking { () throws -> (DirtyScan, UInt64) in
+                    try await blocking { () throws -> (DirtyScan, UInt64) in
                         let scan = try t.scan(attachNew: false)
                         // Marker-free protection: CRIU dumped no phantom pages; let go now.
                         t.close()
@@ -164,16 +164,16 @@ final class MoveSource: @unchecked Sendable {
                 memory.finalDirtyPages = scan.dirtyPages
                 handle.progress("final scan: \(scan.dirtyPages) pages dirty since the last round")
                 if mode == .hybrid {
-                    let fd = try await Self.blocking { try open("push") }
+                    let fd = try await blocking { try open("push") }
                     push = PushSender(scan: scan, round: rounds + 2, fd: fd)
                 }
             }
             try await step("final filesystem sync") {
-                let stats = try await Self.blocking { try FilesystemSync.push(from: side.syncDirectory, channel: { try open("rsync") }, spawnHelper: spawnHelper) }
+                let stats = try await blocking { try FilesystemSync.push(from: side.syncDirectory, channel: { try open("rsync") }, spawnHelper: spawnHelper) }
                 return ((), UInt64(max(0, stats.bytesSent)))
             }
             try await step("images") {
-                let bytes = try await Self.blocking { () throws -> UInt64 in
+                let bytes = try await blocking { () throws -> UInt64 in
                     let fd = try open("images")
                     defer { close(fd) }
                     let sent = try ImageTransfer.send(directory: images, to: fd) { $0.hasSuffix(".log") }
@@ -184,7 +184,7 @@ final class MoveSource: @unchecked Sendable {
             }
             // 4. Memory: the destination fetches through the page channel (all of it now
             //    in stop-and-copy; on fault and in the background in post-copy).
-            let pageChannel = try await Self.blocking { try open("pages") }
+            let pageChannel = try await blocking { try open("pages") }
             let r = try PageServerRelay(channel: pageChannel, pageServer: lazy.options.lazyPages!)
             relay = r
             let restored: IncomingMigrationStatus = try await step(mode.restoresLazily ? "restore (lazy)" : "memory + restore") {
@@ -220,7 +220,7 @@ final class MoveSource: @unchecked Sendable {
                     status = try await peer.call(.GET, "/1.0/migrations/\(answer.id)")
                 }
                 phases.append(MovePhase(name: "background page transfer", millis: millis(since: t), bytes: r.bytesToDestination))
-                if let push, let pushed = await Self.blocking({ push.wait(timeout: 30) }) {
+                if let push, let pushed = await blocking({ push.wait(timeout: 30) }) {
                     phases.append(MovePhase(name: "background push", millis: Double(pushed.nanos) / 1e6, bytes: pushed.bytes))
                 }
                 memory.pagesServedLocally = status.pagesServedLocally
@@ -232,7 +232,7 @@ final class MoveSource: @unchecked Sendable {
                 report.allLocalMillis = status.allLocalAfterCommitMillis.map { $0 + report.frozenMillis! }
             }
             report.memory = memory
-            _ = await Self.blocking { _ = r.wait(timeout: 30); return lazy.waitForExit(timeout: 30) }
+            _ = await blocking { _ = r.wait(timeout: 30); return lazy.waitForExit(timeout: 30) }
             try await removeSource(side)
         } catch {
             let reason = (error as? GodwitError)?.message ?? "\(error)"
@@ -267,7 +267,7 @@ final class MoveSource: @unchecked Sendable {
                           source: MigrationSourceSide?) async {
         handle.progress("rolling back")
         if let migrationID { _ = try? await peer.send(.DELETE, "/1.0/migrations/\(migrationID)", timeout: .seconds(30)) }
-        await Self.blocking {
+        await blocking {
             relay?.abort()
             if let dump {
                 if relay == nil, dump.isRunning, let address = dump.options.lazyPages,
@@ -300,7 +300,7 @@ final class MoveSource: @unchecked Sendable {
     /// The destination runs the container: the source's copy goes (its tasks are dead).
     private func removeSource(_ side: MigrationSourceSide) async throws {
         let spec = context.containers.spec(record)
-        _ = await Self.blocking { poll(timeout: 10) { side.cgroup.processes().isEmpty } }
+        _ = await blocking { poll(timeout: 10) { side.cgroup.processes().isEmpty } }
         try await driver.destroy(spec)
         try? FileManager.default.removeItem(at: spec.directory)
         try context.store.deleteContainer(record.name)
@@ -315,17 +315,5 @@ final class MoveSource: @unchecked Sendable {
             if parts.count == 2, parts[0] == "total_rss" || parts[0] == "anon", let value = UInt64(parts[1]) { return value }
         }
         return nil
-    }
-
-    static func blocking<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(with: Result { try work() }) }
-        }
-    }
-
-    static func blocking<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
-        await withCheckedContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(returning: work()) }
-        }
     }
 }
