@@ -58,7 +58,7 @@ import Testing
 
         // Background jobs with their stdio on the container's /dev/null: CRIU can't dump fds
         // that point outside the container (like exec's pipes).
-        let counter = try lab.sh("mem", "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done </dev/null >/dev/null 2>&1 &")
+        let counter = try lab.sh("mem", "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.1; done </dev/null >/dev/null 2>&1 &")
         #expect(counter.status == 0, "\(counter.stderr)")
         let memtouch = try lab.sh("mem", "memtouch --size 256 --stride 4 --report /tmp/mt.json </dev/null >/dev/null 2>&1 &")
         #expect(memtouch.status == 0, "\(memtouch.stderr)")

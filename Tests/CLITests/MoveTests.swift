@@ -24,7 +24,7 @@ struct MoveTests {
             self.lab = lab; self.name = name; self.host = host
             let launch = try lab.on(host, ["launch"], ["busybox", name])
             try #require(launch.succeeded, "launch failed: \(launch.stderr)")
-            _ = try lab.sh(host, name, "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done </dev/null >/dev/null 2>&1 &")
+            _ = try lab.sh(host, name, "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.1; done </dev/null >/dev/null 2>&1 &")
             _ = try lab.sh(host, name, "memtouch --size \(memoryMiB) --stride 4 --report /tmp/mt.json </dev/null >/dev/null 2>&1 &")
             _ = try lab.sh(host, name, "(sleep 100000 | nc -l -p 5000 > /tmp/received) </dev/null >/dev/null 2>&1 &")
             try #require(waitUntil { (try? self.report())??["ready"] as? Bool == true }, "memtouch never got ready")
