@@ -29,6 +29,7 @@ demo: build
 # is `godwit bench migrate`, see docs/benchmarks.md). Results under bench/results/.
 bench: build
 	$(GODWIT) bench link
+	$(GODWIT) bench track --quick
 	$(GODWIT) bench migrate --quick
 
 clean:

@@ -45,7 +45,7 @@ let package = Package(
         .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
         .target(name: "Memory", dependencies: ["CGodwit", "GodwitCore", "CXXHash"]),
         .target(name: "HostCheck", dependencies: ["CGodwit", "GodwitCore", "Checkpoint", "Memory"]),
-        .target(name: "Lab", dependencies: ["GodwitCore"]),
+        .target(name: "Lab", dependencies: ["GodwitCore", "Memory"]),
         .target(name: "Runtime", dependencies: ["CGodwit", "GodwitCore", "API"]),
         .target(name: "Migration", dependencies: ["GodwitCore", "API", "Checkpoint", "Memory", "Runtime", "HostCheck"]),
         .target(
@@ -109,7 +109,7 @@ let package = Package(
             ]),
         .testTarget(name: "APITests", dependencies: ["API", "GodwitCore"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "GodwitCore"]),
-        .testTarget(name: "WorkloadTests", dependencies: ["GodwitCore"]),
+        .testTarget(name: "WorkloadTests", dependencies: ["GodwitCore", "Lab"]),
         .testTarget(name: "MigrationTests", dependencies: ["Migration", "Memory", "Checkpoint", "Runtime", "GodwitCore", "API"]),
         .testTarget(
             name: "TrustTests",

@@ -659,7 +659,9 @@ int main(int argc, char **argv) {
             prev = realtime_us();
             continue;
         }
-        nanosleep(&req, NULL); /* EINTR: a signal arrived; the gap is still measured */
+        /* --sleep-us 0 means no sleep at all: nanosleep(0) still waits out the timer slack (~60 us). */
+        if (s->opt.sleep_us > 0)
+            nanosleep(&req, NULL); /* EINTR: a signal arrived; the gap is still measured */
         int64_t now = realtime_us();
         record_gap(s, now - prev, now);
         prev = now;
