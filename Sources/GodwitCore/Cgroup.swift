@@ -174,6 +174,13 @@ public struct Cgroup: Codable, Sendable, Equatable {
         return pids.sorted()
     }
 
+    /// Every task of the cgroup is frozen (by us or by CRIU's --freeze-cgroup).
+    public var isFrozen: Bool {
+        if let mount = layout.v1["freezer"] { return HostEnvironment.read(mount + "/" + path + "/freezer.state") == "FROZEN" }
+        if let unified = layout.unified { return (HostEnvironment.read(unified + "/" + path + "/cgroup.events") ?? "").contains("frozen 1") }
+        return false
+    }
+
     public func freeze(timeout: TimeInterval = 5) throws { try setFrozen(true, timeout: timeout) }
     public func thaw(timeout: TimeInterval = 5) throws { try setFrozen(false, timeout: timeout) }
 

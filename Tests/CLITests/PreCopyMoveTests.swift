@@ -60,7 +60,10 @@ struct PreCopyMoveTests {
         let fromStore = try #require(memory.pagesFromStore)
         let fetched = try #require(memory.pagesFetched)
         #expect(fromStore > lazy / 2, "only \(fromStore) of \(lazy) lazy pages came from the page store")
-        #expect(fetched < lazy / 2, "\(fetched) of \(lazy) pages fetched again in the final phase")
+        // The final dirty set travels behind the final scan; only pages no tracker saw
+        // (none here) would be fetched through CRIU's page server.
+        #expect(memory.pagesPushed == memory.finalDirtyPages, "pushed \(memory.pagesPushed ?? -1), final dirty \(memory.finalDirtyPages ?? -1)")
+        #expect(fetched < lazy / 50, "\(fetched) of \(lazy) pages fetched again in the final phase")
         #expect(fromStore + fetched >= lazy, "every lazy page either came from the store or was fetched")
         try workload.expectHealthy(on: "h2")
 
