@@ -121,6 +121,11 @@ public final class IncomingRestore: @unchecked Sendable {
             // Each round trip through the daemons' channel is slow next to CRIU's own TCP:
             // fetch 1 MiB per background GET instead of lazy-pages' 64 KiB.
             proxy.readAheadPages = LazyPageProxy.remoteReadAheadPages
+            proxy.faultReadAheadPages = LazyPageProxy.remoteFaultReadAheadPages
+            let lazy = try ImageRebuilder(directory: images).lazyEntries()
+            proxy.lazyRuns = Dictionary(lazy.map { item in
+                (item.id, item.entries.map { $0.vaddr..<($0.vaddr + UInt64($0.pages) * systemPageSize) }.sorted { $0.lowerBound < $1.lowerBound })
+            }, uniquingKeysWith: { a, _ in a })
             // CLOSE would let the source's dump complete (killing the source): not before
             // the source has doomed its tasks and called commit().
             proxy.holdClose()
@@ -128,7 +133,7 @@ public final class IncomingRestore: @unchecked Sendable {
             self.proxy = proxy
             if let push { startPush(push, into: proxy) }
             var lazyPages = 0
-            for (_, entries) in try ImageRebuilder(directory: images).lazyEntries() { lazyPages += entries.reduce(0) { $0 + $1.pages } }
+            for (_, entries) in lazy { lazyPages += entries.reduce(0) { $0 + $1.pages } }
             update { $0.lazyPages = lazyPages }
             let daemon = try LazyPagesDaemon(criu: target.criu, address: PageServerAddress(address: "127.0.0.1", port: proxy.port),
                                              directory: images)

@@ -127,6 +127,43 @@ struct LazyPageProxyTests {
         #expect(store.contains(nsPID: 5, vaddr: b) && store.contains(nsPID: 5, vaddr: c), "fetched pages are kept")
     }
 
+    /// A faulting workload leaves every 2nd page held: a background GET then gets its
+    /// 1-page run, and the holes of the read-ahead window are fetched with it, pipelined,
+    /// only inside the source's lazy runs, never a held page, and the next GETs are local.
+    @Test func readAheadFillsTheHolesOfItsWindowInsideTheSourcesRuns() throws {
+        let store = try PageStore()
+        defer { store.destroy() }
+        let base: UInt64 = 0x40_0000
+        // The source serves pages 0..<12 and 20..<24; pages 0, 2, 4, ... were faulted in.
+        for i in stride(from: 0, to: 24, by: 2) {
+            let a = base + UInt64(i * 4096)
+            try FakePageServer.page(a).withUnsafeBytes { try store.store(nsPID: 9, vaddr: a, count: 1, data: $0) }
+        }
+        let upstream = FakePageServer(delayMicros: 1000)
+        let proxy = try LazyPageProxy(store: store, upstream: upstream)
+        proxy.readAheadPages = 32
+        proxy.lazyRuns = [9: [base..<(base + 12 * 4096), (base + 20 * 4096)..<(base + 24 * 4096)]]
+        proxy.start()
+        defer { proxy.stop() }
+        let client = try connect(proxy.port)
+        try get(client, nsPID: 9, vaddr: base + 4096, pages: 16, pad: 1)   // background: page 1 missing
+        let r1 = try reply(client)
+        #expect(r1.vaddr == base + 4096 && r1.pages == 1 && r1.data == FakePageServer.page(base + 4096))
+        // Odd pages 3..11 and 21, 23: one GET each, nothing between the runs, no held page.
+        let expected = [1, 3, 5, 7, 9, 11, 21, 23].map { base + UInt64($0 * 4096) }
+        #expect(poll(timeout: 5) { upstream.cond.withLock { upstream.gets.count } == expected.count })
+        #expect(upstream.cond.withLock { upstream.gets.map(\.vaddr) } == expected)
+        #expect(upstream.cond.withLock { upstream.gets.allSatisfy { $0.pages == 1 } })
+        #expect(poll(timeout: 5) { proxy.statistics.pagesFetched == expected.count })
+        // What lazy-pages asks next is answered from the store.
+        try get(client, nsPID: 9, vaddr: base + 3 * 4096, pages: 1, pad: 2)
+        let r2 = try reply(client)
+        #expect(r2.pages == 1 && r2.data == FakePageServer.page(base + 3 * 4096))
+        let s = proxy.statistics
+        #expect(s.prefetchRequests == expected.count - 1 && s.forwardedRequests == 1 && s.pagesFetchedTwice == 0)
+        #expect(s.fetchedButAlreadyLocal == 0)
+    }
+
     /// Upstream cut with a fetch outstanding: the session fails (container lost), and the
     /// lazy-pages connection is NOT closed by the proxy (the caller kills the tasks first).
     @Test func upstreamCutWithPagesOutstandingFails() throws {
