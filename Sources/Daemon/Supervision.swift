@@ -86,9 +86,7 @@ public final class ChildReaper: @unchecked Sendable {
         var zombies: Set<Int32> = []
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         for entry in entries {
-            guard let pid = Int32(entry), let stat = HostEnvironment.read("/proc/\(pid)/stat"),
-                  let close = stat.lastIndex(of: ")") else { continue }
-            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard let pid = Int32(entry), let fields = HostEnvironment.procStatFields("/proc/\(pid)/stat") else { continue }
             guard fields.count > 2, fields[0] == "Z", Int32(fields[1]) == me else { continue }
             zombies.insert(pid)
         }

@@ -28,6 +28,19 @@ public enum HostEnvironment {
         readBytes(path).map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
     }
 
+    /// The fields of a /proc/<pid>[/task/<tid>]/stat line after the command name, state
+    /// first (field 3 of proc(5) is index 0 here). comm may hold spaces and parentheses, so
+    /// they are counted after its LAST ')'. nil when the task is gone.
+    public static func procStatFields(_ path: String) -> [Substring]? {
+        guard let stat = read(path), let close = stat.lastIndex(of: ")") else { return nil }
+        return stat[stat.index(after: close)...].split(separator: " ")
+    }
+
+    /// A thread's state letter (R, S, D, T, t, Z, X…); nil when it is gone.
+    public static func threadState(pid: pid_t, tid: String) -> Character? {
+        procStatFields("/proc/\(pid)/task/\(tid)/stat")?.first?.first
+    }
+
     /// Reads a file to its end with read(2). Foundation's readers stop after the first ~4 KiB
     /// of a /proc file (they trust its st_size of 0 and one read), silently truncating maps,
     /// mountinfo and smaps.

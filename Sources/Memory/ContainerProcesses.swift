@@ -23,9 +23,7 @@ public struct TrackedProcess: Sendable, Hashable, CustomStringConvertible {
         guard let status = HostEnvironment.read("/proc/\(pid)/status"),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("NSpid:") }),
               let ns = line.split(whereSeparator: { $0 == "\t" || $0 == " " }).last.flatMap({ pid_t($0) }),
-              let stat = HostEnvironment.read("/proc/\(pid)/stat"),
-              let close = stat.lastIndex(of: ")") else { return nil }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
+              let fields = HostEnvironment.procStatFields("/proc/\(pid)/stat") else { return nil }
         guard fields.count > 19, fields[0] != "Z", fields[0] != "X", let start = UInt64(fields[19]) else { return nil }
         return TrackedProcess(hostPID: pid, nsPID: ns, startTime: start)
     }

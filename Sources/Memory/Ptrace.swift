@@ -66,11 +66,7 @@ public final class PtraceSession {
     /// The thread to inject into: the main thread unless it already exited (a zombie
     /// leader never enters a ptrace stop, so attaching to it would hang).
     public static func injectableThread(of pid: pid_t) -> pid_t {
-        func state(_ tid: String) -> Character? {
-            guard let stat = HostEnvironment.read("/proc/\(pid)/task/\(tid)/stat"),
-                  let close = stat.lastIndex(of: ")") else { return nil }
-            return stat[stat.index(close, offsetBy: 2)...].first
-        }
+        func state(_ tid: String) -> Character? { HostEnvironment.threadState(pid: pid, tid: tid) }
         if let s = state(String(pid)), s != "Z", s != "X" { return pid }
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
         for t in tasks.sorted() where state(t).map({ $0 != "Z" && $0 != "X" }) ?? false {

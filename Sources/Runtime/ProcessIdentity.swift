@@ -16,10 +16,7 @@ public struct ProcessIdentity: Codable, Sendable, Equatable {
     /// The live process with this pid now; nil if there is none or it is a zombie (an
     /// exited init lingers as one until its reaper gets to it).
     public static func of(_ pid: pid_t) -> ProcessIdentity? {
-        guard pid > 0, let stat = HostEnvironment.read("/proc/\(pid)/stat"),
-              let close = stat.lastIndex(of: ")") else { return nil }
-        // comm may contain spaces and parentheses: fields are counted after its last ')'.
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard pid > 0, let fields = HostEnvironment.procStatFields("/proc/\(pid)/stat") else { return nil }
         guard fields.count > 19, fields[0] != "Z", fields[0] != "X",
               let start = UInt64(fields[19]) else { return nil }
         return ProcessIdentity(pid: pid, startTime: start)

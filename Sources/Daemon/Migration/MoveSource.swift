@@ -336,11 +336,7 @@ final class MoveSource: @unchecked Sendable {
         guard !pids.isEmpty else { return false }
         for pid in pids {
             guard let threads = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"), !threads.isEmpty else { return false }
-            for tid in threads {
-                // "pid (comm) S ...": the state follows the last ')'.
-                guard let stat = HostEnvironment.read("/proc/\(pid)/task/\(tid)/stat"), let close = stat.lastIndex(of: ")"),
-                      stat[stat.index(after: close)...].dropFirst().first == "t" else { return false }
-            }
+            for tid in threads where HostEnvironment.threadState(pid: pid, tid: tid) != "t" { return false }
         }
         return true
     }
