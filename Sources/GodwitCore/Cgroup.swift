@@ -175,9 +175,16 @@ public struct Cgroup: Codable, Sendable, Equatable {
     }
 
     /// Every task of the cgroup is frozen (by us or by CRIU's --freeze-cgroup).
-    public var isFrozen: Bool {
-        if let mount = layout.v1["freezer"] { return HostEnvironment.read(mount + "/" + path + "/freezer.state") == "FROZEN" }
-        if let unified = layout.unified { return (HostEnvironment.read(unified + "/" + path + "/cgroup.events") ?? "").contains("frozen 1") }
+    public var isFrozen: Bool { freezerReports(frozen: true) }
+
+    /// The freezer says the cgroup reached this state (v1: FROZEN/THAWED, not FREEZING).
+    private func freezerReports(frozen: Bool) -> Bool {
+        if let mount = layout.v1["freezer"] {
+            return HostEnvironment.read(mount + "/" + path + "/freezer.state") == (frozen ? "FROZEN" : "THAWED")
+        }
+        if let unified = layout.unified {
+            return (HostEnvironment.read(unified + "/" + path + "/cgroup.events") ?? "").contains(frozen ? "frozen 1" : "frozen 0")
+        }
         return false
     }
 
@@ -185,19 +192,14 @@ public struct Cgroup: Codable, Sendable, Equatable {
     public func thaw(timeout: TimeInterval = 5) throws { try setFrozen(false, timeout: timeout) }
 
     private func setFrozen(_ frozen: Bool, timeout: TimeInterval) throws {
-        let check: () -> Bool
         if let mount = layout.v1["freezer"] {
-            let state = mount + "/" + path + "/freezer.state"
-            try write(frozen ? "FROZEN" : "THAWED", to: state)
-            check = { HostEnvironment.read(state) == (frozen ? "FROZEN" : "THAWED") }
+            try write(frozen ? "FROZEN" : "THAWED", to: mount + "/" + path + "/freezer.state")
         } else if let unified = layout.unified {
-            let dir = unified + "/" + path
-            try write(frozen ? "1" : "0", to: dir + "/cgroup.freeze")
-            check = { (HostEnvironment.read(dir + "/cgroup.events") ?? "").contains(frozen ? "frozen 1" : "frozen 0") }
+            try write(frozen ? "1" : "0", to: unified + "/" + path + "/cgroup.freeze")
         } else {
             throw GodwitError("this host has no cgroup freezer")
         }
-        guard poll(timeout: timeout, check) else {
+        guard poll(timeout: timeout, { freezerReports(frozen: frozen) }) else {
             throw GodwitError("cgroup \(path) did not become \(frozen ? "frozen" : "thawed") within \(timeout) s")
         }
     }
