@@ -58,6 +58,7 @@ public final class LazyPageProxy: @unchecked Sendable {
     private var upstream: LazyPageUpstream { upstreamLink! }
     private let listenFD: Int32
     private var downFD: Int32 = -1
+    private var downStream: FileDescriptorStream?  // over downFD, which stays ours to close
     private let lock = NSCondition()
     private let writeLock = NSLock()
     private let pageSize = Int(systemPageSize)
@@ -231,11 +232,13 @@ public final class LazyPageProxy: @unchecked Sendable {
         _ = fcntl(c, F_SETFD, FD_CLOEXEC)
         var one: Int32 = 1
         setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        lock.lock(); downFD = c; lock.unlock()
+        let down = FileDescriptorStream(fd: c, owns: false, name: "criu lazy-pages")
+        lock.lock(); downFD = c; downStream = down; lock.unlock()
         var h = [UInt8](repeating: 0, count: Self.headerSize)
         while true {
-            let got = h.withUnsafeMutableBytes { readFull(c, $0) }
-            if got != Self.headerSize {
+            // A clean end, a half header or an error: lazy-pages is gone either way.
+            let got = (try? h.withUnsafeMutableBytes { try down.readFull($0) }) ?? false
+            if !got {
                 lock.lock(); let done = completed; let stop = stopping; lock.unlock()
                 if !done && !stop { fail("criu lazy-pages disconnected before every page was delivered") }
                 return
@@ -452,16 +455,10 @@ public final class LazyPageProxy: @unchecked Sendable {
         }
     }
 
+    /// Caller holds `lock` (replies exist only once lazy-pages is connected).
     private func writeDown(_ bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { b in
-            var done = 0
-            while done < b.count {
-                let n = Glibc.send(downFD, b.baseAddress! + done, b.count - done, Int32(MSG_NOSIGNAL))
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw GodwitError.errno("writing to criu lazy-pages") }
-                done += n
-            }
-        }
+        guard let downStream else { throw GodwitError("criu lazy-pages is not connected") }
+        try bytes.withUnsafeBytes { try downStream.write($0) }
     }
 
     // MARK: upstream: the source
@@ -557,17 +554,6 @@ public final class LazyPageProxy: @unchecked Sendable {
     }
 
     // MARK: wire helpers
-
-    private func readFull(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
-        var done = 0
-        while done < buffer.count {
-            let n = recv(fd, buffer.baseAddress! + done, buffer.count - done, 0)
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return done }
-            done += n
-        }
-        return done
-    }
 
     static func setCommand(_ h: inout [UInt8], _ cmd: UInt32) {
         h.withUnsafeMutableBytes { $0.storeBytes(of: cmd.littleEndian, toByteOffset: 0, as: UInt32.self) }

@@ -24,6 +24,7 @@ public protocol LazyPageUpstream: AnyObject {
 /// dies) is a reset, which CRIU treats as a failed session (see PageServerClient).
 public final class TCPPageServerUpstream: LazyPageUpstream {
     public let fd: Int32
+    private let stream: FileDescriptorStream
     private let lock = NSLock()
     private var ended = false
 
@@ -47,12 +48,19 @@ public final class TCPPageServerUpstream: LazyPageUpstream {
             throw e
         }
         fd = s
+        stream = Self.stream(s)
     }
 
     /// Over an already connected stream (the daemons' channel to the source's relay).
     public init(connected fd: Int32) {
         self.fd = fd
+        stream = Self.stream(fd)
         abortsWithCommand = false
+    }
+
+    /// The fd stays ours (closed in deinit, after the linger choice).
+    private static func stream(_ fd: Int32) -> FileDescriptorStream {
+        FileDescriptorStream(fd: fd, owns: false, name: "the source's page server")
     }
 
     /// Over a relay (see PageServerRelay) an abort is the end of the stream, which the
@@ -64,25 +72,10 @@ public final class TCPPageServerUpstream: LazyPageUpstream {
         Glibc.close(fd)  // linger 0 unless finish() switched it off: a reset
     }
 
-    public func send(_ bytes: UnsafeRawBufferPointer) throws {
-        var done = 0
-        while done < bytes.count {
-            let n = Glibc.send(fd, bytes.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL))
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw GodwitError.errno("sending to the source's page server") }
-            done += n
-        }
-    }
+    public func send(_ bytes: UnsafeRawBufferPointer) throws { try stream.write(bytes) }
 
     public func receive(_ buffer: UnsafeMutableRawBufferPointer) throws {
-        var done = 0
-        while done < buffer.count {
-            let n = recv(fd, buffer.baseAddress! + done, buffer.count - done, 0)
-            if n < 0 && errno == EINTR { continue }
-            if n == 0 { throw GodwitError("the source's page server closed the connection") }
-            guard n > 0 else { throw GodwitError.errno("reading from the source's page server") }
-            done += n
-        }
+        guard try stream.readFull(buffer) else { throw GodwitError("the source's page server closed the connection") }
     }
 
     public func finish() {

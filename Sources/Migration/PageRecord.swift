@@ -99,10 +99,13 @@ public protocol ByteSource: AnyObject {
 public final class FileDescriptorStream: ByteSink, ByteSource {
     public let fd: Int32
     private let owns: Bool
+    /// What the other end is, for errors ("write to <name>").
+    private let name: String
 
-    public init(fd: Int32, owns: Bool = true) {
+    public init(fd: Int32, owns: Bool = true, name: String = "page stream") {
         self.fd = fd
         self.owns = owns
+        self.name = name
     }
 
     deinit { if owns { Glibc.close(fd) } }
@@ -116,7 +119,7 @@ public final class FileDescriptorStream: ByteSink, ByteSource {
             if n < 0 && errno == ENOTSOCK { n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done) }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw GodwitError.errno("write to page stream")
+                throw GodwitError.errno("write to \(name)")
             }
             done += n
         }
@@ -128,11 +131,11 @@ public final class FileDescriptorStream: ByteSink, ByteSource {
             let n = Glibc.read(fd, buffer.baseAddress! + done, buffer.count - done)
             if n < 0 {
                 if errno == EINTR { continue }
-                throw GodwitError.errno("read from page stream")
+                throw GodwitError.errno("read from \(name)")
             }
             if n == 0 {
                 if done == 0 { return false }
-                throw GodwitError("page stream ended inside a record (\(done) of \(buffer.count) bytes)")
+                throw GodwitError("\(name) ended inside a record (\(done) of \(buffer.count) bytes)")
             }
             done += n
         }
