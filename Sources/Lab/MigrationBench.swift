@@ -414,6 +414,8 @@ public struct MemtouchReport: Decodable, Sendable, Equatable {
     public var phase: String
     public var ready: Bool
     public var iterations: Int
+    /// When memtouch wrote this report (CLOCK_REALTIME, µs).
+    public var reportAtMicros: Int?
     public var missedSleeps: Int
     public var longestGapMicros: Int
     public var longestGapAtMicros: Int?
@@ -422,11 +424,22 @@ public struct MemtouchReport: Decodable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case pid, phase, ready, iterations, verification
         case missedSleeps = "missed_sleeps"
+        case reportAtMicros = "report_at_us"
         case longestGapMicros = "longest_gap_us"
         case longestGapAtMicros = "longest_gap_at_us"
     }
 
     public static func decode(_ data: Data) throws -> MemtouchReport {
         try JSONDecoder().decode(MemtouchReport.self, from: data)
+    }
+}
+
+/// The workload programs (memtouch, udpecho), built beside `godwit` by scripts/build-workloads.sh.
+public enum BenchWorkload {
+    /// A clear error, with the command that builds them, when `path` is missing.
+    public static func require(_ path: String) throws {
+        guard access(path, X_OK) != 0 else { return }
+        throw GodwitError("\(path) is missing",
+                          hint: "build the workloads: bash scripts/build-workloads.sh \((path as NSString).deletingLastPathComponent)")
     }
 }

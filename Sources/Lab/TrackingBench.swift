@@ -146,9 +146,7 @@ final class MemtouchProcess {
     private var ended: Int32?
 
     init(path: String, sizeMiB: Int, workload: TrackingWorkload) throws {
-        guard access(path, X_OK) == 0 else {
-            throw GodwitError("\(path) is missing", hint: "build the workloads: bash scripts/build-workloads.sh \((path as NSString).deletingLastPathComponent)")
-        }
+        try BenchWorkload.require(path)
         let base = NSTemporaryDirectory() + "gw-track-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         reportPath = base + ".json"
         // Not Foundation's Process: its children inherit this process's blocked signals,
@@ -169,20 +167,12 @@ final class MemtouchProcess {
         throw TrackingBenchError.memtouch("not ready after 120 s")
     }
 
-    struct Reading {
-        var ready: Bool
-        var atMicros: Double
-        var iterations: Double
-    }
-
-    func read() throws -> Reading {
-        let data = try Data(contentsOf: URL(fileURLWithPath: reportPath))
-        guard let json = try JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let at = (json["report_at_us"] as? NSNumber)?.doubleValue,
-              let iterations = (json["iterations"] as? NSNumber)?.doubleValue else {
+    func read() throws -> MemtouchReport {
+        guard let data = try? Data(contentsOf: URL(fileURLWithPath: reportPath)),
+              let report = try? MemtouchReport.decode(data), report.reportAtMicros != nil else {
             throw TrackingBenchError.memtouch("unreadable report \(reportPath)")
         }
-        return Reading(ready: (json["ready"] as? Bool) ?? false, atMicros: at, iterations: iterations)
+        return report
     }
 
     /// Iterations per second of memtouch's own clock while `body` runs.
@@ -191,8 +181,9 @@ final class MemtouchProcess {
         try body()
         // The report is at most 20 ms old; wait for one written after the window.
         var end = try read()
+        let startedAt = Double(start.reportAtMicros!)
         let deadline = Date().addingTimeInterval(2)
-        while end.atMicros <= start.atMicros + seconds * 1e6 * 0.9, Date() < deadline {
+        while Double(end.reportAtMicros!) <= startedAt + seconds * 1e6 * 0.9, Date() < deadline {
             Thread.sleep(forTimeInterval: 0.01)
             end = try read()
         }
@@ -200,9 +191,9 @@ final class MemtouchProcess {
             ended = status
             throw TrackingBenchError.memtouch("exited with \(status) while measured")
         }
-        let elapsed = (end.atMicros - start.atMicros) / 1e6
+        let elapsed = (Double(end.reportAtMicros!) - startedAt) / 1e6
         guard elapsed > 0 else { throw TrackingBenchError.memtouch("its report did not advance in \(seconds) s") }
-        return (end.iterations - start.iterations) / elapsed
+        return Double(end.iterations - start.iterations) / elapsed
     }
 
     /// SIGTERM makes memtouch verify all its memory and exit 0 when intact, so a tracker

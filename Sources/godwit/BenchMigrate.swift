@@ -72,9 +72,7 @@ struct MigrateBench: AsyncParsableCommand {
             try HostEnvironment.requireRoot(for: "godwit bench migrate")
             let plan = try plan()
             let workloads = ["memtouch", "udpecho"].map { GodwitPaths.sibling($0) }
-            for path in workloads where access(path, X_OK) != 0 {
-                throw GodwitError("\(path) is missing", hint: "build the workloads: bash scripts/build-workloads.sh \(GodwitPaths.executableDirectory.path)")
-            }
+            for path in workloads { try BenchWorkload.require(path) }
             let criu = try CRIU.locate()
             let criuVersion = try? criu.binary.version().description
             let directory = output ?? Self.defaultDirectory()
