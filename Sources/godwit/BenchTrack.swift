@@ -16,9 +16,9 @@ struct TrackBench: ParsableCommand {
             """)
 
     @Flag(help: "256 MiB, 3 pairs of 2 s windows (what `make bench` runs).") var quick = false
-    @Option(help: "memtouch's memory in MiB.") var size: Int?
-    @Option(help: "Untracked/tracked window pairs per case.") var pairs: Int?
-    @Option(help: "Seconds per window.") var window: Double?
+    @Option(help: "memtouch's memory in MiB (default 1024; --quick 256).") var size: Int?
+    @Option(help: "Untracked/tracked window pairs per case (default 5; --quick 3).") var pairs: Int?
+    @Option(help: "Seconds per window (default 3; --quick 2).") var window: Double?
     @Option(help: "Seconds between two scans while tracked.") var interval: Double = 0.5
     @Option(help: "Trackers, comma-separated: uffd-wp, soft-dirty, hashing.") var trackers = "uffd-wp,hashing"
     @Option(help: "Workloads, comma-separated: talk (sleep 100 µs), busy (no sleep).") var workloads = "talk,busy"
