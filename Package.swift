@@ -12,13 +12,14 @@ import PackageDescription
 //   HostCheck    what this host supports, and which migration strategies follow from it
 //   Lab          simulated hosts on one machine: netns, fabric bridge, tbf shaping
 //   Runtime      system containers: namespaces, pivot_root, cgroups, veth
-//   Migration    moving a container: page store, pre-copy rounds, convergence, final phase, rollback
+//   Migration    the one migration engine: a source half and a destination half (state machines,
+//                revert lists), the transport they speak, strategies, pre-copy rounds, page store
 //   Trust        host identity (certificate), trusted clients, join tokens, remotes, mutual TLS,
 //                per-migration secrets: who may talk to godwitd over HTTPS
 //   godwit-spawn small C helper that sets up namespaces and execs (the daemon never forks)
 let package = Package(
     name: "Godwit",
-    platforms: [.macOS(.v13)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "godwit", targets: ["godwit"]),
         .executable(name: "godwitd", targets: ["godwitd"]),
@@ -46,8 +47,8 @@ let package = Package(
         .target(name: "Memory", dependencies: ["CGodwit", "GodwitCore", "CXXHash"]),
         .target(name: "HostCheck", dependencies: ["CGodwit", "GodwitCore", "Checkpoint", "Memory"]),
         .target(name: "Lab", dependencies: ["GodwitCore", "Memory"]),
-        .target(name: "Runtime", dependencies: ["CGodwit", "GodwitCore", "API"]),
-        .target(name: "Migration", dependencies: ["GodwitCore", "API", "Checkpoint", "Memory", "Runtime", "HostCheck"]),
+        .target(name: "Runtime", dependencies: ["GodwitCore", "API"]),
+        .target(name: "Migration", dependencies: ["CGodwit", "GodwitCore", "API", "Checkpoint", "Memory"]),
         .target(
             name: "Trust",
             dependencies: [
@@ -74,6 +75,7 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
         .target(
             name: "Client",
@@ -86,13 +88,13 @@ let package = Package(
         .executableTarget(
             name: "godwit",
             dependencies: [
-                "GodwitCore", "API", "Client", "Checkpoint", "HostCheck", "Lab", "Runtime", "Memory",
+                "GodwitCore", "API", "Client", "Checkpoint", "HostCheck", "Lab", "Runtime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(
             name: "godwitd",
             dependencies: [
-                "GodwitCore", "Daemon", "HostCheck", "Runtime", "Checkpoint",
+                "GodwitCore", "Daemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "GodwitCoreTests", dependencies: ["GodwitCore"]),
@@ -119,9 +121,11 @@ let package = Package(
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
     ],

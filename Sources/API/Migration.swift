@@ -1,24 +1,8 @@
 import Foundation
+import GodwitCore
 
 // Moving a container between daemons: what the CLI asks its daemon, what the two daemons
 // say to each other over mutual TLS, and the report the user gets.
-
-/// `godwit move --mode`: `auto` picks the best strategy both hosts support.
-public enum MoveMode: String, Codable, Sendable, CaseIterable {
-    case auto
-    case stopAndCopy = "stop-and-copy"
-    case postCopy = "post-copy"
-    case preCopy = "pre-copy"
-    case hybrid
-}
-
-extension MoveMode {
-    /// Pre-copy rounds while the container runs (pre-copy, hybrid).
-    public var preCopies: Bool { self == .preCopy || self == .hybrid }
-    /// The destination restores at once and fetches memory lazily (post-copy, hybrid):
-    /// after the commit a lost link loses the container.
-    public var restoresLazily: Bool { self == .postCopy || self == .hybrid }
-}
 
 /// `POST /1.0/containers/{name}/move` (unix socket): an operation whose metadata ends with
 /// the report (`report` key, JSON).
@@ -27,15 +11,33 @@ public struct MoveRequest: Codable, Sendable, Equatable {
     public var target: String
     /// The name on the destination (default: the same).
     public var newName: String?
-    public var mode: MoveMode
+    /// nil: auto (the planner picks from both hosts' checks); on the wire "auto".
+    public var mode: MigrationStrategy?
 
-    public init(target: String, newName: String? = nil, mode: MoveMode = .auto) {
+    public init(target: String, newName: String? = nil, mode: MigrationStrategy? = nil) {
         self.target = target; self.newName = newName; self.mode = mode
     }
 
     enum CodingKeys: String, CodingKey {
         case target, mode
         case newName = "new_name"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        target = try c.decode(String.self, forKey: .target)
+        newName = try c.decodeIfPresent(String.self, forKey: .newName)
+        let text = try c.decodeIfPresent(String.self, forKey: .mode) ?? "auto"
+        do { mode = try MigrationStrategy.parse(mode: text) } catch {
+            throw DecodingError.dataCorruptedError(forKey: .mode, in: c, debugDescription: "\(error)")
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(target, forKey: .target)
+        try c.encodeIfPresent(newName, forKey: .newName)
+        try c.encode(mode?.rawValue ?? "auto", forKey: .mode)
     }
 }
 
@@ -72,13 +74,13 @@ public struct IncomingMigrationRequest: Codable, Sendable, Equatable {
     public var config: [String: String]
     public var ipv4: String?
     public var mac: String
-    /// The strategy the source chose from both checks (never auto).
-    public var mode: MoveMode
+    /// The strategy the source chose from both checks.
+    public var mode: MigrationStrategy
     public var sourceHost: String
     public var criuVersion: String?
 
     public init(name: String, image: String, imageFingerprint: String, config: [String: String], ipv4: String?,
-                mac: String, mode: MoveMode, sourceHost: String, criuVersion: String?) {
+                mac: String, mode: MigrationStrategy, sourceHost: String, criuVersion: String?) {
         self.name = name; self.image = image; self.imageFingerprint = imageFingerprint; self.config = config
         self.ipv4 = ipv4; self.mac = mac; self.mode = mode; self.sourceHost = sourceHost; self.criuVersion = criuVersion
     }
@@ -196,7 +198,7 @@ public struct MoveReport: Codable, Sendable, Equatable {
     public var newName: String
     public var source: String
     public var destination: String
-    public var mode: MoveMode
+    public var mode: MigrationStrategy
     /// Why `mode` (auto's choice, or the user's).
     public var modeReason: String
     /// moved, rolled-back, lost
@@ -215,7 +217,7 @@ public struct MoveReport: Codable, Sendable, Equatable {
     /// Where the memory came from (nil in reports of older versions).
     public var memory: MoveMemoryFigures?
 
-    public init(container: String, newName: String, source: String, destination: String, mode: MoveMode, modeReason: String,
+    public init(container: String, newName: String, source: String, destination: String, mode: MigrationStrategy, modeReason: String,
                 outcome: String, reason: String? = nil, failedPhase: String? = nil, startedAt: Date, totalMillis: Double,
                 frozenMillis: Double? = nil, allLocalMillis: Double? = nil, phases: [MovePhase] = []) {
         self.container = container; self.newName = newName; self.source = source; self.destination = destination

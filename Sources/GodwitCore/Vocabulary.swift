@@ -1,11 +1,3 @@
-/// Migration strategies, in the user's words (`godwit move --mode ...`).
-public enum MigrationStrategy: String, Codable, Sendable, CaseIterable {
-    case stopAndCopy = "stop-and-copy"
-    case preCopy = "pre-copy"
-    case postCopy = "post-copy"
-    case hybrid
-}
-
 /// Ways to learn which pages a running process wrote since the last look. Listed in order
 /// of preference: exact and cheap first, a full read of memory every round last.
 public enum DirtyTrackerKind: String, Codable, Sendable, CaseIterable {

@@ -20,6 +20,9 @@ public enum FilesystemSync {
     /// devices, numeric ownership (ids must not be remapped through this host's passwd).
     /// --timeout: a peer that vanished (daemon killed, link cut) must end the sync, whose
     /// final round runs while the container is frozen, instead of stalling it for ever.
+    /// rsync's exit status for "some files vanished before they could be transferred".
+    static let vanishedFiles: Int32 = 24
+
     public static let rsyncOptions = ["-aHAX", "--numeric-ids", "--delete", "--stats", "--timeout=30"]
 
     // MARK: source side
@@ -90,7 +93,10 @@ public enum FilesystemSync {
             relayDone.wait()
         }
         let stats = output.text()
-        guard status == 0 else {
+        // 24: files vanished between rsync's listing and their transfer. Expected while the
+        // container runs (a program replacing a file by rename); the final sync, with every
+        // task held, sees no such file, and whatever vanished is deleted there by --delete.
+        guard status == 0 || status == Self.vanishedFiles else {
             let why = stderr.lastLine.isEmpty ? ((try? relayed.get()) == nil ? "\(relayed)" : "") : stderr.lastLine
             throw GodwitError("rsync of \(directory) to the peer failed (exit \(status)): \(why)",
                               hint: "the destination's log says why its side stopped, if it did")

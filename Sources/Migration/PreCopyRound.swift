@@ -42,6 +42,9 @@ public struct RoundStats: Sendable {
 /// a write after the scan is caught by the next one.
 public final class PreCopySender {
     public let writer: PageRecordWriter
+    /// Called after each chunk of a round with the pages (data + zero) and bytes sent so
+    /// far in that round: the move's progress.
+    public var onChunk: ((_ pagesSent: Int, _ bytesSent: UInt64) -> Void)?
     private let pageSize = Int(systemPageSize)
     private var buffer: UnsafeMutableRawBufferPointer
 
@@ -83,6 +86,7 @@ public final class PreCopySender {
             }
             for chunk in report.dirty.chunks(maxPages: PageRecord.maxPages) {
                 records += try copy(chunk, of: report.process, round: r, stats: &stats, tracker: tracker)
+                onChunk?(stats.dataPages + stats.zeroPages, writer.bytesWritten - before)
             }
         }
         try writer.write(.roundEnd, vaddr: records, pageCount: UInt32(truncatingIfNeeded: stats.dataPages + stats.zeroPages), round: r)

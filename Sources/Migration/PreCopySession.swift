@@ -25,6 +25,8 @@ public final class PreCopySession {
     public private(set) var policy: ConvergencePolicy
     public let throttle: CPUThrottle?
     public let progress: ((String) -> Void)?
+    /// Called as each round goes out: the round's progress and the bytes sent of it.
+    public var roundProgress: ((RoundProgress, UInt64) -> Void)?
 
     public init(tracker: DirtyTracker, sender: PreCopySender, settings: ConvergenceSettings,
                 throttle: CPUThrottle? = nil, progress: ((String) -> Void)? = nil) {
@@ -53,7 +55,20 @@ public final class PreCopySession {
             round += 1
             let scannedAt = DispatchTime.now().uptimeNanoseconds
             let scan = try tracker.scan(attachNew: true)
+            let rate = lastScan.map { Double(scan.dirtyPages) / max(1e-9, Double(scannedAt - $0) / 1e9) }
+            let pause = policy.predictedPause(dirtyPages: scan.dirtyPages).map { $0 * 1000 }
+            let thisRound = round
+            let maxRounds = policy.settings.maxRounds
+            if let report = roundProgress {
+                sender.onChunk = { pages, bytes in
+                    report(RoundProgress(round: thisRound, maxRounds: maxRounds, pagesSent: pages, dirtyPages: scan.dirtyPages,
+                                         dirtyPagesPerSecond: rate, predictedPauseMillis: pause), bytes)
+                }
+                report(RoundProgress(round: thisRound, maxRounds: maxRounds, pagesSent: 0, dirtyPages: scan.dirtyPages,
+                                     dirtyPagesPerSecond: rate, predictedPauseMillis: pause), 0)
+            }
             var stats = try sender.sendRound(scan, round: round, tracker: tracker)
+            sender.onChunk = nil
             stats.intervalNanos = lastScan.map { scannedAt - $0 } ?? 0
             lastScan = scannedAt
             for line in stats.fallbacks { progress?(line) }

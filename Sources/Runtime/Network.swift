@@ -86,3 +86,14 @@ extension String {
         count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }
+
+/// Telling a segment that a container's address now sits behind another port.
+public enum AddressAnnouncement {
+    /// A gratuitous ARP from inside the container's network namespace teaches the switches
+    /// (and refreshes peers' caches) before a peer's next packet goes to the old port.
+    /// busybox's arping: these hosts have no iputils.
+    public static func gratuitousARP(initPID: pid_t, address: String, interface: String = Veth.containerName) {
+        _ = try? Command.run(["nsenter", "--net=/proc/\(initPID)/ns/net", "busybox", "arping", "-U", "-c", "1", "-w", "1",
+                              "-I", interface, address])
+    }
+}

@@ -4,7 +4,6 @@ import Client
 import Foundation
 import GodwitCore
 
-extension MoveMode: ExpressibleByArgument {}
 
 struct MoveCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,9 +12,11 @@ struct MoveCommand: AsyncParsableCommand {
             TARGET is REMOTE: or REMOTE:NEWNAME, a remote from `godwit remote list`. The container \
             keeps its processes, memory, files, address and TCP connections.
 
-            Modes: stop-and-copy freezes, copies everything, restores; post-copy restores at once \
-            and fetches memory on demand while the rest streams in; auto (default) picks the best \
-            both hosts support.
+            Modes: stop-and-copy freezes, copies everything, restores; pre-copy copies memory in \
+            rounds while the container runs, then freezes and sends only what changed; post-copy \
+            restores at once and fetches memory on demand while the rest streams in; hybrid runs \
+            pre-copy rounds, then restores lazily from the copied pages; auto (default) picks the \
+            best both hosts support.
 
             Any failure before the destination takes over leaves the container running here. In \
             post-copy, once the destination runs, this host's copy is gone: if the link fails \
@@ -25,12 +26,13 @@ struct MoveCommand: AsyncParsableCommand {
     @OptionGroup var daemon: DaemonOptions
     @Argument(help: "Container name.") var name: String
     @Argument(help: "REMOTE: or REMOTE:NEWNAME.") var target: String
-    @Option(help: "auto, stop-and-copy or post-copy.") var mode: MoveMode = .auto
+    @Option(help: "auto, stop-and-copy, pre-copy, post-copy or hybrid.") var mode: String = "auto"
     @Option(help: "human or json") var format: OutputFormat = .human
 
     func run() async throws {
         try await CLI.run {
             try ContainerName.validate(name)
+            let strategy = try MigrationStrategy.parse(mode: mode)
             guard let colon = target.firstIndex(of: ":"), colon != target.startIndex else {
                 throw GodwitError("target '\(target)' names no remote", hint: "write REMOTE: or REMOTE:NEWNAME, e.g. `godwit move \(name) h2:`")
             }
@@ -38,7 +40,7 @@ struct MoveCommand: AsyncParsableCommand {
             let newName = String(target[target.index(after: colon)...])
             if !newName.isEmpty { try ContainerName.validate(newName) }
             let client = daemon.client
-            let operation = try await client.move(name, MoveRequest(target: remote, newName: newName.isEmpty ? nil : newName, mode: mode))
+            let operation = try await client.move(name, MoveRequest(target: remote, newName: newName.isEmpty ? nil : newName, mode: strategy))
             var meter = ProgressMeter()
             let done: OperationInfo
             do {

@@ -21,26 +21,12 @@ final class SlowUpstream: LazyPageUpstream {
     func abort() { inner.abort() }
 }
 
-/// Real containers, real CRIU 4.2.1: post-copy and hybrid moves through the page proxy.
+/// Real containers, real CRIU 4.2.1, the shipping engine through a loopback peer:
+/// post-copy and hybrid moves through the destination's page proxy.
 @Suite(.serialized)
 struct LazyMigrationTests {
-    func migration(lab: MigrationLab, container: RunningContainer, mode: LazyMode, tracker: DirtyTracker,
-                   store: PageStore, tag: String, rootfsOverride: String? = nil) throws -> LazyMigration {
-        let veth = try #require(container.veth)
-        let dstImages = lab.imagesRoot + "/dst-\(tag)"
-        var restore = RestoreOptions(imagesDirectory: dstImages, rootfs: rootfsOverride ?? container.rootfs.path,
-                                     pidFile: lab.directory + "/restored-\(tag).pid")
-        restore.veths = [VethMapping(containerInterface: "eth0", hostInterface: veth.hostName, bridge: lab.bridge)]
-        let dstCgroup = lab.destinationCgroup(for: container)
-        restore.cgroupRoot = "/" + dstCgroup.path
-        return LazyMigration(
-            mode: mode,
-            source: FinalPhaseSource(cgroup: container.cgroup, initPID: container.initPID, tracker: tracker,
-                                     criu: try lab.criu(in: nil), imagesDirectory: lab.imagesRoot + "/src-\(tag)"),
-            destination: LazyDestination(store: store, criu: try lab.criu(in: lab.destinationNetns),
-                                         lazyPagesCRIU: try lab.criu(in: nil), restore: restore, cgroup: dstCgroup),
-            progress: { print($0) })
-    }
+    static let hybridKeys = ["migration.incremental.memory.goal": "100", "migration.incremental.memory.iterations": "3",
+                             "migration.incremental.memory.autoconverge": "false"]
 
     func waitRunning(_ lab: MigrationLab, _ container: RunningContainer, processes: Int = 1) {
         let rootfs = container.rootfs.path
@@ -49,8 +35,9 @@ struct LazyMigrationTests {
     }
 
     /// The restored writers run on and verify every page (after all pages are local).
-    func expectHealthyDestination(_ lab: MigrationLab, _ container: RunningContainer, processes: Int) -> [pid_t: String] {
-        let rootfs = container.rootfs.path
+    func expectHealthyDestination(_ lab: MigrationLab, _ container: RunningContainer, _ move: EngineMove,
+                                  processes: Int) -> [pid_t: String] {
+        let rootfs = move.destination.rootfs.path
         let dst = lab.destinationCgroup(for: container)
         let restored = MigrationLab.processes(of: dst)
         #expect(restored.count == processes)
@@ -66,146 +53,142 @@ struct LazyMigrationTests {
         (verdicts.values.compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.max() ?? 0) / 1000
     }
 
-    @Test func postCopyMoveVerifiesMemory() throws {
+    @Test func postCopyMoveVerifiesMemory() async throws {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("post", writer: ["64", "256", "16", "4000", "1"]))
         waitRunning(lab, container, processes: 2)
-        let tracker = ContainerDirtyTracker.forCgroup(container.cgroup, kind: .uffdWP)
-        let store = try lab.newStore()
-        let move = try migration(lab: lab, container: container, mode: .postCopy, tracker: tracker, store: store, tag: "post")
-        let report = try move.run()
-        print(report)
-        #expect(report.lost == nil)
-        #expect(report.allLocalNanos != nil)
-        #expect(report.proxy.pagesServedLocally == 0 && report.proxy.pagesFetched >= 2 * 16384, "post-copy fetches everything")
-        #expect(report.proxy.pagesFetchedTwice == 0 && report.proxy.pagesRequestedTwice == 0)
-        #expect(report.proxy.pagesFetched == report.lazyPages, "each lazy page fetched exactly once")
-        #expect(report.killedSourceTasks == 2)
+        let move = try await lab.engineMove(container, strategy: .postCopy, tag: "post")
+        let report = try move.result.get()
+        let f = move.figures
+        #expect(report.outcome == "moved" && report.allLocalMillis != nil)
+        // Every page comes from the source (some ahead of their fault, then served locally).
+        #expect(f.pagesFetchedOnFault >= 2 * 16384, "post-copy fetches everything")
+        #expect(f.pagesServedLocally + f.pagesFetchedOnFault >= f.pagesRequested)
+        #expect(f.pagesFetchedTwice == 0 && f.pagesRequestedTwice == 0)
+        #expect(f.pagesFetchedOnFault == f.lazyPages, "each lazy page fetched exactly once")
+        #expect(move.source.doomedTasks == 2)
+        #expect(move.destination.adopted != nil)
         #expect(eventually(10) { !container.initProcess.isAlive && MigrationLab.processes(of: container.cgroup).isEmpty })
-        let verdicts = expectHealthyDestination(lab, container, processes: 2)
+        let verdicts = expectHealthyDestination(lab, container, move, processes: 2)
         print(String(format: "post-copy: application pause seen by the writers (max CLOCK_REALTIME gap): %.0f ms", pauseSeen(verdicts)))
     }
 
-    @Test func hybridMoveServesLocallyAndFetchesOnlyTheDirtySet() throws {
+    @Test func hybridMoveServesLocallyAndFetchesOnlyTheDirtySet() async throws {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("hyb", writer: ["64", "256", "16", "4000", "1"]))
         waitRunning(lab, container, processes: 2)
-        let tracker = ContainerDirtyTracker.forCgroup(container.cgroup, kind: .uffdWP)
-        defer { tracker.close() }
-        let store = try lab.newStore()
-        var settings = ConvergenceSettings(goalPercent: 100, maxRounds: 3)
-        settings.autoConverge = false
-        let pre = try LocalPreCopy.run(tracker: tracker, store: store, settings: settings) { print($0) }
-        let move = try migration(lab: lab, container: container, mode: .hybrid, tracker: tracker, store: store, tag: "hyb")
-        let report = try move.run(round: pre.report.rounds.count + 1)
-        print(report)
-        let p = report.proxy
-        #expect(report.lost == nil && report.allLocalNanos != nil)
-        #expect(report.finalDirtyPages > 0, "the writers dirtied pages after the last round")
-        #expect(p.pagesFetchedTwice == 0 && p.pagesRequestedTwice == 0, "nothing fetched or asked twice")
-        #expect(p.pagesServedLocally + p.pagesFetched == p.pagesRequested)
-        #expect(p.pagesRequested == report.lazyPages)
-        // Consistency with the dirty set: at the freeze the store held every lazy page but
-        // the final dirty set and pages never sent; all of those are served locally, and
-        // only pages it lacked can have been fetched (the push makes that few).
-        let lacked = report.lazyPages - report.lazyPagesInStoreAtFreeze
-        #expect(p.pagesServedLocally >= report.lazyPagesInStoreAtFreeze, "every page unchanged since it was sent is served locally")
-        #expect(p.pagesFetched <= lacked, "fetched ≤ final dirty set + pages never sent")
-        #expect(lacked <= report.finalDirtyPages + 64, "the store lacked only the final dirty set (and a few pages never tracked)")
-        #expect(p.pagesFetched < report.lazyPages / 10, "most pages were local")
-        #expect(report.pagesPushed > 0)
+        let move = try await lab.engineMove(container, strategy: .hybrid, tag: "hyb",
+                                            config: Self.hybridKeys.merging(["migration.incremental.memory.tracker": "uffd-wp"]) { $1 })
+        let report = try move.result.get()
+        let memory = try #require(report.memory)
+        let f = move.figures
+        let finalDirty = memory.finalDirtyPages ?? 0
+        #expect(report.outcome == "moved" && report.allLocalMillis != nil)
+        #expect(report.rounds?.count == 3)
+        #expect(finalDirty > 0, "the writers dirtied pages after the last round")
+        #expect(f.pagesFetchedTwice == 0 && f.pagesRequestedTwice == 0, "nothing fetched or asked twice")
+        #expect(f.pagesServedLocally + f.pagesFetchedOnFault == f.pagesRequested)
+        #expect(f.pagesRequested == f.lazyPages)
+        // At the freeze the store held every lazy page but the final dirty set (and a few
+        // pages never tracked); all of those are served locally, and only the dirty set can
+        // have been fetched (the push makes that few).
+        #expect(f.pagesFetchedOnFault <= finalDirty + 64, "fetched ≤ final dirty set + pages never sent")
+        #expect(f.pagesServedLocally >= f.lazyPages - finalDirty - 64, "every page unchanged since it was sent is served locally")
+        #expect(f.pagesFetchedOnFault < f.lazyPages / 10, "most pages were local")
+        #expect(f.pagesPushed > 0)
         #expect(eventually(10) { !container.initProcess.isAlive && MigrationLab.processes(of: container.cgroup).isEmpty })
-        let verdicts = expectHealthyDestination(lab, container, processes: 2)
+        let verdicts = expectHealthyDestination(lab, container, move, processes: 2)
         print(String(format: "hybrid: application pause seen by the writers (max CLOCK_REALTIME gap): %.0f ms", pauseSeen(verdicts)))
     }
 
     /// Cutting the connection to the source after the destination runs (post-copy, pages
     /// outstanding): the container is reported lost; the source tasks are dead and never
     /// ran again; the destination's tasks and lazy-pages daemon are gone.
-    @Test func cutAfterTheDestinationRunsNeverLeavesTwoCopies() throws {
+    @Test func cutAfterTheDestinationRunsNeverLeavesTwoCopies() async throws {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("cut", writer: ["64", "64", "16", "4000", "0"]))
         waitRunning(lab, container)
         let rootfs = container.rootfs.path
-        let tracker = ContainerDirtyTracker.forCgroup(container.cgroup, kind: .uffdWP)
-        let store = try lab.newStore()
-        let move = try migration(lab: lab, container: container, mode: .postCopy, tracker: tracker, store: store, tag: "cut")
-        move.upstreamFactory = { a in try SlowUpstream(TCPPageServerUpstream(host: a.address, port: a.port), delayMicros: 20_000) }
-        move.afterCommit = { proxy in usleep(100_000); proxy.cutUpstream() }
-        move.allLocalTimeout = 60
-        let report = try move.run()
-        print(report)
-        #expect(report.lost != nil, "pages were outstanding: the container is lost")
-        #expect(report.killedSourceTasks == 1)
+        let move = try await lab.engineMove(container, strategy: .postCopy, tag: "cut") { _, peer in
+            peer.onEngine = { engine in
+                engine.allLocalTimeout = 60
+                engine.wrapUpstream = { SlowUpstream($0, delayMicros: 20_000) }
+                engine.afterCommit = { method in
+                    usleep(100_000)
+                    (method as? LazyRestore)?.pageProxy?.cutUpstream()
+                }
+            }
+        }
+        #expect(move.report == nil, "pages were outstanding: the container is lost")
+        #expect(move.source.failureReport?.outcome == "lost")
+        #expect(move.destination.lost != nil)
+        #expect(move.source.doomedTasks == 1)
         #expect(eventually(15) { !container.initProcess.isAlive && MigrationLab.processes(of: container.cgroup).isEmpty },
                 "the source tasks died (CRIU failed the dump and 'resumed' them into their pending SIGKILL)")
         let dst = lab.destinationCgroup(for: container)
         #expect(eventually(10) { MigrationLab.processes(of: dst).isEmpty }, "the half-restored destination was killed")
-        // Nobody runs the writer any more: its counter stands still.
-        let at = MigrationLab.counter(rootfs: rootfs, nsPID: 1)
+        // Nobody runs the writer any more: its counters stand still on both hosts.
+        let dstRoot = move.destination.rootfs.path
+        let at = (MigrationLab.counter(rootfs: rootfs, nsPID: 1), MigrationLab.counter(rootfs: dstRoot, nsPID: 1))
         usleep(500_000)
-        #expect(MigrationLab.counter(rootfs: rootfs, nsPID: 1) == at, "no copy of the container runs")
-        let state = HostEnvironment.read((container.cgroup.directory(for: "freezer") ?? "") + "/freezer.state")
-        print("source freezer after the cut: \(state ?? "gone")")
+        #expect(MigrationLab.counter(rootfs: rootfs, nsPID: 1) == at.0, "no copy of the container runs on the source")
+        #expect(MigrationLab.counter(rootfs: dstRoot, nsPID: 1) == at.1, "no copy of the container runs on the destination")
     }
 
     /// The documented other half of the rule: a cut after the destination runs loses the
     /// container only if it still needs a page from the source. In hybrid, once the push
     /// made every lazy page local, the cut costs nothing: the destination keeps running
     /// (CLOSE is answered locally), the source's dump fails and its doomed tasks die.
-    @Test func hybridCutWhenEverythingIsLocalKeepsTheDestination() throws {
+    @Test func hybridCutWhenEverythingIsLocalKeepsTheDestination() async throws {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("hcut", writer: ["32", "64", "16", "4000", "0"]))
         waitRunning(lab, container)
-        let tracker = ContainerDirtyTracker.forCgroup(container.cgroup, kind: .uffdWP)
-        defer { tracker.close() }
-        let store = try lab.newStore()
-        var settings = ConvergenceSettings(goalPercent: 100, maxRounds: 2)
-        settings.autoConverge = false
-        _ = try LocalPreCopy.run(tracker: tracker, store: store, settings: settings)
-        let move = try migration(lab: lab, container: container, mode: .hybrid, tracker: tracker, store: store, tag: "hcut")
-        move.afterCommit = { proxy in proxy.cutUpstream() }
-        move.allLocalTimeout = 60
-        let report = try move.run(round: 3)
-        print(report)
+        let move = try await lab.engineMove(container, strategy: .hybrid, tag: "hcut",
+                                            config: Self.hybridKeys.merging(["migration.incremental.memory.iterations": "2"]) { $1 }) { _, peer in
+            peer.onEngine = { engine in
+                engine.allLocalTimeout = 60
+                engine.afterCommit = { method in (method as? LazyRestore)?.pageProxy?.cutUpstream() }
+            }
+        }
         #expect(eventually(15) { !container.initProcess.isAlive && MigrationLab.processes(of: container.cgroup).isEmpty },
                 "the source never comes back")
-        let lacked = report.lazyPages - report.lazyPagesInStoreAtFreeze
-        if report.pagesPushed >= lacked {
-            #expect(report.lost == nil, "every page was local: the cut must not lose the container")
+        let f = move.figures
+        let finalDirty = move.anyReport?.memory?.finalDirtyPages ?? 0
+        if f.pagesPushed >= finalDirty + 64 {
+            #expect(move.report != nil, "every page was local: the cut must not lose the container")
         }
-        if report.lost == nil {
-            #expect(report.proxy.pagesFetched == 0)
-            _ = expectHealthyDestination(lab, container, processes: 1)
+        if move.report != nil {
+            #expect(f.pagesFetchedOnFault == 0)
+            _ = expectHealthyDestination(lab, container, move, processes: 1)
         } else {
+            #expect(move.source.failureReport?.outcome == "lost")
             #expect(eventually(10) { MigrationLab.processes(of: lab.destinationCgroup(for: container)).isEmpty })
         }
     }
 
     /// A failure before the destination runs (restore can't find the rootfs): rolled back,
     /// the source runs on and verifies, nothing is left on the destination.
-    @Test func failureBeforeTheDestinationRunsLeavesTheSourceRunning() throws {
+    @Test func failureBeforeTheDestinationRunsLeavesTheSourceRunning() async throws {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("lfail", writer: ["16", "16", "8", "4000", "0"]))
         waitRunning(lab, container)
         let rootfs = container.rootfs.path
-        let tracker = ContainerDirtyTracker.forCgroup(container.cgroup, kind: .uffdWP)
-        let store = try lab.newStore()
-        let move = try migration(lab: lab, container: container, mode: .postCopy, tracker: tracker, store: store,
-                                 tag: "lfail", rootfsOverride: lab.directory + "/no-such-rootfs")
-        #expect(throws: GodwitError.self) { _ = try move.run() }
+        let move = try await lab.engineMove(container, strategy: .postCopy, tag: "lfail",
+                                            destinationImage: lab.directory + "/no-such-image")
+        #expect(move.report == nil)
+        #expect(move.source.failureReport?.outcome == "rolled-back")
         #expect(container.initProcess.isAlive, "the source container survived")
         let at = MigrationLab.counter(rootfs: rootfs, nsPID: 1)
         #expect(eventually(10) { MigrationLab.counter(rootfs: rootfs, nsPID: 1) > at + 2 }, "the source runs on (thawed)")
         let verdicts = MigrationLab.verify(cgroup: container.cgroup, rootfs: rootfs)
         #expect(verdicts[1]?.hasPrefix("ok") == true, "\(verdicts)")
         let dst = lab.destinationCgroup(for: container)
-        #expect(!FileManager.default.fileExists(atPath: lab.imagesRoot + "/dst-lfail"))
+        #expect(move.destination.discarded)
         #expect(MigrationLab.processes(of: dst).isEmpty && !dst.exists)
     }
 
@@ -259,42 +242,19 @@ struct LazyMigrationTests {
     }
 
     /// Figures (GODWIT_BENCH=1): frozen time and time until all pages are local for a
-    /// 256 MiB writer, post-copy vs hybrid vs the pre-copy FinalPhase.
+    /// 256 MiB writer in every strategy (`godwit bench migrate` is the real benchmark).
     @Test(.enabled(if: ProcessInfo.processInfo.environment["GODWIT_BENCH"] != nil))
-    func benchLazyModes() throws {
-        for mode in ["post-copy", "hybrid", "final-phase"] {
+    func benchLazyModes() async throws {
+        for strategy in MigrationStrategy.allCases {
             let lab = try MigrationLab()
             defer { lab.cleanUp() }
-            let tag = mode.replacingOccurrences(of: "-", with: "")
+            let tag = strategy.rawValue.replacingOccurrences(of: "-", with: "")
             let container = try lab.start(try lab.spec("b" + String(tag.prefix(6)), writer: ["256", "256", "16", "4000", "0"]))
             waitRunning(lab, container)
-            let tracker = ContainerDirtyTracker.forCgroup(container.cgroup, kind: .uffdWP)
-            defer { tracker.close() }
-            let store = try lab.newStore()
-            var settings = ConvergenceSettings(goalPercent: 100, maxRounds: 3)
-            settings.autoConverge = false
-            if mode != "post-copy" { _ = try LocalPreCopy.run(tracker: tracker, store: store, settings: settings) }
-            if mode == "final-phase" {
-                let veth = try #require(container.veth)
-                var restore = RestoreOptions(imagesDirectory: lab.imagesRoot + "/dst-fp", rootfs: container.rootfs.path,
-                                             pidFile: lab.directory + "/restored-fp.pid")
-                restore.veths = [VethMapping(containerInterface: "eth0", hostInterface: veth.hostName, bridge: lab.bridge)]
-                let dstCgroup = lab.destinationCgroup(for: container)
-                restore.cgroupRoot = "/" + dstCgroup.path
-                let phase = FinalPhase(
-                    source: FinalPhaseSource(cgroup: container.cgroup, initPID: container.initPID, tracker: tracker,
-                                             criu: try lab.criu(in: nil), imagesDirectory: lab.imagesRoot + "/src-fp"),
-                    destination: FinalPhaseDestination(store: store, criu: try lab.criu(in: lab.destinationNetns), restore: restore, cgroup: dstCgroup))
-                let r = try phase.run(round: 4)
-                let v = expectHealthyDestination(lab, container, processes: 1)
-                print("BENCH final-phase 256 MiB: frozen \(r.frozenNanos / 1_000_000) ms (all local at restore); pause seen \(Int(pauseSeen(v))) ms; \(r)")
-            } else {
-                let move = try migration(lab: lab, container: container, mode: mode == "hybrid" ? .hybrid : .postCopy,
-                                         tracker: tracker, store: store, tag: tag)
-                let r = try move.run(round: 4)
-                let v = expectHealthyDestination(lab, container, processes: 1)
-                print("BENCH \(mode) 256 MiB: frozen \(r.frozenNanos / 1_000_000) ms, all local after \((r.allLocalNanos ?? 0) / 1_000_000) ms; pause seen \(Int(pauseSeen(v))) ms; \(r)")
-            }
+            let move = try await lab.engineMove(container, strategy: strategy, tag: tag, config: Self.hybridKeys)
+            let r = try move.result.get()
+            let v = expectHealthyDestination(lab, container, move, processes: 1)
+            print("BENCH \(strategy.rawValue) 256 MiB: frozen \(Int(r.frozenMillis ?? 0)) ms, all local after \(Int(r.allLocalMillis ?? r.frozenMillis ?? 0)) ms; pause seen \(Int(pauseSeen(v))) ms")
         }
     }
 }

@@ -22,6 +22,8 @@ final class MigrationLab {
     let destinationCgroupParent: String
     var containers: [RunningContainer] = []
     var stores: [PageStore] = []
+    /// Root filesystems the engine tests' destinations mounted.
+    var destinationRoots: [RootFS] = []
     static let gateway = "10.78.0.1"
 
     init() throws {
@@ -101,6 +103,7 @@ final class MigrationLab {
 
     func cleanUp() {
         for c in containers { try? runtime.destroy(c) }
+        for root in destinationRoots { try? root.remove() }
         for c in containers {
             let dst = destinationCgroup(for: c)
             try? dst.kill()

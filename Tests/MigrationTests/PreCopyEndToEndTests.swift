@@ -7,50 +7,29 @@ import Memory
 import Runtime
 import Testing
 
-/// Real containers, real CRIU 4.2.1: pre-copy rounds while the writer runs, then the safe
-/// final phase (lazy dump on the source, rebuilt images, plain restore on the destination).
+/// Real containers, real CRIU 4.2.1, the shipping engine (source and destination halves
+/// through a loopback peer): pre-copy rounds while the writer runs, then the safe final
+/// phase (lazy dump on the source, rebuilt images, plain restore on the destination).
 @Suite(.serialized)
 struct PreCopyEndToEndTests {
     /// Pre-copies with the given tracker and moves the container into the destination
     /// namespace; compares every page at the freeze with the restored processes' memory.
-    func move(lab: MigrationLab, container: RunningContainer, kind: DirtyTrackerKind, settings: ConvergenceSettings,
-              rootfsOverride: String? = nil) throws -> (PreCopyReport, FinalPhaseReport, [String], Int) {
-        let tracker = ContainerDirtyTracker.forCgroup(container.cgroup, kind: kind)
-        defer { tracker.close() }
-        let store = try lab.newStore()
-        var lines: [String] = []
-        let pre = try LocalPreCopy.run(tracker: tracker, store: store, settings: settings,
-                                       throttle: try? CPUThrottle(cgroup: container.cgroup)) { print($0) }
-        #expect(pre.receipts.count == pre.report.rounds.count)
-
-        let veth = try #require(container.veth)
-        let dstImages = lab.imagesRoot + "/dst-\(kind.rawValue)"
-        var restore = RestoreOptions(imagesDirectory: dstImages, rootfs: rootfsOverride ?? container.rootfs.path,
-                                     pidFile: lab.directory + "/restored-\(kind.rawValue).pid")
-        restore.veths = [VethMapping(containerInterface: "eth0", hostInterface: veth.hostName, bridge: lab.bridge)]
-        let dstCgroup = lab.destinationCgroup(for: container)
-        restore.cgroupRoot = "/" + dstCgroup.path
-        restore.leaveStopped = true
-        let phase = FinalPhase(
-            source: FinalPhaseSource(cgroup: container.cgroup, initPID: container.initPID, tracker: tracker,
-                                     criu: try lab.criu(in: nil), imagesDirectory: lab.imagesRoot + "/src-\(kind.rawValue)"),
-            destination: FinalPhaseDestination(store: store, criu: try lab.criu(in: lab.destinationNetns),
-                                               restore: restore, cgroup: dstCgroup),
-            progress: { print($0) })
-        var atFreeze = MemorySnapshot()
-        var differences: [String] = ["not compared"]
-        phase.whileFrozen = { atFreeze = try MemorySnapshot.take(cgroup: container.cgroup) }
-        phase.afterRestore = { _ in
-            let restored = try MemorySnapshot.take(cgroup: dstCgroup, like: atFreeze)
-            differences = atFreeze.differences(from: restored)
+    func move(lab: MigrationLab, container: RunningContainer, kind: DirtyTrackerKind, goal: Int, rounds: Int,
+              destinationImage: String? = nil) async throws -> (EngineMove, FreezeComparison) {
+        let comparison = FreezeComparison()
+        let move = try await lab.engineMove(
+            container, strategy: .preCopy, tag: kind.rawValue,
+            config: ["migration.incremental.memory.goal": "\(goal)", "migration.incremental.memory.iterations": "\(rounds)",
+                     "migration.incremental.memory.autoconverge": "false", "migration.incremental.memory.tracker": kind.rawValue],
+            destinationImage: destinationImage,
+            hooks: comparison.hooks(source: container.cgroup, destination: lab.destinationCgroup(for: container)))
+        if let report = move.report, let status = move.engine?.status() {
+            #expect(status.roundsReceived == (report.rounds?.count ?? 0) + 1, "every round (and the final scan) arrived")
         }
-        let report = try phase.run(round: pre.report.rounds.count + 1)
-        lines.append(report.description)
-        print(lines.joined(separator: "\n"))
-        return (pre.report, report, differences, atFreeze.pageCount)
+        return (move, comparison)
     }
 
-    @Test func uffdPreCopyMovesAContainerAndEveryPageMatches() throws {
+    @Test func uffdPreCopyMovesAContainerAndEveryPageMatches() async throws {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         // Two processes (a forked child), each 128 MiB touched in a 512 MiB mapping,
@@ -60,30 +39,38 @@ struct PreCopyEndToEndTests {
         #expect(eventually(10) { MigrationLab.processes(of: container.cgroup).count == 2 })
         #expect(eventually(10) { MigrationLab.processes(of: container.cgroup).allSatisfy { MigrationLab.counter(rootfs: rootfs, nsPID: $0.nsPID) >= 3 } })
 
-        var settings = ConvergenceSettings(goalPercent: 100, maxRounds: 4)
-        settings.autoConverge = false
-        let (pre, final, differences, snapshotPages) = try move(lab: lab, container: container, kind: .uffdWP, settings: settings)
-        #expect(pre.rounds.count == 4, "goal=100 with a busy writer runs to the iteration limit")
-        #expect(pre.rounds[0].dataPages >= 2 * 32768, "round 1 sends both processes' 128 MiB")
-        #expect(pre.rounds.dropFirst().allSatisfy { $0.dirtyPages < pre.rounds[0].dirtyPages / 2 }, "later rounds send only what changed")
-        #expect(snapshotPages >= 2 * 32768)
-        #expect(differences.isEmpty, "pages differing after restore: \(differences.prefix(10))")
-        #expect(final.pagesFromStore > 0 && final.pagesFromStore == final.lazyPages - final.pagesFetched)
-        #expect(final.pagesMissing <= final.finalDirtyPages + 64, "the store lacks only what the final scan found dirty (plus pages never tracked)")
-        #expect(final.pagesFetched <= final.pagesMissing * 4, "fetched ≈ the dirty set, not all memory")
+        let (move, comparison) = try await move(lab: lab, container: container, kind: .uffdWP, goal: 100, rounds: 4)
+        let report = try move.result.get()
+        let pre = try #require(report.rounds)
+        let memory = try #require(report.memory)
+        let lazyPages = memory.lazyPages ?? 0, fromStore = memory.pagesFromStore ?? 0, fetched = memory.pagesFetched ?? 0
+        let missing = lazyPages - fromStore, finalDirty = memory.finalDirtyPages ?? 0
+        #expect(pre.count == 4, "goal=100 with a busy writer runs to the iteration limit")
+        #expect(pre[0].dataPages >= 2 * 32768, "round 1 sends both processes' 128 MiB")
+        #expect(pre.dropFirst().allSatisfy { $0.dirtyPages < pre[0].dirtyPages / 2 }, "later rounds send only what changed")
+        #expect(comparison.pagesAtFreeze >= 2 * 32768)
+        #expect(comparison.differences.isEmpty, "pages differing after restore: \(comparison.differences.prefix(10))")
+        #expect(fromStore > 0 && fromStore == lazyPages - fetched)
+        // Pre-copy sends the final dirty set right behind the final scan: the store lacks
+        // only pages never tracked, and nothing is fetched through CRIU's page server.
+        #expect(missing <= 64, "the store lacks only pages never tracked")
+        #expect(memory.pagesPushed ?? 0 > 0 && (memory.pagesPushed ?? 0) >= finalDirty - 64, "the final dirty set went with the scan")
+        #expect(fetched <= 64, "fetched ≈ nothing, not the dirty set")
+        #expect(move.source.doomedTasks == 2)
         // Marker-free: the 384 untouched MiB of each mapping must not become dumped pages.
         // Counted from the dump's pagemaps (CRIU's stats-dump is empty after a lazy dump).
-        let dumped = final.lazyPages + final.presentPagesInDump
+        let dumped = lazyPages + move.figures.presentPagesInDump
         #expect(dumped < 2 * 32768 + 8192, "CRIU dumped \(dumped) pages for 2 x 128 MiB touched")
 
         // The source is gone, the restored writers run on and verify all their memory.
         #expect(eventually(10) { !container.initProcess.isAlive })
         let dst = lab.destinationCgroup(for: container)
+        let dstRoot = move.destination.rootfs.path
         let restored = MigrationLab.processes(of: dst)
         #expect(restored.count == 2)
-        let before = restored.map { MigrationLab.counter(rootfs: rootfs, nsPID: $0.nsPID) }
-        #expect(eventually(10) { zip(restored, before).allSatisfy { MigrationLab.counter(rootfs: rootfs, nsPID: $0.0.nsPID) > $0.1 + 2 } })
-        let verdicts = MigrationLab.verify(cgroup: dst, rootfs: rootfs)
+        let before = restored.map { MigrationLab.counter(rootfs: dstRoot, nsPID: $0.nsPID) }
+        #expect(eventually(10) { zip(restored, before).allSatisfy { MigrationLab.counter(rootfs: dstRoot, nsPID: $0.0.nsPID) > $0.1 + 2 } })
+        let verdicts = MigrationLab.verify(cgroup: dst, rootfs: dstRoot)
         #expect(verdicts.count == 2 && verdicts.values.allSatisfy { $0.hasPrefix("ok") }, "\(verdicts)")
         // Reported, not asserted (timing belongs in benchmarks): the pause the writers saw.
         let gaps = verdicts.values.compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }
@@ -93,44 +80,48 @@ struct PreCopyEndToEndTests {
 
 
 extension PreCopyEndToEndTests {
-    @Test func hashingTrackerPreCopyMovesAContainer() throws {
+    @Test func hashingTrackerPreCopyMovesAContainer() async throws {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("hash", writer: ["32", "32", "8", "4000", "0"]))
         let rootfs = container.rootfs.path
         #expect(eventually(10) { MigrationLab.counter(rootfs: rootfs, nsPID: 1) >= 3 })
-        var settings = ConvergenceSettings(goalPercent: 100, maxRounds: 3)
-        settings.autoConverge = false
-        let (pre, final, differences, _) = try move(lab: lab, container: container, kind: .hashing, settings: settings)
-        #expect(pre.rounds.count == 3)
-        #expect(pre.rounds[0].dataPages >= 8192)
-        #expect(pre.rounds[1].dirtyPages < pre.rounds[0].dirtyPages / 2, "hashing reports only changed pages")
-        #expect(differences.isEmpty, "pages differing after restore: \(differences.prefix(10))")
-        #expect(final.pagesFromStore == final.lazyPages - final.pagesFetched && final.pagesFromStore > 4000)
-        #expect(final.pagesFetched <= final.pagesMissing * 4, "fetched ≈ the dirty set, not all memory")
+        let (move, comparison) = try await move(lab: lab, container: container, kind: .hashing, goal: 100, rounds: 3)
+        let report = try move.result.get()
+        let pre = try #require(report.rounds)
+        let memory = try #require(report.memory)
+        #expect(memory.tracker == "hashing")
+        #expect(pre.count == 3)
+        #expect(pre[0].dataPages >= 8192)
+        #expect(pre[1].dirtyPages < pre[0].dirtyPages / 2, "hashing reports only changed pages")
+        #expect(comparison.differences.isEmpty, "pages differing after restore: \(comparison.differences.prefix(10))")
+        let fromStore = memory.pagesFromStore ?? 0
+        #expect(fromStore == (memory.lazyPages ?? 0) - (memory.pagesFetched ?? 0) && fromStore > 4000)
+        #expect((memory.pagesFetched ?? 0) <= 64, "the final dirty set went with the scan: nothing left to fetch")
         let dst = lab.destinationCgroup(for: container)
-        let at = MigrationLab.counter(rootfs: rootfs, nsPID: 1)
-        #expect(eventually(10) { MigrationLab.counter(rootfs: rootfs, nsPID: 1) > at + 2 })
-        let verdicts = MigrationLab.verify(cgroup: dst, rootfs: rootfs)
+        let dstRoot = move.destination.rootfs.path
+        let at = MigrationLab.counter(rootfs: dstRoot, nsPID: 1)
+        #expect(eventually(10) { MigrationLab.counter(rootfs: dstRoot, nsPID: 1) > at + 2 })
+        let verdicts = MigrationLab.verify(cgroup: dst, rootfs: dstRoot)
         #expect(verdicts[1]?.hasPrefix("ok") == true, "\(verdicts)")
     }
 
     /// A seccomp profile that blocks userfaultfd(2): attaching uffd-wp fails with EPERM
     /// for both processes, which fall back to hashing; the move still verifies.
-    @Test func seccompBlockedUserfaultfdFallsBackToHashing() throws {
+    @Test func seccompBlockedUserfaultfdFallsBackToHashing() async throws {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("sec", writer: ["16", "16", "8", "4000", "1", "1"]))
         let rootfs = container.rootfs.path
         #expect(eventually(10) { MigrationLab.processes(of: container.cgroup).count == 2 })
         #expect(eventually(10) { MigrationLab.processes(of: container.cgroup).allSatisfy { MigrationLab.counter(rootfs: rootfs, nsPID: $0.nsPID) >= 3 } })
-        var settings = ConvergenceSettings(goalPercent: 100, maxRounds: 2)
-        settings.autoConverge = false
-        let (pre, _, differences, _) = try move(lab: lab, container: container, kind: .uffdWP, settings: settings)
-        let fallbacks = pre.rounds[0].fallbacks
-        #expect(fallbacks.count == 2 && fallbacks.allSatisfy { $0.contains("EPERM") }, "\(fallbacks)")
-        #expect(differences.isEmpty, "pages differing after restore: \(differences.prefix(10))")
-        let verdicts = MigrationLab.verify(cgroup: lab.destinationCgroup(for: container), rootfs: rootfs)
+        let (move, comparison) = try await move(lab: lab, container: container, kind: .uffdWP, goal: 100, rounds: 2)
+        _ = try move.result.get()
+        let notes = move.progress
+        let fallbacks = notes.filter { $0.contains("tracked by hashing") }
+        #expect(fallbacks.count == 2 && fallbacks.allSatisfy { $0.contains("EPERM") }, "\(notes)")
+        #expect(comparison.differences.isEmpty, "pages differing after restore: \(comparison.differences.prefix(10))")
+        let verdicts = MigrationLab.verify(cgroup: lab.destinationCgroup(for: container), rootfs: move.destination.rootfs.path)
         #expect(verdicts.count == 2 && verdicts.values.allSatisfy { $0.hasPrefix("ok") }, "\(verdicts)")
     }
 
@@ -146,10 +137,9 @@ extension PreCopyEndToEndTests {
         func rounds(_ c: RunningContainer, _ config: [String: String]) throws -> PreCopyReport {
             let tracker = ContainerDirtyTracker.forCgroup(c.cgroup, kind: .uffdWP)
             defer { tracker.close() }
-            let store = try lab.newStore()
-            defer { store.destroy() }
             let settings = ConvergenceSettings(config: try ContainerConfig(validating: config))
-            return try LocalPreCopy.run(tracker: tracker, store: store, settings: settings).report
+            return try PreCopySession(tracker: tracker, sender: PreCopySender(writer: PageRecordWriter(sink: DiscardSink())),
+                                      settings: settings).run()
         }
         // Auto-converge's lever: the CPU allowance goes down and comes back exactly.
         let throttle = try CPUThrottle(cgroup: busy.cgroup)
@@ -180,25 +170,23 @@ extension PreCopyEndToEndTests {
 
     /// A failure after the lazy dump (the destination's restore can't find the rootfs)
     /// rolls back: the source runs on, healthy, and nothing is left on the destination.
-    @Test func failedRestoreLeavesTheSourceRunning() throws {
+    @Test func failedRestoreLeavesTheSourceRunning() async throws {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("fail", writer: ["16", "16", "8", "4000", "0"]))
         let rootfs = container.rootfs.path
         #expect(eventually(10) { MigrationLab.counter(rootfs: rootfs, nsPID: 1) >= 3 })
-        var settings = ConvergenceSettings(goalPercent: 70, maxRounds: 2)
-        settings.autoConverge = false
-        #expect(throws: GodwitError.self) {
-            _ = try move(lab: lab, container: container, kind: .uffdWP, settings: settings,
-                         rootfsOverride: lab.directory + "/no-such-rootfs")
-        }
+        let (move, _) = try await move(lab: lab, container: container, kind: .uffdWP, goal: 70, rounds: 2,
+                                       destinationImage: lab.directory + "/no-such-image")
+        #expect(move.report == nil, "the restore can't succeed")
+        #expect(move.source.failureReport?.outcome == "rolled-back")
+        #expect(move.destination.discarded && move.engine?.stateName == "aborted")
         #expect(container.initProcess.isAlive, "the source container survived")
         let at = MigrationLab.counter(rootfs: rootfs, nsPID: 1)
         #expect(eventually(10) { MigrationLab.counter(rootfs: rootfs, nsPID: 1) > at + 2 }, "the source runs on (thawed)")
         let verdicts = MigrationLab.verify(cgroup: container.cgroup, rootfs: rootfs)
         #expect(verdicts[1]?.hasPrefix("ok") == true, "\(verdicts)")
         let dst = lab.destinationCgroup(for: container)
-        #expect(!FileManager.default.fileExists(atPath: lab.imagesRoot + "/dst-uffd-wp"))
         #expect(MigrationLab.processes(of: dst).isEmpty && !dst.exists)
         let state = HostEnvironment.read((container.cgroup.directory(for: "freezer") ?? "") + "/freezer.state")
         #expect(state == nil || state == "THAWED")

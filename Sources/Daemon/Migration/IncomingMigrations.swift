@@ -1,93 +1,39 @@
 import API
-import Checkpoint
 import Foundation
 import GodwitCore
-import Memory
 import Migration
+import Runtime
 import Trust
 
-/// One container arriving from a peer: its reserved row, its directory, what arrived on
-/// its data channels, and the restore in progress.
-final class IncomingMigration: @unchecked Sendable {
-    let id: String
-    let request: IncomingMigrationRequest
-    let peerFingerprint: String
-    let peerName: String
-    let directory: URL
-    let syncDirectory: String
-    let startedAt = Date()
-    let lock = NSLock()
-    /// Channel handlers still running (filesystem sync, image transfer).
-    let transfers = DispatchGroup()
-    var transferErrors: [String] = []
-    var pagesFD: Int32?
-    /// Hybrid: the source's push of the final dirty pages (read once the proxy runs).
-    var pushFD: Int32?
-    /// Pre-copy rounds arrive on their own channel into this store, created at begin for
-    /// every mode (empty unless rounds fill it), so restore has one path: fetch or serve
-    /// only what the store lacks.
-    var store: PageStore?
-    var precopyFD: Int32?
-    var roundsReceived = 0
-    var restore: IncomingRestore?
-    var phase = "receiving"
-    var finished = false
-
-    init(id: String, request: IncomingMigrationRequest, peerFingerprint: String, peerName: String,
-         directory: URL, syncDirectory: String) {
-        self.id = id; self.request = request; self.peerFingerprint = peerFingerprint; self.peerName = peerName
-        self.directory = directory; self.syncDirectory = syncDirectory
-    }
-
-    var imagesDirectory: String { directory.appendingPathComponent("images").path }
-    var storeDirectory: String { directory.appendingPathComponent("pages").path }
-
-    func with<T>(_ body: (IncomingMigration) throws -> T) rethrows -> T {
-        lock.lock(); defer { lock.unlock() }
-        return try body(self)
-    }
-
-    func status() -> IncomingMigrationStatus {
-        let figures = restore?.figures ?? IncomingFigures()
-        return with { m in
-            var status = IncomingMigrationStatus(id: m.id, phase: m.phase, pid: m.restore?.restoredPID,
-                                                 fetchMillis: figures.fetchMillis, rebuildMillis: figures.rebuildMillis,
-                                                 restoreMillis: figures.restoreMillis, pagesFetched: figures.pagesFetched,
-                                                 allLocalAfterCommitMillis: figures.allLocalAfterCommitMillis, lost: figures.lost)
-            status.roundsReceived = m.roundsReceived
-            status.lazyPages = figures.lazyPages
-            if m.request.mode.restoresLazily {
-                status.pagesServedLocally = figures.pagesServedLocally
-                status.pagesPushed = figures.pagesPushed
-                status.pagesFetchedOnFault = figures.pagesFetchedOnFault
-                status.pagesFetchedTwice = figures.pagesFetchedTwice
-                status.pagesRequestedTwice = figures.pagesRequestedTwice
-            } else {
-                status.pagesFromStore = figures.pagesFromStore
-            }
-            return status
-        }
-    }
-}
-
-/// The destination's side of moves: what `POST /1.0/migrations` and its follow-ups do, and
-/// who may open which data channel. State lives in memory and in the container's row
-/// (status Creating until the commit), so a daemon that dies mid-move leaves a Creating
-/// row, which the next start removes like any interrupted launch.
+/// The daemon's side of moves into this host: it reserves the container's row, checks who
+/// may open which data channel, and keeps a DestinationEngine per migration, which does
+/// the move itself. State lives in the engines and in the container's row (status
+/// Creating until the commit), so a daemon that dies mid-move leaves a Creating row, which
+/// the next start removes like any interrupted launch.
+///
+/// Concurrency model: `active`, `ended` and `listener` are behind `lock`; the engines
+/// guard their own state. Channel handlers run on the listener's threads.
 public final class IncomingMigrations: @unchecked Sendable {
     let context: DaemonContext
     let trust: TrustLayer
     let driver: any MigrationDriver
     let root: URL
     private let lock = NSLock()
-    private var active: [String: IncomingMigration] = [:]
+    private var active: [String: Incoming] = [:]
     /// Ended migrations, so the source can still read the final status (newest last).
-    private var ended: [IncomingMigration] = []
+    private var ended: [Incoming] = []
     private var listener: PeerStreamListener?
     private let listenHost: String
     /// A source that never commits nor aborts (it died) must not leave a half-restored
-    /// container forever.
+    /// container forever. An engine refuses the abort once committed.
     static let abandonAfter: Duration = .seconds(600)
+
+    struct Incoming {
+        let engine: DestinationEngine
+        let peerFingerprint: String
+        let peerName: String
+        let startedAt: Date
+    }
 
     init(context: DaemonContext, trust: TrustLayer, driver: any MigrationDriver, listenHost: String) {
         self.context = context; self.trust = trust; self.driver = driver; self.listenHost = listenHost
@@ -111,11 +57,11 @@ public final class IncomingMigrations: @unchecked Sendable {
         }
     }
 
-    func migration(_ id: String) throws -> IncomingMigration {
-        guard let migration = lock.withLock({ active[id] ?? ended.last { $0.id == id } }) else {
+    func migration(_ id: String) throws -> DestinationEngine {
+        guard let incoming = lock.withLock({ active[id] ?? ended.last { $0.engine.id == id } }) else {
             throw RequestError.notFound(GodwitError("no incoming migration \(id)", hint: "it ended, or this daemon restarted"))
         }
-        return migration
+        return incoming.engine
     }
 
     // MARK: begin
@@ -133,38 +79,31 @@ public final class IncomingMigrations: @unchecked Sendable {
         }
         let image = try await context.images.resolve(request.image)
         let id = UUID().uuidString.lowercased()
-        let directory = root.appendingPathComponent(id)
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var record = ContainerRecord(name: request.name, image: request.image, imageFingerprint: image.fingerprint,
                                      config: config.values, status: .creating, mac: request.mac)
         record.ipv4 = request.ipv4
-        do {
-            record = try context.store.insertContainer(record, addresses: context.containers.addresses)
-        } catch {
-            try? FileManager.default.removeItem(at: directory)
-            throw error
-        }
+        record = try context.store.insertContainer(record, addresses: context.containers.addresses)
+        let host = DaemonDestinationHost(context: context, driver: driver, name: request.name)
         do {
             let spec = context.containers.spec(record)
             try FileManager.default.createDirectory(at: spec.directory, withIntermediateDirectories: true)
-            let syncDirectory = try driver.prepareIncoming(spec)
+            host.syncDirectory = try driver.prepareIncoming(spec)
+            let engine = try DestinationEngine(id: id, request: request, host: host,
+                                               directory: root.appendingPathComponent(id).path)
             let secret = try trust.secrets.issue(migrationID: id, peerFingerprint: peerFingerprint)
             let port = try await streamPort()
-            let migration = IncomingMigration(id: id, request: request, peerFingerprint: peerFingerprint, peerName: peerName,
-                                              directory: directory, syncDirectory: syncDirectory)
-            migration.store = try PageStore(directory: migration.storeDirectory)
-            lock.withLock { active[id] = migration }
+            let incoming = Incoming(engine: engine, peerFingerprint: peerFingerprint, peerName: peerName, startedAt: Date())
+            engine.onFinish = { [weak self] outcome in self?.finish(incoming, outcome: outcome) }
+            lock.withLock { active[id] = incoming }
             context.events.log("info", "incoming migration \(id): \(request.name) from \(peerName) (\(request.mode.rawValue))")
             Task { [weak self] in
                 try? await Task.sleep(for: Self.abandonAfter)
-                if let self, !migration.with({ $0.finished }) {
-                    await self.abort(id, reason: "the source went silent")
-                }
+                if self != nil { await engine.abort(reason: "the source went silent") }
             }
             return IncomingMigrationAnswer(id: id, secret: secret.secret, streamPort: port)
         } catch {
-            await removeContainer(request.name)
-            try? FileManager.default.removeItem(at: directory)
+            await host.discard()
+            try? FileManager.default.removeItem(at: root.appendingPathComponent(id))
             throw error
         }
     }
@@ -174,180 +113,99 @@ public final class IncomingMigrations: @unchecked Sendable {
     /// Runs on the listener's event loop: decide quickly, do the work on a thread.
     func authorize(_ header: PeerStreamHeader, peer fingerprint: String) throws -> @Sendable (Int32) -> Void {
         try trust.secrets.verify(migrationID: header.migration, presented: header.secret, peerFingerprint: fingerprint)
-        guard let migration = lock.withLock({ active[header.migration] }) else {
+        guard let incoming = lock.withLock({ active[header.migration] }) else {
             throw TrustError.forbidden(GodwitError("migration \(header.migration) is not in progress here"))
         }
-        switch header.channel {
-        case "rsync", "images":
-            migration.transfers.enter()
-            return { fd in
-                defer { close(fd); migration.transfers.leave() }
-                do {
-                    if header.channel == "rsync" {
-                        try FilesystemSync.serve(fd: fd, into: migration.syncDirectory)
-                    } else {
-                        try ImageTransfer.receive(from: fd, into: migration.imagesDirectory)
-                    }
-                } catch {
-                    migration.with { $0.transferErrors.append("\(header.channel): \(error)") }
-                }
-            }
-        case "precopy":
-            // Pre-copy rounds, then the final scan's invalidations, then EOF. Restore waits
-            // for this handler (transfers), so it sees the store as the freeze left it.
-            guard migration.request.mode.preCopies, let store = migration.with({ $0.store }) else {
-                throw TrustError.forbidden(GodwitError("migration \(header.migration) has no pre-copy rounds"))
-            }
-            migration.transfers.enter()
-            return { fd in
-                migration.with { $0.precopyFD = fd }
-                defer {
-                    migration.with { $0.precopyFD = nil }
-                    close(fd)
-                    migration.transfers.leave()
-                }
-                let receiver = PreCopyReceiver(reader: PageRecordReader(source: FileDescriptorStream(fd: fd, owns: false)), store: store)
-                // A copy restore rebuilds CRIU's pages images from the store while the
-                // container is frozen: allocate their space now, while it runs.
-                let stage = !migration.request.mode.restoresLazily
-                do {
-                    while let receipt = try receiver.receiveRound() {
-                        migration.with { $0.roundsReceived += 1 }
-                        guard stage, receipt.dataPages > 0 else { continue }
-                        for id in store.nsPIDs {
-                            let pages = UInt64(store.pageCount(nsPID: id))
-                            try? ImageRebuilder.prepareStaging(directory: migration.imagesDirectory, id: id,
-                                                               bytes: (pages + pages / 20 + 256) * systemPageSize)
-                        }
-                    }
-                } catch {
-                    migration.with { $0.transferErrors.append("precopy: \(error)") }
-                }
-            }
-        case "pages", "push":
-            let push = header.channel == "push"
-            return { fd in
-                let previous = migration.with { m -> Int32? in
-                    if push { defer { m.pushFD = fd }; return m.pushFD }
-                    defer { m.pagesFD = fd }
-                    return m.pagesFD
-                }
-                if let previous { close(previous) }
-            }
-        default:
+        guard let channel = MigrationChannel(rawValue: header.channel) else {
             throw TrustError.forbidden(GodwitError("unknown migration channel '\(header.channel)'"))
         }
+        do { return try incoming.engine.handler(for: channel) } catch { throw TrustError.forbidden(GodwitError.wrap(error, doing: "opening \(channel.rawValue)")) }
     }
 
     // MARK: restore, commit, abort
 
     func restore(_ id: String) async throws -> IncomingMigrationStatus {
-        let migration = try migration(id)
-        do {
-            return try await blocking { [self] in
-                guard migration.transfers.wait(timeout: .now() + 120) == .success else {
-                    throw GodwitError("the filesystem and image transfers did not finish")
-                }
-                if let failure = migration.with({ $0.transferErrors.first }) { throw GodwitError("transfer failed: \(failure)") }
-                guard poll(timeout: 30, { migration.with { $0.pagesFD != nil } }),
-                      let fd = migration.with({ m -> Int32? in defer { m.pagesFD = nil }; return m.pagesFD }) else {
-                    throw GodwitError("the source never opened the page channel")
-                }
-                // Hybrid: the source opened its push right after the final scan.
-                var push: Int32?
-                if migration.request.mode == .hybrid {
-                    _ = poll(timeout: 10) { migration.with { $0.pushFD != nil } }
-                    push = migration.with { m -> Int32? in defer { m.pushFD = nil }; return m.pushFD }
-                }
-                let spec = try self.spec(migration)
-                let target = try driver.incomingTarget(spec, images: migration.imagesDirectory, store: migration.storeDirectory)
-                guard let store = migration.with({ $0.store }) else { throw GodwitError("migration \(id) has no page store") }
-                let restore = IncomingRestore(mode: migration.request.mode.restoresLazily ? .lazy : .copy, target: target, store: store)
-                migration.with { $0.restore = restore }
-                _ = try restore.restore(pages: fd, push: push)
-                migration.with { $0.phase = "restored" }
-                return migration.status()
-            }
-        } catch {
-            let reason = (error as? GodwitError)?.message ?? "\(error)"
-            await abort(id, reason: "restore failed: \(reason)")
-            throw GodwitError("restore on \(context.options.hostName) failed: \(reason)",
-                              hint: "the CRIU log is kept in \(migration.imagesDirectory)/restore.log on \(context.options.hostName) until the next move")
-        }
+        let engine = try migration(id)
+        return try await blocking { try engine.restore() }
     }
 
     func commit(_ id: String) async throws -> IncomingMigrationStatus {
-        let migration = try migration(id)
-        guard let restore = migration.with({ $0.restore }), let pid = restore.restoredPID else {
-            throw RequestError.badRequest(GodwitError("migration \(id) has nothing restored to commit"))
+        let engine = try migration(id)
+        return try await blocking { try engine.commitIdempotent() }
+    }
+
+    func abort(_ id: String, reason: String) async {
+        guard let engine = try? migration(id) else { return }
+        await engine.abort(reason: reason)
+    }
+
+    private func finish(_ incoming: Incoming, outcome: DestinationEngine.Outcome) {
+        let engine = incoming.engine
+        trust.secrets.revoke(migrationID: engine.id)
+        lock.withLock {
+            active[engine.id] = nil
+            ended.append(incoming)
+            if ended.count > 32 { ended.removeFirst() }
         }
-        let record = try context.store.container(migration.request.name)
-        guard let record else { throw GodwitError.noSuchContainer(migration.request.name) }
-        let spec = context.containers.spec(record)
-        try restore.commit()
-        let identity = try driver.adoptIncoming(spec, pid: pid)
-        try context.store.updateContainer(record.name) {
+        switch outcome {
+        case .moved:
+            context.events.lifecycle("container-migrated", container: engine.request.name, context: ["from": incoming.peerName])
+        case .rolledBack(let reason):
+            context.events.log("warning", "incoming migration \(engine.id) of \(engine.request.name) aborted: \(reason)")
+        case .lost(let why):
+            context.events.log("error", "container \(engine.request.name) lost after its move: \(why)")
+        }
+        _ = try? context.store.recordMigration(MigrationRecord(
+            id: nil, container: engine.request.name, direction: "in", peer: incoming.peerName,
+            strategy: engine.request.mode.rawValue, status: outcome.status, startedAt: incoming.startedAt,
+            finishedAt: Date(), downtimeMilliseconds: nil, details: [:]))
+    }
+}
+
+/// This daemon as the destination host of one incoming container: its row, runtime and
+/// address announcement.
+final class DaemonDestinationHost: DestinationHost, @unchecked Sendable {
+    let context: DaemonContext
+    let driver: any MigrationDriver
+    let name: String
+    private let lock = NSLock()
+    private var sync = ""
+
+    init(context: DaemonContext, driver: any MigrationDriver, name: String) {
+        self.context = context; self.driver = driver; self.name = name
+    }
+
+    var hostName: String { context.options.hostName }
+
+    var syncDirectory: String {
+        get { lock.withLock { sync } }
+        set { lock.withLock { sync = newValue } }
+    }
+
+    private func spec() throws -> DriverSpec {
+        guard let record = try context.store.container(name) else { throw GodwitError.noSuchContainer(name) }
+        return context.containers.spec(record)
+    }
+
+    func restoreTarget(images: String, store: String) throws -> IncomingTarget {
+        try driver.incomingTarget(try spec(), images: images, store: store)
+    }
+
+    func adopt(pid: pid_t) throws {
+        let identity = try driver.adoptIncoming(try spec(), pid: pid)
+        try context.store.updateContainer(name) {
             $0.status = .running
             $0.initProcess = identity
             $0.lastMigration = Date()
         }
-        announce(pid: pid, address: record.ipv4)
-        migration.with { $0.phase = restore.mode == .lazy ? "fetching" : "done" }
-        context.events.lifecycle("container-migrated", container: record.name, context: ["from": migration.peerName])
-        Task.detached { [self] in
-            // Post-copy: the pages still on the source arrive now; then the move is done.
-            let figures = restore.waitUntilLocal(timeout: 600)
-            migration.with {
-                $0.phase = figures.lost == nil ? "done" : "lost"
-                $0.finished = true
-            }
-            if let lost = figures.lost {
-                context.events.log("error", "container \(record.name) lost after its move: \(lost)")
-                _ = try? context.store.updateContainer(record.name) { $0.status = .stopped; $0.initProcess = nil }
-            }
-            self.finish(migration, status: figures.lost == nil ? "moved" : "lost")
-        }
-        return migration.status()
     }
 
-    /// Kills whatever was restored, removes the container's row and files: nothing stays.
-    func abort(_ id: String, reason: String) async {
-        guard let migration = lock.withLock({ active[id] }) else { return }
-        let alreadyFinished = migration.with { m -> Bool in
-            defer { m.finished = true; m.phase = "aborted" }
-            return m.finished
-        }
-        guard !alreadyFinished else { return }
-        migration.with { $0.restore }?.abort()
-        if let fd = migration.with({ m -> Int32? in defer { m.pagesFD = nil }; return m.pagesFD }) { close(fd) }
-        if let fd = migration.with({ m -> Int32? in defer { m.pushFD = nil }; return m.pushFD }) { close(fd) }
-        // Stop a pre-copy receiver still writing into the store before the store goes.
-        if let fd = migration.with({ $0.precopyFD }) { shutdown(fd, Int32(SHUT_RDWR)) }
-        if migration.with({ $0.restore }) == nil {
-            _ = try? await blocking { migration.transfers.wait(timeout: .now() + 30) == .success }
-            migration.with { $0.store }?.destroy()
-        }
-        await removeContainer(migration.request.name)
-        context.events.log("warning", "incoming migration \(id) of \(migration.request.name) aborted: \(reason)")
-        finish(migration, status: "rolled-back")
+    func announce(pid: pid_t) {
+        guard context.containers.addresses != nil, let address = (try? context.store.container(name))??.ipv4 else { return }
+        AddressAnnouncement.gratuitousARP(initPID: pid, address: address)
     }
 
-    private func finish(_ migration: IncomingMigration, status: String) {
-        trust.secrets.revoke(migrationID: migration.id)
-        lock.withLock {
-            active[migration.id] = nil
-            ended.append(migration)
-            if ended.count > 32 { ended.removeFirst() }
-        }
-        _ = try? context.store.recordMigration(MigrationRecord(
-            id: nil, container: migration.request.name, direction: "in", peer: migration.peerName,
-            strategy: migration.request.mode.rawValue, status: status, startedAt: migration.startedAt,
-            finishedAt: Date(), downtimeMilliseconds: nil, details: [:]))
-        // Kept after a failed restore for the post-mortem, until the next daemon start.
-        if status != "rolled-back" { try? FileManager.default.removeItem(at: migration.directory) }
-    }
-
-    private func removeContainer(_ name: String) async {
+    func discard() async {
         guard let record = try? context.store.container(name) else { return }
         let spec = context.containers.spec(record)
         try? await driver.destroy(spec)
@@ -355,19 +213,7 @@ public final class IncomingMigrations: @unchecked Sendable {
         try? context.store.deleteContainer(name)
     }
 
-    private func spec(_ migration: IncomingMigration) throws -> DriverSpec {
-        guard let record = try context.store.container(migration.request.name) else {
-            throw GodwitError.noSuchContainer(migration.request.name)
-        }
-        return context.containers.spec(record)
-    }
-
-    /// The container's MAC now sits behind another port of the segment: a gratuitous ARP
-    /// from it teaches the switches (and refreshes peers' caches) before a peer's next
-    /// packet goes to the old port. busybox's arping: no iputils on these hosts.
-    private func announce(pid: pid_t, address: String?) {
-        guard context.containers.addresses != nil, let address else { return }
-        _ = try? Command.run(["nsenter", "--net=/proc/\(pid)/ns/net", "busybox", "arping", "-U", "-c", "1", "-w", "1",
-                              "-I", "eth0", address])
+    func markLost(_ why: String) {
+        _ = try? context.store.updateContainer(name) { $0.status = .stopped; $0.initProcess = nil }
     }
 }

@@ -58,13 +58,24 @@ public final class MigrationService: @unchecked Sendable {
     /// The dirty tracker `godwit check` chose for this host (nil: none works).
     func hostTracker() throws -> DirtyTrackerKind? { try check().tracker }
 
+    /// This host's capabilities, as the peer sees them (`GET /1.0/migrations/check`).
+    public static func capabilities(_ report: HostReport) -> PeerCapabilities {
+        PeerCapabilities(host: report.hostname, criuVersion: report.criu.version, strategies: report.strategies.map {
+            let why = [$0.source.available ? nil : "as source: " + $0.source.detail,
+                       $0.destination.available ? nil : "as destination: " + $0.destination.detail].compactMap { $0 }
+            return StrategyOffer(strategy: $0.strategy.rawValue, asSource: $0.source.available,
+                                 asDestination: $0.destination.available,
+                                 reason: why.isEmpty ? nil : why.joined(separator: "; "))
+        })
+    }
+
     private func check() throws -> (capabilities: PeerCapabilities, tracker: DirtyTrackerKind?) {
         let context = try context
         if let cached = lock.withLock({ checkCache }), Date().timeIntervalSince(cached.at) < 60 {
             return (cached.capabilities, cached.tracker)
         }
         let report = HostProbe.run(criuSetting: context.options.criu)
-        var capabilities = MovePlanner.capabilities(report)
+        var capabilities = Self.capabilities(report)
         capabilities.host = context.options.hostName
         let fresh = capabilities
         lock.withLock { checkCache = (Date(), fresh, report.dirtyTracker) }

@@ -1,23 +1,11 @@
 import API
 import Foundation
 import GodwitCore
-import HostCheck
 
 /// The one place that decides how a container moves, from both hosts' own checks.
 public enum MovePlanner {
-    /// This host's capabilities, as the peer sees them (`GET /1.0/migrations/check`).
-    public static func capabilities(_ report: HostReport) -> PeerCapabilities {
-        PeerCapabilities(host: report.hostname, criuVersion: report.criu.version, strategies: report.strategies.map {
-            let why = [$0.source.available ? nil : "as source: " + $0.source.detail,
-                       $0.destination.available ? nil : "as destination: " + $0.destination.detail].compactMap { $0 }
-            return StrategyOffer(strategy: $0.strategy.rawValue, asSource: $0.source.available,
-                                 asDestination: $0.destination.available,
-                                 reason: why.isEmpty ? nil : why.joined(separator: "; "))
-        })
-    }
-
     /// Strategies this daemon carries out between hosts, in `auto`'s order of preference.
-    static let implemented: [MoveMode] = [.hybrid, .preCopy, .postCopy, .stopAndCopy]
+    public static let implemented: [MigrationStrategy] = [.hybrid, .preCopy, .postCopy, .stopAndCopy]
 
     /// What `auto` needs to know about the container.
     public struct Container: Sendable {
@@ -47,8 +35,8 @@ public enum MovePlanner {
     /// grow with memory), else stop-and-copy. An explicit `--mode pre-copy` or `hybrid`
     /// runs rounds whatever migration.incremental.memory says: asking for pre-copy is
     /// asking for rounds (their number still follows .goal, .iterations and .downtime).
-    public static func plan(requested: MoveMode, source: PeerCapabilities, destination: PeerCapabilities,
-                            container: Container) throws -> (mode: MoveMode, reason: String)
+    public static func plan(requested: MigrationStrategy?, source: PeerCapabilities, destination: PeerCapabilities,
+                            container: Container) throws -> (mode: MigrationStrategy, reason: String)
     {
         // CRIU's image and page-server formats change between minor versions (4.1 and 4.2
         // can't exchange pages): both sides must run the same major.minor.
@@ -61,7 +49,7 @@ public enum MovePlanner {
             throw GodwitError("CRIU \(sv) on \(source.host) and \(dv) on \(destination.host) can't exchange images",
                               hint: "install the same CRIU minor version on both hosts")
         }
-        func check(_ mode: MoveMode) -> String? {
+        func check(_ mode: MigrationStrategy) -> String? {
             guard implemented.contains(mode) else {
                 return "\(mode.rawValue) between hosts is not implemented yet (available: \(implemented.map(\.rawValue).joined(separator: ", ")))"
             }
@@ -74,7 +62,7 @@ public enum MovePlanner {
             guard let d, d.asDestination else { return "\(destination.host) can't be its destination: \(d?.reason ?? "unknown strategy")" }
             return nil
         }
-        if requested != .auto {
+        if let requested {
             if let why = check(requested) {
                 throw GodwitError("\(requested.rawValue) is unavailable: \(why)", hint: "`godwit move --mode auto` picks what both hosts support")
             }
@@ -84,7 +72,7 @@ public enum MovePlanner {
         let memory = container.memoryBytes.map { ByteSize.format($0) } ?? "an unknown amount of memory"
         let large = (container.memoryBytes ?? 0) > threshold
         let sizeText = "the container uses \(memory), " + (large ? "more" : "less") + " than the \(ByteSize.format(threshold)) stop-and-copy moves within migration.incremental.memory.downtime=\(container.config.downtimeTargetMilliseconds) ms at 1 Gbit/s"
-        var candidates: [MoveMode] = [.postCopy, .stopAndCopy]
+        var candidates: [MigrationStrategy] = [.postCopy, .stopAndCopy]
         var refused: [String] = []
         if container.config.incrementalMemory {
             if large { candidates = [.hybrid, .preCopy] + candidates } else { refused.append("no pre-copy: \(sizeText)") }
@@ -102,7 +90,7 @@ public enum MovePlanner {
                 reason = "auto: pre-copy, as migration.incremental.memory is on and \(sizeText)" + others
             case .postCopy:
                 reason = "auto: post-copy keeps the frozen time independent of memory size, and both hosts support it" + others
-            default:
+            case .stopAndCopy:
                 reason = "auto: stop-and-copy" + others
             }
             return (mode, reason)

@@ -1,0 +1,49 @@
+import API
+import Foundation
+import GodwitCore
+import Migration
+import NIOHTTP1
+import Trust
+
+/// The engine's transport between daemons: control calls are REST over HTTPS with mutual
+/// TLS (`/1.0/migrations/...`), data channels are PeerStreams that present the migration's
+/// secret. Nothing here decides anything about a move.
+struct PeerMigrationTransport: MigrationPeer {
+    let client: PeerClient
+    let trust: TrustLayer
+
+    var name: String { client.remote.name }
+
+    func capabilities() async throws -> PeerCapabilities { try await client.call(.GET, "/1.0/migrations/check") }
+
+    func begin(_ request: IncomingMigrationRequest) async throws -> any MigrationSession {
+        let answer: IncomingMigrationAnswer = try await client.call(.POST, "/1.0/migrations", body: request)
+        return Session(client: client, trust: trust, answer: answer)
+    }
+
+    struct Session: MigrationSession {
+        let client: PeerClient
+        let trust: TrustLayer
+        let answer: IncomingMigrationAnswer
+        var id: String { answer.id }
+
+        func open(_ channel: MigrationChannel) throws -> Int32 {
+            try PeerStream.openBlocking(remote: client.remote, identity: trust.identity, port: answer.streamPort,
+                                        header: PeerStreamHeader(migration: answer.id, secret: answer.secret, channel: channel.rawValue))
+        }
+
+        func restore() async throws -> IncomingMigrationStatus { try await client.call(.POST, "/1.0/migrations/\(id)/restore") }
+        func commit() async throws -> IncomingMigrationStatus { try await client.call(.POST, "/1.0/migrations/\(id)/commit") }
+        func status() async throws -> IncomingMigrationStatus { try await client.call(.GET, "/1.0/migrations/\(id)") }
+
+        func abort(reason: String) async {
+            _ = try? await client.send(.DELETE, "/1.0/migrations/\(id)", timeout: .seconds(30))
+        }
+
+        func deliver(_ report: MoveReport) async {
+            _ = try? await client.call(.POST, "/1.0/migrations/reports", body: report) as [String: String]
+        }
+
+        func close() async { try? await client.shutdown() }
+    }
+}

@@ -1,0 +1,400 @@
+import API
+import Checkpoint
+import Foundation
+import GodwitCore
+import Memory
+
+/// What the destination half of the engine needs from the host that takes the container.
+/// The daemon implements it with its records and runtime; tests with a bare runtime.
+public protocol DestinationHost: Sendable {
+    var hostName: String { get }
+    /// Where the filesystem sync writes (nothing mounted yet).
+    var syncDirectory: String { get }
+    /// Mounts the rootfs, creates the cgroup, and says how CRIU restores here.
+    func restoreTarget(images: String, store: String) throws -> IncomingTarget
+    /// Records the restored container as running, limits applied.
+    func adopt(pid: pid_t) throws
+    /// Tells the segment the container's address is behind this host now.
+    func announce(pid: pid_t)
+    /// Removes everything of the incoming container (its record, files, cgroup).
+    func discard() async
+    /// After the commit the container could not be kept (its memory never arrived).
+    func markLost(_ why: String)
+}
+
+/// The destination's half of a move: it receives the data channels, restores (tasks left
+/// stopped), runs the container at the commit, and for lazy restores waits until every
+/// page is local.
+///
+///     receiving ──► restoring ──► restored ──► committed ──► moved
+///         │             │            │             └──────► lost
+///         └─────────────┴────────────┴──► rolledBack (abort)
+///
+/// `abort` is refused once committed: after the commit the destination holds the only copy.
+///
+/// Concurrency model: channel handlers run on their own threads, the control calls on the
+/// daemon's tasks (or the loopback's), the post-commit wait on a detached task. All state
+/// lives in `state` behind `lock`; the blocking work (rsync, CRIU, page I/O) runs outside
+/// it, on values taken out of the state.
+public final class DestinationEngine: @unchecked Sendable {
+    public enum State {
+        case receiving(Receiving)
+        case restoring(Receiving)
+        case restored(Restored)
+        case committed(Restored)
+        case finished(Outcome)
+
+        public var name: String {
+            switch self {
+            case .receiving: "receiving"
+            case .restoring: "restoring"
+            case .restored: "restored"
+            case .committed(let r): r.method.kind == .lazy ? "fetching" : "done"
+            case .finished(let o): o.phase
+            }
+        }
+    }
+
+    public enum Outcome: Sendable {
+        case moved
+        case rolledBack(String)
+        case lost(String)
+
+        /// The phase name the source polls for.
+        public var phase: String {
+            switch self {
+            case .moved: "done"
+            case .rolledBack: "aborted"
+            case .lost: "lost"
+            }
+        }
+
+        /// The record's status word.
+        public var status: String {
+            switch self {
+            case .moved: "moved"
+            case .rolledBack: "rolled-back"
+            case .lost: "lost"
+            }
+        }
+    }
+
+    /// What arrived so far on the data channels.
+    public final class Receiving: @unchecked Sendable {
+        /// Pre-copy rounds arrive into this store (empty unless rounds fill it), so restore
+        /// has one path: fetch or serve only what the store lacks.
+        let store: PageStore
+        /// Channel handlers still running (filesystem sync, images, pre-copy).
+        let transfers = DispatchGroup()
+        var errors: [String] = []
+        var pagesFD: Int32?
+        var pushFD: Int32?
+        var precopyFD: Int32?
+        init(store: PageStore) { self.store = store }
+    }
+
+    /// Restored, tasks stopped (or running once committed).
+    public struct Restored {
+        public let method: any RestoreMethod
+        public let pid: pid_t
+    }
+
+    public let id: String
+    public let request: IncomingMigrationRequest
+    public let behaviour: any StrategyBehaviour
+    public let host: any DestinationHost
+    /// Scratch space of this migration: images and the page store.
+    public let directory: String
+    /// How long a lazy restore may take to get every page after the commit.
+    public var allLocalTimeout: TimeInterval = 600
+    /// Test hooks: wrap the lazy restore's upstream (a slow link), and look at the restore
+    /// right after the commit (cut its link).
+    var wrapUpstream: (@Sendable (LazyPageUpstream) -> LazyPageUpstream)?
+    var afterCommit: (@Sendable (any RestoreMethod) -> Void)?
+    /// Called once, when the migration ends, with how.
+    public var onFinish: (@Sendable (Outcome) -> Void)?
+
+    private let lock = NSLock()
+    private var state: State
+    private let progress: ProgressReporter
+
+    public var imagesDirectory: String { directory + "/images" }
+    var storeDirectory: String { directory + "/pages" }
+
+    public init(id: String, request: IncomingMigrationRequest, host: any DestinationHost, directory: String,
+                progress: ProgressReporter = .silent) throws {
+        self.id = id; self.request = request; self.host = host; self.directory = directory; self.progress = progress
+        behaviour = request.mode.behaviour
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        state = .receiving(Receiving(store: try PageStore(directory: directory + "/pages")))
+    }
+
+    public var stateName: String { lock.withLock { state.name } }
+
+    public var isCommitted: Bool {
+        lock.withLock {
+            switch state {
+            case .committed: true
+            case .finished(.moved), .finished(.lost): true
+            default: false
+            }
+        }
+    }
+
+    private func receiving() -> Receiving? {
+        lock.withLock { if case .receiving(let r) = state { return r } else { return nil } }
+    }
+
+    // MARK: channels
+
+    /// Decides quickly whether `channel` may open now and returns the work to run on the
+    /// channel's own thread (which owns the descriptor and closes it when done).
+    public func handler(for channel: MigrationChannel) throws -> @Sendable (Int32) -> Void {
+        guard let r = receiving() else {
+            throw GodwitError("migration \(id) is \(stateName): no \(channel.rawValue) channel now")
+        }
+        switch channel {
+        case .rsync, .images:
+            r.transfers.enter()
+            let syncDirectory = host.syncDirectory, images = imagesDirectory
+            return { fd in
+                defer { r.transfers.leave() }
+                do {
+                    if channel == .rsync {
+                        try FilesystemSync.serve(fd: fd, into: syncDirectory)  // closes fd
+                    } else {
+                        defer { close(fd) }
+                        _ = try ImageTransfer.receive(from: fd, into: images)
+                    }
+                } catch {
+                    self.lock.withLock { r.errors.append("\(channel.rawValue): \(error)") }
+                }
+            }
+        case .precopy:
+            guard behaviour.roundsWhileRunning else {
+                throw GodwitError("migration \(id) (\(request.mode.rawValue)) has no pre-copy rounds")
+            }
+            r.transfers.enter()
+            let stage = behaviour.restore == .copy
+            let images = imagesDirectory
+            return { fd in
+                self.lock.withLock { r.precopyFD = fd }
+                defer {
+                    self.lock.withLock { r.precopyFD = nil }
+                    close(fd)
+                    r.transfers.leave()
+                }
+                // Rounds, then the final scan's invalidations (and pre-copy's pages), then
+                // EOF. Restore waits for this handler, so it sees the store as the freeze left it.
+                let receiver = PreCopyReceiver(reader: PageRecordReader(source: FileDescriptorStream(fd: fd, owns: false)), store: r.store)
+                do {
+                    while let receipt = try receiver.receiveRound() {
+                        self.lock.withLock { self.roundsReceived += 1 }
+                        // A copy restore rebuilds CRIU's pages images from the store while
+                        // the container is frozen: allocate their space now, while it runs.
+                        guard stage, receipt.dataPages > 0 else { continue }
+                        for id in r.store.nsPIDs {
+                            let pages = UInt64(r.store.pageCount(nsPID: id))
+                            try? ImageRebuilder.prepareStaging(directory: images, id: id,
+                                                               bytes: (pages + pages / 20 + 256) * systemPageSize)
+                        }
+                    }
+                } catch {
+                    self.lock.withLock { r.errors.append("precopy: \(error)") }
+                }
+            }
+        case .pages, .push:
+            if channel == .push, behaviour.finalDirtySet != .pushed {
+                throw GodwitError("migration \(id) (\(request.mode.rawValue)) has no push")
+            }
+            return { fd in
+                let previous = self.lock.withLock { () -> Int32? in
+                    if channel == .push { defer { r.pushFD = fd }; return r.pushFD }
+                    defer { r.pagesFD = fd }
+                    return r.pagesFD
+                }
+                if let previous { close(previous) }
+            }
+        }
+    }
+
+    // MARK: receiving → restoring → restored
+
+    /// Restores from what the channels carried (blocking). The tasks stay stopped.
+    public func restore() throws -> IncomingMigrationStatus {
+        let r: Receiving = try lock.withLock {
+            guard case .receiving(let r) = state else { throw GodwitError("migration \(id) is \(state.name): nothing to restore") }
+            state = .restoring(r)
+            return r
+        }
+        do {
+            guard r.transfers.wait(timeout: .now() + 120) == .success else {
+                throw GodwitError("the filesystem and image transfers did not finish")
+            }
+            if let failure = lock.withLock({ r.errors.first }) { throw GodwitError("transfer failed: \(failure)") }
+            guard poll(timeout: 30, { self.lock.withLock { r.pagesFD != nil } }),
+                  let fd = lock.withLock({ () -> Int32? in defer { r.pagesFD = nil }; return r.pagesFD }) else {
+                throw GodwitError("the source never opened the page channel")
+            }
+            // A pushed dirty set: the source opened its push right after the final scan.
+            var push: Int32?
+            if behaviour.finalDirtySet == .pushed {
+                _ = poll(timeout: 10) { self.lock.withLock { r.pushFD != nil } }
+                push = lock.withLock { () -> Int32? in defer { r.pushFD = nil }; return r.pushFD }
+            }
+            let target = try host.restoreTarget(images: imagesDirectory, store: storeDirectory)
+            let method = behaviour.restore.method(target: target, store: r.store)
+            (method as? LazyRestore)?.wrapUpstream = wrapUpstream
+            // Registered before it runs, so an abort during the restore kills what it made.
+            lock.withLock { restoringMethod = method }
+            let pid = try method.restore(pages: fd, push: push)
+            let restored = Restored(method: method, pid: pid)
+            try lock.withLock {
+                guard case .restoring = state else { throw GodwitError("migration \(id) was aborted during the restore") }
+                state = .restored(restored)
+            }
+            return status()
+        } catch {
+            let reason = (error as? GodwitError)?.message ?? "\(error)"
+            Task { await self.abort(reason: "restore failed: \(reason)") }
+            throw GodwitError("restore on \(host.hostName) failed: \(reason)",
+                              hint: "the CRIU log is kept in \(imagesDirectory)/restore.log on \(host.hostName) until the next move")
+        }
+    }
+
+    /// The restore method once chosen (kept through every later state, for the figures).
+    private var restoringMethod: (any RestoreMethod)?
+    /// Pre-copy rounds applied to the store (the final scan's included).
+    private var roundsReceived = 0
+
+    // MARK: restored → committed
+
+    /// The source's tasks are doomed: run the container here.
+    public func commit() throws -> IncomingMigrationStatus {
+        let restored: Restored = try lock.withLock {
+            switch state {
+            case .restored(let r):
+                state = .committed(r)
+                return r
+            case .committed, .finished(.moved):
+                throw CommitRepeated()
+            default:
+                throw GodwitError("migration \(id) is \(state.name): nothing restored to commit")
+            }
+        }
+        do {
+            try restored.method.commit()
+            try host.adopt(pid: restored.pid)
+        } catch {
+            // The source's tasks are doomed already: this copy was the only one.
+            restored.method.abort()
+            let why = "the commit failed on \(host.hostName): \((error as? GodwitError)?.message ?? "\(error)")"
+            host.markLost(why)
+            end(.lost(why))
+            throw GodwitError(why)
+        }
+        host.announce(pid: restored.pid)
+        afterCommit?(restored.method)
+        if restored.method.kind == .copy {
+            end(.moved)
+        } else {
+            Task.detached { [self] in
+                // Lazy: the pages still on the source arrive now; then the move is done.
+                let figures = await blocking { restored.method.waitUntilLocal(timeout: self.allLocalTimeout) }
+                if let lost = figures.lost {
+                    host.markLost(lost)
+                    end(.lost(lost))
+                } else {
+                    end(.moved)
+                }
+            }
+        }
+        return status()
+    }
+
+    /// A commit that already happened answers with the status, not an error.
+    struct CommitRepeated: Error {}
+
+    public func commitIdempotent() throws -> IncomingMigrationStatus {
+        do { return try commit() } catch is CommitRepeated { return status() }
+    }
+
+    // MARK: → rolledBack
+
+    /// Kills whatever was restored and removes the container: nothing stays. Refused (false)
+    /// once committed: the destination then holds the only copy.
+    @discardableResult
+    public func abort(reason: String) async -> Bool {
+        let taken: (Receiving?, (any RestoreMethod)?)? = lock.withLock {
+            switch state {
+            case .receiving(let r), .restoring(let r):
+                state = .finished(.rolledBack(reason))
+                return (r, restoringMethod)
+            case .restored(let restored):
+                state = .finished(.rolledBack(reason))
+                return (nil, restored.method)
+            case .committed, .finished:
+                return nil
+            }
+        }
+        guard let (receiving, method) = taken else { return false }
+        method?.abort()
+        if let r = receiving {
+            let (pages, push, precopy) = lock.withLock { () -> (Int32?, Int32?, Int32?) in
+                defer { r.pagesFD = nil; r.pushFD = nil }
+                return (r.pagesFD, r.pushFD, r.precopyFD)
+            }
+            if let pages { close(pages) }
+            if let push { close(push) }
+            // Stop a pre-copy receiver still writing into the store before the store goes.
+            if let precopy { shutdown(precopy, Int32(SHUT_RDWR)) }
+            if method == nil {
+                _ = await blocking { r.transfers.wait(timeout: .now() + 30) == .success }
+                r.store.destroy()
+            }
+        }
+        await host.discard()
+        onFinish?(.rolledBack(reason))
+        return true
+    }
+
+    private func end(_ outcome: Outcome) {
+        lock.withLock { state = .finished(outcome) }
+        onFinish?(outcome)
+        // Kept after a failed restore for the post-mortem (the daemon clears it at start).
+        if case .rolledBack = outcome { return }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    // MARK: status
+
+    public func status() -> IncomingMigrationStatus {
+        let (name, method, rounds) = lock.withLock { (state.name, restoringMethod, roundsReceived) }
+        let kind = behaviour.restore
+        let figures = method?.figures ?? IncomingFigures()
+        var status = IncomingMigrationStatus(id: id, phase: name, pid: method?.restoredPID, fetchMillis: figures.fetchMillis,
+                                             rebuildMillis: figures.rebuildMillis, restoreMillis: figures.restoreMillis,
+                                             pagesFetched: figures.pagesFetched,
+                                             allLocalAfterCommitMillis: figures.allLocalAfterCommitMillis, lost: figures.lost)
+        status.roundsReceived = rounds
+        status.lazyPages = figures.lazyPages
+        if kind == .lazy {
+            status.pagesServedLocally = figures.pagesServedLocally
+            status.pagesPushed = figures.pagesPushed
+            status.pagesFetchedOnFault = figures.pagesFetchedOnFault
+            status.pagesFetchedTwice = figures.pagesFetchedTwice
+            status.pagesRequestedTwice = figures.pagesRequestedTwice
+        } else {
+            status.pagesFromStore = figures.pagesFromStore
+        }
+        if case .lost(let why)? = outcome { status.lost = status.lost ?? why }
+        return status
+    }
+
+    /// What the restore measured so far (nil before it started).
+    public var figures: IncomingFigures? { lock.withLock { restoringMethod }?.figures }
+
+    public var outcome: Outcome? {
+        lock.withLock { if case .finished(let o) = state { return o } else { return nil } }
+    }
+}

@@ -1,0 +1,385 @@
+import Checkpoint
+import Foundation
+import GodwitCore
+import Memory
+
+/// Where an incoming container is restored: CRIU, the restore flags (images directory,
+/// rootfs, veth on this host's bridge, cgroup root), the cgroup it lands in, and a
+/// directory for the page store.
+public struct IncomingTarget: Sendable {
+    public var criu: CRIU
+    public var restore: RestoreOptions
+    public var cgroup: Cgroup
+    public var storeDirectory: String
+
+    public init(criu: CRIU, restore: RestoreOptions, cgroup: Cgroup, storeDirectory: String) {
+        self.criu = criu; self.restore = restore; self.cgroup = cgroup; self.storeDirectory = storeDirectory
+    }
+}
+
+/// What the destination measured.
+public struct IncomingFigures: Codable, Sendable {
+    public var fetchMillis = 0.0
+    public var rebuildMillis = 0.0
+    public var lazyDaemonMillis = 0.0
+    public var restoreMillis = 0.0
+    public var pagesFetched = 0
+    public var lazyPages = 0
+    /// Post-copy: from the commit until every page was local.
+    public var allLocalAfterCommitMillis: Double?
+    public var pagesServedLocally = 0
+    public var pagesFetchedOnFault = 0
+    public var pagesFetchedTwice = 0
+    public var pagesRequestedTwice = 0
+    /// Pages lazy-pages asked the proxy for (each once: = lazyPages when all arrived).
+    public var pagesRequested = 0
+    /// Copy restores: pages the dump itself held (not lazy), after the rebuild.
+    public var presentPagesInDump = 0
+    /// Copy restores: lazy pages the pre-copy page store already held.
+    public var pagesFromStore = 0
+    /// Hybrid: pages the source pushed after the freeze.
+    public var pagesPushed = 0
+    /// Set when the container was lost after the commit (post-copy only).
+    public var lost: String?
+    public var notes: [String] = []
+    public init() {}
+}
+
+/// How the destination turns the frozen source's memory into a restored container: the
+/// one place the copy and lazy strategies differ on this side. Either way the restored
+/// tasks stay stopped until `commit()`, which the source calls only after it has doomed
+/// its own tasks: never two running copies.
+///
+/// Concurrency model: `restore`, `commit`, `waitUntilLocal` and `abort` may come from
+/// different threads (the daemon's routes, the abandon timer); each implementation keeps
+/// its mutable state behind one lock, and `abort` is idempotent.
+public protocol RestoreMethod: AnyObject, Sendable {
+    var kind: RestoreKind { get }
+    var figures: IncomingFigures { get }
+    var restoredPID: pid_t? { get }
+    /// Restores from the images already received plus the page channel `pages` (owned from
+    /// now on) and, for a pushed final dirty set, the push channel (owned from now on).
+    /// Returns the restored init's host pid; its tasks are stopped.
+    func restore(pages: Int32, push: Int32?) throws -> pid_t
+    /// The source's tasks are doomed: run.
+    func commit() throws
+    /// Waits until every page is local (or the session failed: the container is lost).
+    @discardableResult func waitUntilLocal(timeout: TimeInterval) -> IncomingFigures
+    /// Before the commit: kill what was restored and fail the page session (the source
+    /// resumes). Idempotent.
+    func abort()
+}
+
+extension RestoreKind {
+    public func method(target: IncomingTarget, store: PageStore) -> any RestoreMethod {
+        switch self {
+        case .copy: CopyRestore(target: target, store: store)
+        case .lazy: LazyRestore(target: target, store: store)
+        }
+    }
+}
+
+/// Shared bookkeeping of both restore methods: figures, the restored pid, the stopped
+/// tasks' release, and the one-shot abort.
+public class RestoreBase: @unchecked Sendable {
+    public let target: IncomingTarget
+    let store: PageStore
+    let lock = NSLock()
+    var finished = false
+    var committedAt: UInt64?
+    private var figuresValue = IncomingFigures()
+    private var pid: pid_t?
+
+    init(target: IncomingTarget, store: PageStore) {
+        self.target = target
+        self.store = store
+    }
+
+    public var figures: IncomingFigures { lock.withLock { figuresValue } }
+    public var restoredPID: pid_t? { lock.withLock { pid } }
+
+    static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+    static func millis(since t: UInt64) -> Double { Double(now() - t) / 1e6 }
+
+    func update(_ change: (inout IncomingFigures) -> Void) { lock.withLock { change(&figuresValue) } }
+
+    /// CRIU restore with the tasks left stopped; checks the init is there.
+    func runRestore(_ options: RestoreOptions) throws -> pid_t {
+        var options = options
+        options.leaveStopped = true
+        let t = Self.now()
+        let (pid, _) = try target.criu.restore(options)
+        lock.withLock { self.pid = pid }
+        update { $0.restoreMillis = Self.millis(since: t) }
+        return pid
+    }
+
+    func checkRestored(_ pid: pid_t) throws {
+        guard TrackedProcess.of(hostPID: pid) != nil else {
+            throw GodwitError("the restored container's init (pid \(pid)) is not there")
+        }
+    }
+
+    /// CRIU restores the freezer state it found at dump time (FROZEN: CRIU froze it).
+    func release() throws {
+        lock.withLock { committedAt = Self.now() }
+        try target.cgroup.thaw()
+        for task in ContainerProcesses.hostPIDs(cgroupDirectories: target.cgroup.directories) { kill(task, SIGCONT) }
+    }
+
+    /// True the first time only.
+    func finishOnce() -> Bool {
+        lock.withLock {
+            if finished { return false }
+            finished = true
+            return true
+        }
+    }
+
+    func killRestored() {
+        try? target.cgroup.kill()
+    }
+}
+
+/// Stop-and-copy and pre-copy: fetch every page the store lacks from the frozen source,
+/// rebuild CRIU's images, restore normally. When the tasks run, nothing is left on the
+/// source; CLOSE then lets the source's dump complete.
+public final class CopyRestore: RestoreBase, RestoreMethod, @unchecked Sendable {
+    public var kind: RestoreKind { .copy }
+    private var client: PageServerClient?
+
+    public func restore(pages fd: Int32, push: Int32?) throws -> pid_t {
+        if let push { close(push) }
+        let images = target.restore.imagesDirectory
+        var t = Self.now()
+        let client = PageServerClient(connected: fd, peer: "source")
+        lock.withLock { self.client = client }
+        let rebuilder = ImageRebuilder(directory: images)
+        // Only what the store lacks: unchanged pre-copied pages are not sent twice. No
+        // bridging (1): across hosts the GETs are pipelined, and at stride 4 bridging would
+        // fetch every page of a dirty region instead of the quarter that changed.
+        let plan = try Self.missingPages(rebuilder.lazyEntries(), store: store, bridge: 1)
+        let store = self.store
+        try client.fetch(plan.requests) { id, vaddr, pages, bytes in
+            try store.store(nsPID: id, vaddr: vaddr, count: pages, data: bytes)
+        }
+        update {
+            $0.fetchMillis = Self.millis(since: t); $0.pagesFetched = client.pagesFetched; $0.lazyPages = plan.lazyPages
+            $0.pagesFromStore = plan.lazyPages - plan.missingPages
+        }
+        t = Self.now()
+        let rebuilt = try rebuilder.rebuild { id, vaddr, pages, buffer in
+            let held = try store.read(nsPID: id, vaddr: vaddr, count: pages, into: buffer)
+            if held.contains(false) {
+                throw GodwitError("page \(id):0x\(String(vaddr, radix: 16)) did not arrive from the source")
+            }
+        }
+        // The rebuilt images hold the memory now; the store's copy can go.
+        store.destroy()
+        ImageRebuilder.removeStaging(directory: images)
+        update { $0.rebuildMillis = Self.millis(since: t); $0.presentPagesInDump = rebuilt.presentPages }
+        let pid = try runRestore(target.restore)
+        try checkRestored(pid)
+        return pid
+    }
+
+    public func commit() throws {
+        try release()
+        guard let client = lock.withLock({ () -> PageServerClient? in defer { self.client = nil }; return self.client }) else { return }
+        // The destination runs either way: the source's tasks are already doomed, so a
+        // failed CLOSE only means the source's dump ends in an error. In the background:
+        // CRIU's answer to CLOSE was seen to take a minute under load, and the commit call
+        // must not time out (the source would report the container lost).
+        let thread = Thread { [self] in
+            do { _ = try client.close() } catch { update { $0.notes.append("CLOSE to the source failed: \(error)") } }
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    public func waitUntilLocal(timeout: TimeInterval) -> IncomingFigures { figures }
+
+    public func abort() {
+        guard finishOnce() else { return }
+        killRestored()
+        try? target.cgroup.remove()
+        lock.withLock { client }?.abandon()
+        store.destroy()
+    }
+
+    /// What to fetch from the frozen source: for each lazy pagemap entry, the runs of pages
+    /// `store` lacks (dirtied after they were sent, or never sent). Runs less than `bridge`
+    /// pages apart are fetched as one GET (the pages between are re-sent by the frozen
+    /// source: harmless). Never across entries: the source only serves addresses inside its
+    /// lazy entries. An empty store asks for everything (stop-and-copy).
+    public static func missingPages(_ lazyEntries: [(id: Int32, entries: [PagemapEntry])], store: PageStore, bridge: Int)
+        -> (requests: [PageServerClient.Request], lazyPages: Int, missingPages: Int)
+    {
+        let pageSize = systemPageSize
+        var requests: [PageServerClient.Request] = []
+        var lazyPages = 0, missing = 0
+        for (id, entries) in lazyEntries {
+            for entry in entries {
+                lazyPages += entry.pages
+                var runs: [(start: Int, end: Int)] = []
+                for i in 0..<entry.pages where !store.contains(nsPID: id, vaddr: entry.vaddr + UInt64(i) * pageSize) {
+                    missing += 1
+                    if let last = runs.last, i - last.end < bridge {
+                        runs[runs.count - 1].end = i + 1
+                    } else {
+                        runs.append((i, i + 1))
+                    }
+                }
+                for run in runs {
+                    requests.append(.init(nsPID: id, vaddr: entry.vaddr + UInt64(run.start) * pageSize, pages: run.end - run.start))
+                }
+            }
+        }
+        return (requests, lazyPages, missing)
+    }
+}
+
+/// Post-copy and hybrid: restore at once with `criu lazy-pages` behind a LazyPageProxy that
+/// serves from the store and fetches the rest on fault (post-copy: empty store; hybrid:
+/// pre-filled, plus the source's background push).
+public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable {
+    public var kind: RestoreKind { .lazy }
+    private var proxy: LazyPageProxy?
+    private var daemon: LazyPagesDaemon?
+    /// Tests: wraps the upstream (e.g. to slow it down).
+    var wrapUpstream: ((LazyPageUpstream) -> LazyPageUpstream)?
+    /// The proxy, once the restore started it (tests cut its link).
+    var pageProxy: LazyPageProxy? { lock.withLock { proxy } }
+    private var pushFD: Int32 = -1
+    private let pushDone = DispatchGroup()
+
+    public func restore(pages fd: Int32, push: Int32?) throws -> pid_t {
+        if let push { lock.withLock { pushFD = push } }
+        let images = target.restore.imagesDirectory
+        let t = Self.now()
+        let upstream: LazyPageUpstream = TCPPageServerUpstream(connected: fd)
+        let proxy = try LazyPageProxy(store: store, upstream: wrapUpstream?(upstream) ?? upstream)
+        // Each round trip through the daemons' channel is slow next to CRIU's own TCP:
+        // fetch 1 MiB per background GET instead of lazy-pages' 64 KiB.
+        proxy.readAheadPages = LazyPageProxy.remoteReadAheadPages
+        proxy.faultReadAheadPages = LazyPageProxy.remoteFaultReadAheadPages
+        let lazy = try ImageRebuilder(directory: images).lazyEntries()
+        proxy.lazyRuns = Dictionary(lazy.map { item in
+            (item.id, item.entries.map { $0.vaddr..<($0.vaddr + UInt64($0.pages) * systemPageSize) }.sorted { $0.lowerBound < $1.lowerBound })
+        }, uniquingKeysWith: { a, _ in a })
+        // CLOSE would let the source's dump complete (killing the source): not before the
+        // source has doomed its tasks and called commit().
+        proxy.holdClose()
+        proxy.start()
+        lock.withLock { self.proxy = proxy }
+        if let push { startPush(push, into: proxy) }
+        var lazyPages = 0
+        for (_, entries) in lazy { lazyPages += entries.reduce(0) { $0 + $1.pages } }
+        update { $0.lazyPages = lazyPages }
+        // lazy-pages talks to the proxy, which listens on this process's loopback: it runs
+        // in this network namespace, whatever namespace the restore itself needs.
+        var local = target.criu
+        local.launcher = []
+        let daemon = try LazyPagesDaemon(criu: local, address: PageServerAddress(address: "127.0.0.1", port: proxy.port),
+                                         directory: images)
+        lock.withLock { self.daemon = daemon }
+        try daemon.waitUntilReady()
+        update { $0.lazyDaemonMillis = Self.millis(since: t) }
+        var options = target.restore
+        options.lazyPages = true
+        let pid = try runRestore(options)
+        if case .failed(let why)? = proxy.wait(timeout: 0) { throw GodwitError("the page channel failed: \(why)") }
+        try checkRestored(pid)
+        return pid
+    }
+
+    /// Lets lazy-pages' CLOSE through once every page is here.
+    public func commit() throws {
+        let proxy = lock.withLock { self.proxy }
+        // A page channel that broke before the commit means CRIU already gave up on the
+        // session: the tasks must not run on pages that will never come.
+        if let why = proxy?.upstreamFailure { throw GodwitError("the page channel broke before the commit: \(why)") }
+        proxy?.releaseClose()
+        try release()
+    }
+
+    /// Waits until every page is local (or the session failed, which loses the container:
+    /// its tasks are killed before lazy-pages goes, so they never see zero pages).
+    public func waitUntilLocal(timeout: TimeInterval) -> IncomingFigures {
+        guard let proxy = lock.withLock({ proxy }) else { return figures }
+        let outcome = proxy.wait(timeout: timeout)
+        let stats = proxy.statistics
+        update {
+            $0.pagesServedLocally = stats.pagesServedLocally
+            $0.pagesFetchedOnFault = stats.pagesFetched
+            $0.pagesFetchedTwice = stats.pagesFetchedTwice
+            $0.pagesRequestedTwice = stats.pagesRequestedTwice
+            $0.pagesRequested = stats.pagesRequested
+        }
+        let daemon = lock.withLock { self.daemon }
+        switch outcome {
+        case .completed?:
+            let committedAt = lock.withLock { self.committedAt }
+            if let at = proxy.completedAt, let committedAt, at > committedAt {
+                update { $0.allLocalAfterCommitMillis = Double(at - committedAt) / 1e6 }
+            } else {
+                update { $0.allLocalAfterCommitMillis = 0 }
+            }
+            if daemon?.waitForExit(timeout: 30) == nil { daemon?.kill() }
+        case .failed(let why)?:
+            lose(why)
+        case nil:
+            lose("not every page arrived within \(Int(timeout)) s")
+        }
+        proxy.stop()
+        endPush()
+        store.destroy()
+        return figures
+    }
+
+    /// Hybrid: applies the source's push (PageRecords) to the proxy's store as it arrives,
+    /// so that most faults find their page local. A failed push only means more faults.
+    private func startPush(_ fd: Int32, into proxy: LazyPageProxy) {
+        pushDone.enter()
+        let thread = Thread { [self] in
+            defer { pushDone.leave() }
+            let reader = PageRecordReader(source: FileDescriptorStream(fd: fd, owns: false))
+            do {
+                while let record = try reader.next() {
+                    let n = try proxy.apply(record)
+                    update { $0.pagesPushed += n }
+                }
+            } catch {
+                update { $0.notes.append("the push from the source stopped: \(error)") }
+            }
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    private func endPush() {
+        let fd = lock.withLock { pushFD }
+        guard fd >= 0 else { return }
+        shutdown(fd, Int32(SHUT_RDWR))
+        _ = pushDone.wait(timeout: .now() + 10)
+        lock.withLock { pushFD = -1 }
+        close(fd)
+    }
+
+    private func lose(_ why: String) {
+        update { $0.lost = why }
+        killRestored()
+        lock.withLock { daemon }?.kill()
+        try? target.cgroup.remove()
+    }
+
+    public func abort() {
+        guard finishOnce() else { return }
+        killRestored()
+        lock.withLock { daemon }?.kill()
+        try? target.cgroup.remove()
+        lock.withLock { proxy }?.stop()
+        endPush()
+        store.destroy()
+    }
+}

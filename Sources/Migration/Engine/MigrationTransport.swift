@@ -1,0 +1,51 @@
+import API
+import Foundation
+import GodwitCore
+
+/// The data channels of one migration. Each is one ordered byte stream from the source to
+/// the destination (the page channel carries CRIU's page-server protocol both ways).
+public enum MigrationChannel: String, Sendable, CaseIterable {
+    /// rsync of the container's own files, while it runs and once more while it is frozen.
+    case rsync
+    /// Pre-copy rounds as PageRecords, then the final scan (and, for pre-copy, its pages).
+    case precopy
+    /// CRIU's images of the final dump, as one archive.
+    case images
+    /// CRIU's page-server protocol between the destination and the source's lazy dump.
+    case pages
+    /// Hybrid: the final dirty set, pushed in the background after the restore.
+    case push
+}
+
+/// How the source's half of the engine reaches a destination: a few control calls and data
+/// channels. Between daemons this is HTTPS with mutual TLS plus authenticated streams; in
+/// tests it is the destination engine in the same process behind socketpairs
+/// (`LoopbackPeer`). Implementations must be safe to call from any task.
+public protocol MigrationPeer: Sendable {
+    /// The destination's name, for reports and errors.
+    var name: String { get }
+    /// The destination's own support check.
+    func capabilities() async throws -> PeerCapabilities
+    /// Asks the destination to take the container; the session carries the migration's
+    /// identity (and, between daemons, its credentials).
+    func begin(_ request: IncomingMigrationRequest) async throws -> any MigrationSession
+}
+
+/// One migration as the source sees its destination.
+public protocol MigrationSession: Sendable {
+    var id: String { get }
+    /// Opens a data channel; blocking (call it off the cooperative pool). The caller owns
+    /// the returned descriptor.
+    func open(_ channel: MigrationChannel) throws -> Int32
+    /// Restores from what the channels carried; the restored tasks stay stopped.
+    func restore() async throws -> IncomingMigrationStatus
+    /// The source's tasks are doomed: the destination runs them.
+    func commit() async throws -> IncomingMigrationStatus
+    func status() async throws -> IncomingMigrationStatus
+    /// Before the commit: the destination removes everything it has of this migration.
+    func abort(reason: String) async
+    /// The source's final report, so the destination's history has it too.
+    func deliver(_ report: MoveReport) async
+    /// Ends the session's connections.
+    func close() async
+}

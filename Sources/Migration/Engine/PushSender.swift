@@ -1,0 +1,56 @@
+import Foundation
+import GodwitCore
+import Memory
+
+/// The source's half of the hybrid push between hosts: reads the final dirty pages from
+/// the frozen tasks (process_vm_readv) and sends them as PageRecords through a channel,
+/// in the background; the destination applies them to its lazy page proxy's store.
+public final class PushSender: @unchecked Sendable {
+    private let fd: Int32
+    private let group = DispatchGroup()
+    private let lock = NSLock()
+    private var stats: RoundStats?
+    private var error: Error?
+    private var nanos: UInt64 = 0
+
+    /// Only what must be pushed: the dirty pages (the invalidations carried the drops and
+    /// exits already).
+    public static func pushScan(_ scan: DirtyScan) -> DirtyScan {
+        var push = scan
+        for i in push.processes.indices { push.processes[i].dropped = PageRanges(); push.processes[i].isNew = false }
+        push.exited = []
+        return push
+    }
+
+    /// Starts sending on `fd` (owned from now on: shut down and closed when done).
+    public init(scan: DirtyScan, round: Int, fd: Int32) {
+        self.fd = fd
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        group.enter()
+        let thread = Thread { [self] in
+            defer { group.leave() }
+            do {
+                let sent = try PreCopySender(writer: PageRecordWriter(sink: FileDescriptorStream(fd: fd, owns: false)))
+                    .sendRound(Self.pushScan(scan), round: round, tracker: nil)
+                lock.withLock { stats = sent }
+            } catch {
+                lock.withLock { self.error = error }
+            }
+            shutdown(fd, Int32(SHUT_WR))
+            lock.withLock { nanos = DispatchTime.now().uptimeNanoseconds - t0 }
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    deinit { close(fd) }
+
+    /// Stops the push (the channel breaks; the destination fetches the rest on fault).
+    public func abort() { shutdown(fd, Int32(SHUT_RDWR)) }
+
+    /// Waits for the push to end: pages sent (data + zero), bytes, time, and the error if any.
+    public func wait(timeout: TimeInterval) -> (pages: Int, bytes: UInt64, nanos: UInt64, error: Error?)? {
+        guard group.wait(timeout: .now() + timeout) == .success else { return nil }
+        return lock.withLock { (stats.map { $0.dataPages + $0.zeroPages } ?? 0, stats?.bytesSent ?? 0, nanos, error) }
+    }
+}

@@ -1,0 +1,474 @@
+import API
+import Checkpoint
+import Foundation
+import GodwitCore
+import Memory
+
+/// The source's half of a move. It plans with the destination, syncs the filesystem while
+/// the container runs, [pre-copy, hybrid: rounds of dirty pages into the destination's
+/// page store], lazy-dumps (CRIU freezes the container and keeps it frozen while its page
+/// server holds the memory), syncs the files once more, sends the images, relays the page
+/// channel while the destination restores, then THE COMMIT: the source's tasks are doomed
+/// (SIGKILL while frozen) before the destination may run them.
+///
+/// States, each carrying what is valid in it (see docs/architecture.md):
+///
+///     planning ──► transferring ──► frozen ──► restoring ──► committed ──► moved
+///        │              │             │            │             └──────► lost
+///        └──────────────┴─────────────┴────────────┴──► rolledBack
+///
+/// Before the commit every failure runs the revert list: the destination removes its copy,
+/// then the page session fails (CRIU resumes the source), the source thaws. From the commit
+/// on nothing is reverted: the container lives on the destination, or is lost.
+///
+/// Concurrency model: `run()` is one task and owns `state` and the revert list; blocking
+/// work (CRIU, rsync, page I/O) runs on dispatch threads through `blocking`, handing back
+/// results. The final filesystem sync and the hybrid push are the only work running beside
+/// it, each owned by the state that started it.
+public final class SourceEngine: @unchecked Sendable {
+    public enum State {
+        case planning
+        case transferring(Transferring)
+        case frozen(Frozen)
+        case restoring(Restoring)
+        case committed(Committed)
+        case moved
+        case rolledBack(reason: String)
+        case lost(reason: String)
+
+        public var name: String {
+            switch self {
+            case .planning: "planning"
+            case .transferring: "transferring"
+            case .frozen: "frozen"
+            case .restoring: "restoring"
+            case .committed: "committed"
+            case .moved: "moved"
+            case .rolledBack: "rolled back"
+            case .lost: "lost"
+            }
+        }
+    }
+
+    /// The destination accepted the container; the container runs.
+    public struct Transferring {
+        public var session: any MigrationSession
+        public var behaviour: any StrategyBehaviour
+    }
+
+    /// CRIU's lazy dump holds the container frozen; its memory waits in the page server.
+    public struct Frozen {
+        public var transferring: Transferring
+        public var dump: LazyDump
+        public var frozenAt: UInt64
+    }
+
+    /// The page channel relays the destination's page-server session to CRIU.
+    public struct Restoring {
+        public var frozen: Frozen
+        public var relay: PageServerRelay
+    }
+
+    /// The source's tasks are doomed; the destination runs (and may still fetch pages).
+    public struct Committed {
+        public var restoring: Restoring
+    }
+
+    public let host: any SourceHost
+    public let peer: any MigrationPeer
+    public let request: MoveRequest
+    public let progress: ProgressReporter
+    /// Test hooks, called in the named state; a throw fails the move there.
+    public var hooks = SourceHooks()
+    public private(set) var state: State = .planning
+
+    private var revert = RevertList()
+    private var report: MoveReport
+    private var phases: [MovePhase] = []
+    private var phase = "negotiation"
+    private var memory = MoveMemoryFigures()
+    private let t0 = SourceEngine.now()
+
+    public init(host: any SourceHost, peer: any MigrationPeer, request: MoveRequest, progress: ProgressReporter = .silent) {
+        self.host = host; self.peer = peer; self.request = request; self.progress = progress
+        let c = host.container
+        report = MoveReport(container: c.name, newName: request.newName ?? c.name, source: host.hostName,
+                            destination: peer.name, mode: request.mode ?? .stopAndCopy, modeReason: "", outcome: "moved",
+                            startedAt: Date(), totalMillis: 0)
+    }
+
+    static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+    private func millis(since t: UInt64) -> Double { Double(Self.now() - t) / 1e6 }
+
+    /// The one place the state changes.
+    private func enter(_ next: State) { state = next }
+
+    /// Runs `body` as the named phase, timing it and counting the bytes it reports.
+    private func step<T>(_ name: String, expected: UInt64? = nil, _ body: () async throws -> (T, UInt64)) async throws -> T {
+        phase = name
+        progress.begin(name, expected: expected)
+        let t = Self.now()
+        let (value, bytes) = try await body()
+        phases.append(MovePhase(name: name, millis: millis(since: t), bytes: bytes))
+        return value
+    }
+
+    /// Moves the container. Returns the report of a move that ended with the container on
+    /// the destination; throws (with phase and outcome in the error) when it rolled back or
+    /// was lost, after recording the report in `failureReport`.
+    public private(set) var failureReport: MoveReport?
+
+    public func run() async throws -> MoveReport {
+        var tracker: ContainerDirtyTracker?
+        defer { tracker?.close() }
+        do {
+            let transferring = try await negotiate()
+            let (t, writer, channel) = try await preCopy(transferring)
+            tracker = t
+            let frozen = try await freeze(transferring, tracker: t, precopy: writer, channel: channel)
+            let restoring = try await restore(frozen)
+            let committed = try await commit(restoring)
+            try await finish(committed)
+            enter(.moved)
+        } catch {
+            return try await fail(error)
+        }
+        report.totalMillis = millis(since: t0)
+        report.phases = phases
+        report.memory = report.memory ?? (memory.tracker != nil ? memory : nil)
+        await session?.deliver(report)
+        await session?.close()
+        return report
+    }
+
+    /// Set once the destination accepted; used for the report and closing only.
+    private var session: (any MigrationSession)?
+
+    // MARK: planning → transferring
+
+    private func negotiate() async throws -> Transferring {
+        let c = host.container
+        let (strategy, reason) = try await step("negotiation") { () -> ((MigrationStrategy, String), UInt64) in
+            let theirs = try await peer.capabilities()
+            let planned = try MovePlanner.plan(requested: request.mode, source: try await host.capabilities(), destination: theirs,
+                                               container: .init(memoryBytes: host.memoryBytes(), config: c.config))
+            return (planned, 0)
+        }
+        report.mode = strategy
+        report.modeReason = reason
+        let session = try await peer.begin(IncomingMigrationRequest(
+            name: request.newName ?? c.name, image: c.image, imageFingerprint: c.imageFingerprint, config: c.config.values,
+            ipv4: c.ipv4, mac: c.mac,
+            mode: strategy, sourceHost: host.hostName, criuVersion: try await host.capabilities().criuVersion))
+        self.session = session
+        revert.add("destination: remove its copy") { await session.abort(reason: "the source rolled the move back") }
+        let t = Transferring(session: session, behaviour: strategy.behaviour)
+        enter(.transferring(t))
+        try hooks.check(.transferring)
+
+        // The files, while the container runs.
+        try await step("filesystem sync") {
+            let stats = try await blocking { try FilesystemSync.push(from: c.syncDirectory, channel: { try session.open(.rsync) },
+                                                                     spawnHelper: c.spawnHelper) }
+            return ((), UInt64(max(0, stats.bytesSent)))
+        }
+        return t
+    }
+
+    // MARK: transferring: pre-copy rounds
+
+    private func preCopy(_ t: Transferring) async throws -> (ContainerDirtyTracker?, PageRecordWriter?, Int32?) {
+        guard t.behaviour.roundsWhileRunning else { return (nil, nil, nil) }
+        let c = host.container
+        let kind = ContainerDirtyTracker.kind(hostChoice: try await host.hostTracker(), forced: c.config.forcedTracker)
+        let tracker = ContainerDirtyTracker.forCgroup(c.cgroup, kind: kind)
+        memory.tracker = kind.rawValue
+        // Asking for pre-copy is asking for rounds, whatever migration.incremental.memory says.
+        let settings = { var s = ConvergenceSettings(config: c.config); s.enabled = true; return s }()
+        let fd = try await blocking { try t.session.open(.precopy) }
+        revert.add("close the pre-copy channel") { close(fd) }
+        let writer = PageRecordWriter(sink: FileDescriptorStream(fd: fd, owns: false))
+        let progress = self.progress
+        let resident = host.memoryBytes()
+        let pre = try await step("pre-copy", expected: resident) { () -> (PreCopyReport, UInt64) in
+            let done = try await blocking { () throws -> PreCopyReport in
+                let session = PreCopySession(tracker: tracker, sender: PreCopySender(writer: writer), settings: settings,
+                                             throttle: settings.autoConverge ? try? CPUThrottle(cgroup: c.cgroup) : nil,
+                                             progress: { progress.note($0) })
+                session.roundProgress = { round, bytes in
+                    progress.advance(bytes, expected: UInt64(round.dirtyPages) * systemPageSize, round: round,
+                                     force: round.pagesSent == 0)
+                }
+                return try session.run()
+            }
+            return (done, done.totalBytes)
+        }
+        memory.finalReason = pre.finalReason
+        report.rounds = pre.rounds.map { r in
+            MoveRound(round: r.round, dirtyPages: r.dirtyPages, residentPages: r.residentPages, dataPages: r.dataPages,
+                      zeroPages: r.zeroPages, bytes: r.bytesSent, millis: Double(r.copyNanos) / 1e6,
+                      dirtyPagesPerSecond: r.dirtyPagesPerSecond, predictedPauseMillis: r.predictedPauseSeconds.map { $0 * 1000 },
+                      throttlePercent: r.throttlePercent, decision: r.decision)
+        }
+        return (tracker, writer, fd)
+    }
+
+    // MARK: transferring → frozen
+
+    private func freeze(_ t: Transferring, tracker: ContainerDirtyTracker?, precopy writer: PageRecordWriter?,
+                        channel precopyFD: Int32?) async throws -> Frozen {
+        let c = host.container
+        try? FileManager.default.removeItem(atPath: c.imagesDirectory)
+        let freezeAt = Self.now()
+        var finalSync: Task<SyncStats, Error>?
+        let host = self.host
+        let dump = try await step("checkpoint") { () -> (LazyDump, UInt64) in
+            var options = DumpOptions(pid: c.initPID, imagesDirectory: c.imagesDirectory)
+            options.freezerCgroup = c.cgroup.directory(for: "freezer")
+            options.lazyPages = PageServerAddress(address: "127.0.0.1", port: try PageServerClient.freePort())
+            let d = try LazyDump(criu: c.criu, options: options)
+            let relayConnected = relayFlag
+            revert.add("source: fail the page session, resume the container") {
+                await blocking {
+                    if d.isRunning, !relayConnected.value, let address = d.options.lazyPages,
+                       let probe = try? PageServerClient(host: address.address, port: address.port) {
+                        probe.abandon()  // nobody connected: fail the session so CRIU resumes
+                    }
+                    if d.waitForExit(timeout: 30) == nil { d.kill() }
+                    host.resume()
+                }
+            }
+            // Runs before the source resumes (never two copies), after the sync below ended.
+            revert.add("destination: remove its copy (before the source resumes)") {
+                await t.session.abort(reason: "the source rolled the move back")
+            }
+            // Files can't change once every task is held: the last filesystem sync runs
+            // while CRIU is still dumping, instead of adding to the freeze after it.
+            let sync = Task {
+                try await blocking { () throws -> SyncStats in
+                    guard poll(timeout: 60, { host.isHeldStill() || !d.isRunning }), d.isRunning else {
+                        throw GodwitError("CRIU's dump ended before the container was frozen")
+                    }
+                    return try FilesystemSync.push(from: c.syncDirectory, channel: { try t.session.open(.rsync) },
+                                                   spawnHelper: c.spawnHelper)
+                }
+            }
+            finalSync = sync
+            // No rsync may still write while the destination removes its copy.
+            revert.add("wait for the final filesystem sync") { _ = await sync.result }
+            try await blocking { try d.waitUntilServing() }
+            return (d, 0)
+        }
+        let frozen = Frozen(transferring: t, dump: dump, frozenAt: freezeAt)
+        enter(.frozen(frozen))
+        try hooks.check(.frozen)
+
+        // The final scan (race-free: CRIU holds the tasks) tells the destination which
+        // stored pages changed since they were sent. Pre-copy sends their contents right
+        // behind it, read from the held tasks; hybrid pushes them in the background.
+        if let tracker, let writer, let precopyFD {
+            let finalRound = (report.rounds?.count ?? 0) + 1
+            let inline = t.behaviour.finalDirtySet == .inline
+            let (scan, sent) = try await step(inline ? "final scan + dirty pages" : "final scan") { () -> ((DirtyScan, RoundStats), UInt64) in
+                try await blocking { () throws -> ((DirtyScan, RoundStats), UInt64) in
+                    let scan = try tracker.scan(attachNew: false)
+                    // Marker-free protection: CRIU dumped no phantom pages; let go now.
+                    tracker.close()
+                    let sender = PreCopySender(writer: writer)
+                    let sent = inline ? try sender.sendRound(scan, round: finalRound, tracker: nil)
+                                      : try sender.sendInvalidations(scan, round: finalRound)
+                    shutdown(precopyFD, Int32(SHUT_WR))
+                    return ((scan, sent), sent.bytesSent)
+                }
+            }
+            memory.finalDirtyPages = scan.dirtyPages
+            if inline { memory.pagesPushed = sent.dataPages + sent.zeroPages }
+            progress.note("final scan: \(scan.dirtyPages) pages dirty since the last round")
+            if t.behaviour.finalDirtySet == .pushed {
+                let fd = try await blocking { try t.session.open(.push) }
+                let push = PushSender(scan: scan, round: finalRound + 1, fd: fd)
+                pushSender = push
+                revert.add("stop the push") { push.abort() }
+            }
+        }
+        try await step("final filesystem sync") {
+            let stats = try await finalSync!.value
+            return ((), UInt64(max(0, stats.bytesSent)))
+        }
+        let imageBytes = directorySize(c.imagesDirectory)
+        try await step("images", expected: imageBytes) {
+            let bytes = try await blocking { () throws -> UInt64 in
+                let fd = try t.session.open(.images)
+                defer { close(fd) }
+                let sent = try ImageTransfer.send(directory: c.imagesDirectory, to: fd) { $0.hasSuffix(".log") }
+                shutdown(fd, Int32(SHUT_WR))
+                return sent
+            }
+            return ((), bytes)
+        }
+        return frozen
+    }
+
+    private var pushSender: PushSender?
+    /// Whether the relay connected to CRIU's page server (else the dump's undo connects
+    /// once and abandons, so that CRIU fails the dump and resumes the source).
+    private let relayFlag = Flag()
+
+    final class Flag: @unchecked Sendable {
+        private let lock = NSLock()
+        private var set = false
+        var value: Bool {
+            get { lock.withLock { set } }
+            set { lock.withLock { set = newValue } }
+        }
+    }
+
+    private func directorySize(_ path: String) -> UInt64 {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        return names.reduce(0) { sum, name in
+            sum + ((try? FileManager.default.attributesOfItem(atPath: path + "/" + name)[.size] as? UInt64) ?? 0)
+        }
+    }
+
+    // MARK: frozen → restoring
+
+    private func restore(_ frozen: Frozen) async throws -> Restoring {
+        let session = frozen.transferring.session
+        let lazily = frozen.transferring.behaviour.restore == .lazy
+        let pageChannel = try await blocking { try session.open(.pages) }
+        let relay = try PageServerRelay(channel: pageChannel, pageServer: frozen.dump.options.lazyPages!)
+        relayFlag.value = true
+        // Newest first: the relay resets (CRIU fails the dump) after the destination's copy
+        // went, and before the dump's own undo waits for CRIU to exit.
+        revert.add("source: reset the page relay") { relay.abort() }
+        revert.add("destination: remove its copy (before the page session fails)") {
+            await session.abort(reason: "the source rolled the move back")
+        }
+        let restoring = Restoring(frozen: frozen, relay: relay)
+        enter(.restoring(restoring))
+        try hooks.check(.restoring)
+        // Stop-and-copy and pre-copy: the destination fetches all it lacks now; the bytes
+        // it pulls through the relay are this phase's progress.
+        let expected = lazily ? nil : host.memoryBytes()
+        let watcher = lazily ? nil : Task { [progress] in
+            while !Task.isCancelled {
+                progress.advance(relay.bytesToDestination, expected: expected)
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        defer { watcher?.cancel() }
+        let restored: IncomingMigrationStatus = try await step(lazily ? "restore (lazy)" : "memory + restore", expected: expected) {
+            let status = try await session.restore()
+            return (status, lazily ? 0 : relay.bytesToDestination)
+        }
+        memory.lazyPages = restored.lazyPages
+        if !lazily {
+            phases.append(MovePhase(name: "destination: fetch", millis: restored.fetchMillis))
+            phases.append(MovePhase(name: "destination: rebuild", millis: restored.rebuildMillis))
+            memory.pagesFetched = restored.pagesFetched
+            memory.pagesFromStore = restored.pagesFromStore
+        }
+        phases.append(MovePhase(name: "destination: criu restore", millis: restored.restoreMillis))
+        try hooks.check(.beforeCommit)
+        return restoring
+    }
+
+    // MARK: restoring → committed
+
+    private func commit(_ restoring: Restoring) async throws -> Committed {
+        phase = "commit"
+        progress.begin("commit")
+        // The point of no return: doomed first, then the destination runs.
+        revert.disarm()
+        let committed = Committed(restoring: restoring)
+        enter(.committed(committed))
+        doomedTasks = try host.doom()
+        let t = Self.now()
+        let status = try await restoring.frozen.transferring.session.commit()
+        phases.append(MovePhase(name: "commit", millis: millis(since: t)))
+        report.frozenMillis = Double(Self.now() - restoring.frozen.frozenAt) / 1e6
+        progress.note("running on \(peer.name)")
+        lastStatus = status
+        return committed
+    }
+
+    private var lastStatus: IncomingMigrationStatus?
+    /// How many source tasks the commit doomed.
+    public private(set) var doomedTasks = 0
+
+    // MARK: committed → moved
+
+    private func finish(_ committed: Committed) async throws {
+        let restoring = committed.restoring
+        let session = restoring.frozen.transferring.session
+        let relay = restoring.relay
+        if restoring.frozen.transferring.behaviour.restore == .lazy, var status = lastStatus {
+            // The rest of memory streams; done when every page is there.
+            let t = Self.now()
+            phase = "background page transfer"
+            let expected = UInt64(status.lazyPages ?? 0) * systemPageSize
+            progress.begin("pages to \(peer.name)", expected: expected > 0 ? expected : nil)
+            while status.phase == "fetching" || status.phase == "restored" {
+                try await Task.sleep(for: .milliseconds(100))
+                progress.advance(relay.bytesToDestination, expected: expected > 0 ? expected : nil)
+                status = try await session.status()
+            }
+            phases.append(MovePhase(name: "background page transfer", millis: millis(since: t), bytes: relay.bytesToDestination))
+            if let push = pushSender, let pushed = await blocking({ push.wait(timeout: 30) }) {
+                phases.append(MovePhase(name: "background push", millis: Double(pushed.nanos) / 1e6, bytes: pushed.bytes))
+            }
+            memory.pagesServedLocally = status.pagesServedLocally
+            memory.pagesPushed = status.pagesPushed
+            memory.pagesFetchedOnFault = status.pagesFetchedOnFault
+            memory.pagesFetchedTwice = status.pagesFetchedTwice
+            report.memory = memory
+            if let lost = status.lost { throw GodwitError("the container was lost after its commit: \(lost)") }
+            report.allLocalMillis = status.allLocalAfterCommitMillis.map { $0 + (report.frozenMillis ?? 0) }
+        }
+        report.memory = memory
+        let dump = restoring.frozen.dump
+        _ = await blocking { _ = relay.wait(timeout: 30); return dump.waitForExit(timeout: 30) }
+    }
+
+    // MARK: failure
+
+    private func fail(_ error: Error) async throws -> MoveReport {
+        let reason = (error as? GodwitError)?.message ?? "\(error)"
+        report.reason = reason
+        report.failedPhase = phase
+        if report.memory == nil, memory.tracker != nil { report.memory = memory }
+        let committed: Bool
+        if case .committed = state { committed = true } else { committed = false }
+        if committed {
+            report.outcome = "lost"
+            enter(.lost(reason: reason))
+        } else {
+            report.outcome = "rolled-back"
+            progress.begin("rolling back")
+            pushSender?.abort()
+            await revert.run()
+            enter(.rolledBack(reason: reason))
+        }
+        report.totalMillis = millis(since: t0)
+        report.phases = phases
+        failureReport = report
+        await session?.close()
+        let failure = (error as? GodwitError) ?? GodwitError.wrap(error, doing: "moving \(host.container.name)")
+        throw failure.with("host", host.hostName).with("phase", phase).with("outcome", committed
+            ? "container lost: its source tasks were killed at the commit; see `godwit info \(report.newName)` on \(peer.name)"
+            : "rolled back: \(host.container.name) runs on \(host.hostName)")
+    }
+}
+
+/// Where a test can make the source fail, to prove the rollback from every state.
+public struct SourceHooks: Sendable {
+    public enum Point: String, Sendable, CaseIterable { case transferring, frozen, restoring, beforeCommit }
+    public var failAt: Point?
+    public var onReach: (@Sendable (Point) -> Void)?
+    public init(failAt: Point? = nil) { self.failAt = failAt }
+
+    func check(_ point: Point) throws {
+        onReach?(point)
+        if failAt == point { throw GodwitError("injected failure at \(point.rawValue)") }
+    }
+}

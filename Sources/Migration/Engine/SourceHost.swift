@@ -1,0 +1,82 @@
+import API
+import Checkpoint
+import Foundation
+import GodwitCore
+import Memory
+
+/// What the source half of the engine needs from the host the container runs on. The
+/// engine decides *when*; the host knows *how* (cgroups, CRIU's leftovers, processes).
+/// `ContainerSourceHost` is the implementation the daemon and the tests share; a test may
+/// wrap it to inject faults.
+public protocol SourceHost: Sendable {
+    var hostName: String { get }
+    /// The running container as the dump sees it.
+    var container: SourceContainer { get }
+    /// This host's own support check, as the destination will see it.
+    func capabilities() async throws -> PeerCapabilities
+    /// The dirty tracker `godwit check` chose here (nil: none works; hashing is then used).
+    func hostTracker() async throws -> DirtyTrackerKind?
+    /// Anonymous memory of the container (what `auto` sizes the move by).
+    func memoryBytes() -> UInt64?
+    /// No task can change a file any more (frozen, or every thread in a ptrace stop).
+    func isHeldStill() -> Bool
+    /// The commit: the source's tasks can never run again. Returns how many were doomed.
+    func doom() throws -> Int
+    /// After a failed dump: the container runs as before (thawed, network unlocked).
+    func resume()
+}
+
+/// The source container: where its processes, files and CRIU are.
+public struct SourceContainer: Sendable {
+    public var name: String
+    public var cgroup: Cgroup
+    public var initPID: pid_t
+    /// What the filesystem sync copies: the overlay's upper directory (the container's own
+    /// changes; the image is on both hosts), or the whole rootfs for copied rootfs.
+    public var syncDirectory: String
+    public var criu: CRIU
+    /// Where the final dump writes its images (emptied before the dump).
+    public var imagesDirectory: String
+    /// godwit-spawn, which runs rsync for the filesystem sync without the daemon forking.
+    public var spawnHelper: String
+    /// The container's keys (migration.*) as the planner and convergence read them.
+    public var config: ContainerConfig
+    /// What the destination records: the image it runs from, its address and MAC.
+    public var image: String
+    public var imageFingerprint: String
+    public var ipv4: String?
+    public var mac: String
+
+    public init(name: String, cgroup: Cgroup, initPID: pid_t, syncDirectory: String, criu: CRIU, imagesDirectory: String,
+                spawnHelper: String, config: ContainerConfig,
+                image: String, imageFingerprint: String, ipv4: String?, mac: String) {
+        self.name = name; self.cgroup = cgroup; self.initPID = initPID; self.syncDirectory = syncDirectory
+        self.criu = criu; self.imagesDirectory = imagesDirectory; self.spawnHelper = spawnHelper
+        self.config = config
+        self.image = image; self.imageFingerprint = imageFingerprint; self.ipv4 = ipv4; self.mac = mac
+    }
+}
+
+/// The source host for a container in its own cgroup: the figures come from the cgroup,
+/// the doom is SIGKILL to every task, the resume thaws and removes CRIU's network lock.
+public struct ContainerSourceHost: SourceHost {
+    public let hostName: String
+    public let container: SourceContainer
+    private let check: @Sendable () async throws -> (PeerCapabilities, DirtyTrackerKind?)
+
+    public init(hostName: String, container: SourceContainer,
+                check: @escaping @Sendable () async throws -> (PeerCapabilities, DirtyTrackerKind?)) {
+        self.hostName = hostName; self.container = container; self.check = check
+    }
+
+    public func capabilities() async throws -> PeerCapabilities { try await check().0 }
+    public func hostTracker() async throws -> DirtyTrackerKind? { try await check().1 }
+    public func memoryBytes() -> UInt64? { container.cgroup.anonymousMemoryBytes }
+    public func isHeldStill() -> Bool { container.cgroup.isHeldStill }
+    public func doom() throws -> Int { try SourceTermination.killAll(cgroup: container.cgroup) }
+
+    public func resume() {
+        try? container.cgroup.thaw()
+        CRIUNetworkLock.removeLeftover(initPID: container.initPID)
+    }
+}

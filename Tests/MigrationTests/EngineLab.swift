@@ -1,0 +1,162 @@
+import API
+import Checkpoint
+import Foundation
+import GodwitCore
+import Memory
+@testable import Migration
+import Runtime
+import Testing
+
+/// The destination host of an engine test: a rootfs of its own (overlay on the same image,
+/// filled by the move's rsync), a cgroup under the destination's parent, CRIU restoring
+/// into the destination's network namespace. What the daemon's host does, without records.
+final class LabDestinationHost: DestinationHost, @unchecked Sendable {
+    let lab: MigrationLab
+    let rootfs: RootFS
+    let cgroup: Cgroup
+    let veth: Veth?
+    private let lock = NSLock()
+    private var adoptedValue: pid_t?
+    private var lostValue: String?
+    private var discardedValue = false
+
+    init(lab: MigrationLab, source: RunningContainer, tag: String, image: String? = nil) throws {
+        self.lab = lab
+        rootfs = RootFS(image: image ?? lab.image, directory: lab.directory + "/dst-" + tag, kind: source.rootfs.kind)
+        cgroup = lab.destinationCgroup(for: source)
+        veth = source.veth
+        try FileManager.default.createDirectory(atPath: syncDirectory, withIntermediateDirectories: true)
+        lab.destinationRoots.append(rootfs)
+    }
+
+    var hostName: String { "lab-destination" }
+    var syncDirectory: String { rootfs.kind == .overlay ? rootfs.upperPath : rootfs.path }
+    var adopted: pid_t? { lock.withLock { adoptedValue } }
+    var lost: String? { lock.withLock { lostValue } }
+    var discarded: Bool { lock.withLock { discardedValue } }
+
+    func restoreTarget(images: String, store: String) throws -> IncomingTarget {
+        try rootfs.prepare()
+        var options = RestoreOptions(imagesDirectory: images, rootfs: rootfs.path, pidFile: images + "/restore.pid")
+        if let veth {
+            options.veths = [VethMapping(containerInterface: "eth0", hostInterface: veth.hostName, bridge: lab.bridge)]
+        }
+        options.cgroupRoot = "/" + cgroup.path
+        return IncomingTarget(criu: try lab.criu(in: lab.destinationNetns), restore: options, cgroup: cgroup, storeDirectory: store)
+    }
+
+    func adopt(pid: pid_t) throws { lock.withLock { adoptedValue = pid } }
+    func announce(pid: pid_t) {}
+    func discard() async {
+        try? cgroup.kill()
+        try? cgroup.remove()
+        try? rootfs.remove()
+        lock.withLock { discardedValue = true }
+    }
+    func markLost(_ why: String) { lock.withLock { lostValue = why } }
+}
+
+/// What one engine move in the lab produced.
+struct EngineMove {
+    let source: SourceEngine
+    let peer: LoopbackPeer
+    let destination: LabDestinationHost
+    let result: Result<MoveReport, Error>
+    /// Every progress line the engine reported.
+    let progress: [String]
+
+    var report: MoveReport? { try? result.get() }
+    /// The report whether the move succeeded or not.
+    var anyReport: MoveReport? { report ?? source.failureReport }
+    var engine: DestinationEngine? { peer.engines.last }
+    var figures: IncomingFigures { engine?.figures ?? IncomingFigures() }
+}
+
+extension MigrationLab {
+    /// Every strategy offered on both sides: the lab host runs both.
+    static func capabilities(_ host: String) throws -> PeerCapabilities {
+        let version = try CRIU.locate().binary.requireUsableVersion()
+        return PeerCapabilities(host: host, criuVersion: "\(version)", strategies: MigrationStrategy.allCases.map {
+            StrategyOffer(strategy: $0.rawValue, asSource: true, asDestination: true, reason: nil)
+        })
+    }
+
+    /// Moves `container` with the shipping engine through a loopback peer.
+    func engineMove(_ container: RunningContainer, strategy: MigrationStrategy, tag: String, config: [String: String] = [:],
+                    destinationImage: String? = nil, hooks: SourceHooks = SourceHooks(),
+                    prepare: (SourceEngine, LoopbackPeer) -> Void = { _, _ in }) async throws -> EngineMove {
+        let source = try capabilitiesPair()
+        let criu = try criu(in: nil)
+        let sourceContainer = SourceContainer(
+            name: container.name, cgroup: container.cgroup, initPID: container.initPID,
+            syncDirectory: container.rootfs.kind == .overlay ? container.rootfs.upperPath : container.rootfs.path,
+            criu: criu, imagesDirectory: imagesRoot + "/src-" + tag, spawnHelper: Self.spawnHelper(),
+            config: try ContainerConfig(validating: config), image: "lab", imageFingerprint: "lab", ipv4: nil, mac: "")
+        let host = ContainerSourceHost(hostName: "lab-source", container: sourceContainer) { (source.0, .uffdWP) }
+        let destination = try LabDestinationHost(lab: self, source: container, tag: tag, image: destinationImage)
+        let capabilities = source.1
+        let peer = LoopbackPeer(name: "lab-destination", directory: imagesRoot + "/dst-" + tag,
+                                capabilities: { capabilities }, makeHost: { _ in destination })
+        let lines = Lines()
+        let engine = SourceEngine(host: host, peer: peer, request: MoveRequest(target: "lab-destination", mode: strategy),
+                                  progress: ProgressReporter(interval: .seconds(1)) { lines.append($0.text) })
+        engine.hooks = hooks
+        prepare(engine, peer)
+        let result: Result<MoveReport, Error>
+        do { result = .success(try await engine.run()) } catch { result = .failure(error) }
+        if case .failure(let error) = result { print("move failed: \(error)") }
+        if let r = engine.failureReport ?? (try? result.get()) {
+            print("\(strategy.rawValue): \(r.outcome), frozen \(r.frozenMillis ?? -1) ms; phases: "
+                  + r.phases.map { "\($0.name) \(Int($0.millis)) ms" }.joined(separator: ", "))
+        }
+        return EngineMove(source: engine, peer: peer, destination: destination, result: result, progress: lines.all)
+    }
+
+    private func capabilitiesPair() throws -> (PeerCapabilities, PeerCapabilities) {
+        (try Self.capabilities("lab-source"), try Self.capabilities("lab-destination"))
+    }
+}
+
+/// The page contents of the container at the freeze, compared with the restored (still
+/// stopped) processes before the commit: the hooks of a move that checks every page.
+final class FreezeComparison: @unchecked Sendable {
+    private let lock = NSLock()
+    private var atFreeze = MemorySnapshot()
+    private var differencesValue = ["not compared"]
+
+    var pagesAtFreeze: Int { lock.withLock { atFreeze.pageCount } }
+    var differences: [String] { lock.withLock { differencesValue } }
+
+    func hooks(source: Cgroup, destination: Cgroup) -> SourceHooks {
+        var hooks = SourceHooks()
+        hooks.onReach = { [self] point in
+            switch point {
+            case .frozen:
+                if let snap = try? MemorySnapshot.take(cgroup: source) { lock.withLock { atFreeze = snap } }
+            case .beforeCommit:
+                let reference = lock.withLock { atFreeze }
+                let restored = (try? MemorySnapshot.take(cgroup: destination, like: reference)) ?? MemorySnapshot()
+                lock.withLock { differencesValue = reference.differences(from: restored) }
+            default:
+                break
+            }
+        }
+        return hooks
+    }
+}
+
+final class Lines: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    func append(_ line: String) {
+        print("progress: " + line)
+        lock.withLock { lines.append(line) }
+    }
+    var all: [String] { lock.withLock { lines } }
+}
+
+/// A sink that counts and drops: pre-copy rounds without a destination (the keys tests).
+final class DiscardSink: ByteSink {
+    private(set) var bytes: UInt64 = 0
+    func write(_ buffer: UnsafeRawBufferPointer) throws { bytes += UInt64(buffer.count) }
+}

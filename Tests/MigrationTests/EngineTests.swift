@@ -1,0 +1,236 @@
+import API
+import Checkpoint
+import Foundation
+import GodwitCore
+import Memory
+@testable import Migration
+import Runtime
+import Testing
+
+/// The shipping engine's two state machines, driven through a loopback peer with real
+/// containers and CRIU: every strategy, a rollback from every state, and the order that
+/// never leaves two copies.
+@Suite(.serialized)
+struct EngineTests {
+    static let keys = ["migration.incremental.memory.goal": "100", "migration.incremental.memory.iterations": "2",
+                       "migration.incremental.memory.autoconverge": "false", "migration.incremental.memory.tracker": "uffd-wp"]
+
+    func waitRunning(_ container: RunningContainer) {
+        let rootfs = container.rootfs.path
+        _ = eventually(10) { MigrationLab.processes(of: container.cgroup).allSatisfy { MigrationLab.counter(rootfs: rootfs, nsPID: $0.nsPID) >= 3 } }
+    }
+
+    /// At the destination's commit: every source task is doomed, and every restored task is
+    /// still stopped. Recorded by the loopback peer's hook, checked after the move.
+    final class CommitOrder: @unchecked Sendable {
+        private let lock = NSLock()
+        private var seen: (sourceDoomed: Bool, destinationStopped: Bool, sourceTasks: Int)?
+        var observation: (sourceDoomed: Bool, destinationStopped: Bool, sourceTasks: Int)? { lock.withLock { seen } }
+
+        func record(source: Cgroup, destination: Cgroup) {
+            let sourcePIDs = ContainerProcesses.hostPIDs(cgroupDirectories: source.directories)
+            let doomed = sourcePIDs.allSatisfy { SourceTermination.isDoomed($0) }
+            let restored = ContainerProcesses.hostPIDs(cgroupDirectories: destination.directories)
+            let stopped = !restored.isEmpty && restored.allSatisfy { pid in
+                let state = HostEnvironment.read("/proc/\(pid)/stat")?.split(separator: ")").last?.split(separator: " ").first
+                return state == "T" || state == "t"
+            }
+            lock.withLock { seen = (doomed, stopped, sourcePIDs.count) }
+        }
+    }
+
+    @Test(arguments: MigrationStrategy.allCases)
+    func everyStrategyMovesAndNeverRunsTwoCopies(_ strategy: MigrationStrategy) async throws {
+        let lab = try MigrationLab()
+        defer { lab.cleanUp() }
+        let tag = "all" + String(strategy.rawValue.prefix(4))
+        let container = try lab.start(try lab.spec(tag, writer: ["32", "64", "16", "4000", "1"]))
+        #expect(eventually(10) { MigrationLab.processes(of: container.cgroup).count == 2 })
+        waitRunning(container)
+        let order = CommitOrder()
+        let dst = lab.destinationCgroup(for: container)
+        let move = try await lab.engineMove(container, strategy: strategy, tag: tag, config: Self.keys) { _, peer in
+            peer.beforeDestinationCommit = { order.record(source: container.cgroup, destination: dst) }
+        }
+        let report = try move.result.get()
+        #expect(report.mode == strategy && report.outcome == "moved")
+        #expect(move.source.state.name == "moved")
+        let seen = try #require(order.observation, "the destination was asked to commit")
+        #expect(move.source.doomedTasks == 2)
+        #expect(seen.sourceDoomed, "the source's tasks were doomed before the destination ran (\(seen.sourceTasks) left)")
+        #expect(seen.destinationStopped, "the restored tasks waited, stopped, for the commit")
+        #expect(move.peer.reports.count == 1, "the destination got the final report")
+        // After the commit the destination holds the only copy: an abort is refused, a
+        // repeated commit answers with the status.
+        let engine = try #require(move.engine)
+        #expect(await engine.abort(reason: "late abort") == false)
+        #expect(try engine.commitIdempotent().phase == "done")
+        #expect(engine.stateName == "done")
+        // Progress: every phase reported; pre-copy rounds with their round and dirty set.
+        #expect(move.progress.contains { $0.hasPrefix("filesystem sync") })
+        #expect(move.progress.contains { $0.hasPrefix("checkpoint") })
+        if strategy.preCopies {
+            #expect(move.progress.contains { $0.hasPrefix("pre-copy round 1/2: ") && $0.contains("dirty pages sent") })
+            #expect(move.progress.contains { $0.hasPrefix("pre-copy round 2/2: ") && $0.contains("dirty rate") })
+        }
+        #expect(eventually(10) { !container.initProcess.isAlive && MigrationLab.processes(of: container.cgroup).isEmpty })
+        // The restored writers keep their counters in the destination's own rootfs.
+        let dstRoot = move.destination.rootfs.path
+        let restored = MigrationLab.processes(of: dst)
+        #expect(restored.count == 2)
+        let before = restored.map { MigrationLab.counter(rootfs: dstRoot, nsPID: $0.nsPID) }
+        #expect(eventually(10) { zip(restored, before).allSatisfy { MigrationLab.counter(rootfs: dstRoot, nsPID: $0.0.nsPID) > $0.1 + 2 } },
+                "the counters continue on the destination")
+        let verdicts = MigrationLab.verify(cgroup: dst, rootfs: dstRoot)
+        #expect(verdicts.count == 2 && verdicts.values.allSatisfy { $0.hasPrefix("ok") }, "\(verdicts)")
+    }
+
+    /// A failure in each state of the source rolls back: the destination's copy goes, the
+    /// source runs on (thawed, network unlocked), nothing of CRIU is left.
+    @Test(arguments: zip(SourceHooks.Point.allCases, [MigrationStrategy.stopAndCopy, .preCopy, .postCopy, .hybrid]))
+    func failureInEveryStateRollsBack(_ point: SourceHooks.Point, _ strategy: MigrationStrategy) async throws {
+        let lab = try MigrationLab()
+        defer { lab.cleanUp() }
+        let tag = "rb" + String(point.rawValue.prefix(5))
+        let container = try lab.start(try lab.spec(tag, writer: ["16", "16", "8", "4000", "0"]))
+        waitRunning(container)
+        let reached = Lines()
+        var hooks = SourceHooks(failAt: point)
+        hooks.onReach = { p in reached.append(p.rawValue) }
+        let move = try await lab.engineMove(container, strategy: strategy, tag: tag, config: Self.keys, hooks: hooks)
+        #expect(move.report == nil)
+        let failed = try #require(move.source.failureReport)
+        #expect(failed.outcome == "rolled-back" && failed.reason?.contains("injected failure at \(point.rawValue)") == true)
+        #expect(move.source.state.name == "rolled back")
+        #expect(reached.all.last == point.rawValue)
+        #expect(move.engine?.stateName == "aborted" && move.destination.discarded, "the destination removed its copy")
+        #expect(container.initProcess.isAlive, "the source container survived")
+        let rootfs = container.rootfs.path
+        let at = MigrationLab.counter(rootfs: rootfs, nsPID: 1)
+        #expect(eventually(10) { MigrationLab.counter(rootfs: rootfs, nsPID: 1) > at + 2 }, "the source runs on")
+        let verdicts = MigrationLab.verify(cgroup: container.cgroup, rootfs: rootfs)
+        #expect(verdicts[1]?.hasPrefix("ok") == true, "\(verdicts)")
+        let dst = lab.destinationCgroup(for: container)
+        #expect(MigrationLab.processes(of: dst).isEmpty && !dst.exists)
+        let state = HostEnvironment.read((container.cgroup.directory(for: "freezer") ?? "") + "/freezer.state")
+        #expect(state == nil || state == "THAWED")
+        #expect(eventually(10) { !criuRunning() }, "no CRIU process is left behind")
+    }
+
+    /// The destination fails its restore: the source rolls back.
+    @Test func destinationRestoreFailureRollsBack() async throws {
+        let lab = try MigrationLab()
+        defer { lab.cleanUp() }
+        let container = try lab.start(try lab.spec("dfail", writer: ["16", "16", "8", "4000", "0"]))
+        waitRunning(container)
+        let move = try await lab.engineMove(container, strategy: .stopAndCopy, tag: "dfail") { _, peer in peer.failRestore = true }
+        #expect(move.source.failureReport?.outcome == "rolled-back")
+        #expect(move.source.failureReport?.failedPhase == "memory + restore")
+        let rootfs = container.rootfs.path
+        let at = MigrationLab.counter(rootfs: rootfs, nsPID: 1)
+        #expect(eventually(10) { MigrationLab.counter(rootfs: rootfs, nsPID: 1) > at + 2 }, "the source runs on")
+        #expect(eventually(10) { !criuRunning() })
+    }
+}
+
+/// The revert list undoes newest first, once, and not at all once disarmed.
+@Suite struct RevertListTests {
+    final class Log: @unchecked Sendable {
+        let lock = NSLock()
+        var steps: [String] = []
+        func add(_ s: String) { lock.withLock { steps.append(s) } }
+    }
+
+    @Test func undoesNewestFirstOnce() async {
+        let log = Log()
+        var revert = RevertList()
+        revert.add("a") { log.add("a") }
+        revert.add("b") { log.add("b") }
+        revert.add("c") { log.add("c") }
+        #expect(revert.pending == ["c", "b", "a"])
+        await revert.run()
+        await revert.run()
+        #expect(log.steps == ["c", "b", "a"])
+    }
+
+    @Test func disarmedUndoesNothing() async {
+        let log = Log()
+        var revert = RevertList()
+        revert.add("a") { log.add("a") }
+        revert.disarm()
+        await revert.run()
+        #expect(log.steps.isEmpty && revert.pending.isEmpty)
+    }
+}
+
+/// The one strategy type: parsing, wire form, and what each behaviour says.
+@Suite struct StrategyTests {
+    @Test func behavioursDifferOnlyWhereTheyShould() {
+        let table = MigrationStrategy.allCases.map { s in (s, s.behaviour.roundsWhileRunning, s.behaviour.finalDirtySet, s.behaviour.restore) }
+        #expect(table.map(\.1) == [false, true, false, true])
+        #expect(table.map(\.2) == [.none, .inline, .none, .pushed])
+        #expect(table.map(\.3) == [.copy, .copy, .lazy, .lazy])
+        #expect(MigrationStrategy.allCases.allSatisfy { $0.behaviour.strategy == $0 })
+    }
+
+    @Test func modeTextAndWire() throws {
+        #expect(try MigrationStrategy.parse(mode: "auto") == nil)
+        #expect(try MigrationStrategy.parse(mode: "hybrid") == .hybrid)
+        #expect(throws: GodwitError.self) { try MigrationStrategy.parse(mode: "fast") }
+        let auto = try APICoding.encoder().encode(MoveRequest(target: "h2"))
+        #expect(String(decoding: auto, as: UTF8.self).contains("\"mode\":\"auto\""))
+        let back = try APICoding.decoder().decode(MoveRequest.self, from: Data(#"{"target":"h2","mode":"pre-copy"}"#.utf8))
+        #expect(back.mode == .preCopy)
+        #expect(throws: DecodingError.self) {
+            try APICoding.decoder().decode(MoveRequest.self, from: Data(#"{"target":"h2","mode":"warp"}"#.utf8))
+        }
+    }
+
+    @Test func plannerPicksWhatBothHostsSupport() throws {
+        func caps(_ host: String, _ offered: [MigrationStrategy], version: String? = "4.2.1") -> PeerCapabilities {
+            PeerCapabilities(host: host, criuVersion: version, strategies: MigrationStrategy.allCases.map {
+                StrategyOffer(strategy: $0.rawValue, asSource: offered.contains($0), asDestination: offered.contains($0),
+                              reason: offered.contains($0) ? nil : "not here")
+            })
+        }
+        let all = MigrationStrategy.allCases
+        let big = MovePlanner.Container(memoryBytes: 1 << 30, config: try ContainerConfig(validating: ["migration.incremental.memory": "true"]))
+        let small = MovePlanner.Container(memoryBytes: 1 << 20, config: try ContainerConfig(validating: ["migration.incremental.memory": "true"]))
+        #expect(try MovePlanner.plan(requested: nil, source: caps("a", all), destination: caps("b", all), container: big).mode == .hybrid)
+        #expect(try MovePlanner.plan(requested: nil, source: caps("a", all), destination: caps("b", all), container: small).mode == .postCopy)
+        #expect(try MovePlanner.plan(requested: nil, source: caps("a", all), destination: caps("b", [.stopAndCopy, .preCopy]),
+                                     container: big).mode == .preCopy)
+        #expect(try MovePlanner.plan(requested: .stopAndCopy, source: caps("a", all), destination: caps("b", all), container: big).mode == .stopAndCopy)
+        #expect(throws: GodwitError.self) {
+            try MovePlanner.plan(requested: .hybrid, source: caps("a", all), destination: caps("b", [.stopAndCopy]), container: big)
+        }
+        #expect(throws: GodwitError.self) {
+            try MovePlanner.plan(requested: nil, source: caps("a", all), destination: caps("b", all, version: "4.1.1"), container: big)
+        }
+    }
+}
+
+/// Progress lines as a user sees them.
+@Suite struct ProgressTests {
+    @Test func roundLineCarriesRoundDirtySetRateAndPause() {
+        var p = MoveProgress(phase: "pre-copy", bytesDone: 3 << 20, bytesExpected: 16 << 20)
+        p.bytesPerSecond = 100 * 1048576
+        p.etaSeconds = 0.13
+        p.round = RoundProgress(round: 2, maxRounds: 10, pagesSent: 812, dirtyPages: 4096, dirtyPagesPerSecond: 1200, predictedPauseMillis: 140)
+        let text = p.text
+        #expect(text.hasPrefix("pre-copy round 2/10: 812 of 4096 dirty pages sent ("), "\(text)")
+        #expect(text.contains("/s") && text.contains("0.1 s left") && text.contains("dirty rate 1200 pages/s")
+                && text.contains("predicted pause 140 ms"), "\(text)")
+    }
+
+    @Test func reporterComputesRateAndETA() throws {
+        let seen = Lines()
+        let reporter = ProgressReporter(interval: .zero) { seen.append($0.text) }
+        reporter.begin("images", expected: 1000)
+        usleep(100_000)
+        reporter.advance(500, force: true)
+        let last = try #require(seen.all.last)
+        #expect(last.hasPrefix("images: 500 B of 1000 B at "), "\(last)")
+        #expect(last.contains("s left"), "\(last)")
+    }
+}
