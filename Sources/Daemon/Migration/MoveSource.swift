@@ -35,12 +35,16 @@ struct MoveSource {
         let progress = ProgressReporter { p in
             handle.progress(p.text, processedBytes: p.bytesDone, totalBytes: p.bytesExpected)
         }
-        let peer = PeerMigrationTransport(client: try trust.client(for: request.target), trust: trust)
+        let client = try trust.client(for: request.target)
+        let peer = PeerMigrationTransport(client: client, trust: trust)
         let engine = SourceEngine(host: host, peer: peer, request: request, progress: progress)
         let report: MoveReport
         do {
             report = try await engine.run()
+            try? await client.shutdown()
         } catch {
+            // An HTTP client must be shut down before it goes, whatever the move did.
+            try? await client.shutdown()
             if let failed = engine.failureReport { service.record(failed) }
             throw error
         }

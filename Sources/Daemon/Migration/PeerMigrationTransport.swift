@@ -44,6 +44,7 @@ struct PeerMigrationTransport: MigrationPeer {
             _ = try? await client.call(.POST, "/1.0/migrations/reports", body: report) as [String: String]
         }
 
-        func close() async { try? await client.shutdown() }
+        /// The HTTP client is the caller's (MoveSource shuts it down on every path).
+        func close() async {}
     }
 }
