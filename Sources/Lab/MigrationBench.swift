@@ -6,19 +6,55 @@ import GodwitCore
 // run. This file is the part without side effects: what to run, what one run measured, and
 // the statistics over repetitions. The CLI (Sources/godwit/BenchMigrate*.swift) drives the lab.
 
-/// One way of moving the container: a `godwit move --mode` or a plain-CRIU baseline.
-public enum BenchStrategy: String, CaseIterable, Codable, Sendable, Comparable {
-    case stopAndCopy = "stop-and-copy"
-    case preCopy = "pre-copy"
-    case postCopy = "post-copy"
-    case hybrid
+/// One way of moving the container in the benchmark: a Godwit move with one of the
+/// strategies (`godwit move --mode`), or a plain-CRIU baseline. Written as the strategy's
+/// own name ("pre-copy") or the baseline's ("criu-lazy") in CSVs and tables.
+public enum BenchStrategy: Hashable, Codable, Sendable, Comparable, CaseIterable, RawRepresentable {
+    case move(MigrationStrategy)
     /// `criu page-server` on the destination + `criu dump --page-server`, then `criu restore`.
-    case criuPageServer = "criu-page-server"
+    case criuPageServer
     /// `criu dump --lazy-pages`, `criu lazy-pages` + `criu restore --lazy-pages`.
-    case criuLazy = "criu-lazy"
+    case criuLazy
 
-    public static let godwitModes: [BenchStrategy] = [.stopAndCopy, .preCopy, .postCopy, .hybrid]
+    public static let stopAndCopy = BenchStrategy.move(.stopAndCopy)
+    public static let preCopy = BenchStrategy.move(.preCopy)
+    public static let postCopy = BenchStrategy.move(.postCopy)
+    public static let hybrid = BenchStrategy.move(.hybrid)
+
+    public static let godwitModes: [BenchStrategy] = MigrationStrategy.allCases.map { .move($0) }
     public static let baselines: [BenchStrategy] = [.criuPageServer, .criuLazy]
+    public static let allCases: [BenchStrategy] = godwitModes + baselines
+
+    public init?(rawValue: String) {
+        switch rawValue {
+        case "criu-page-server": self = .criuPageServer
+        case "criu-lazy": self = .criuLazy
+        default:
+            guard let strategy = MigrationStrategy(rawValue: rawValue) else { return nil }
+            self = .move(strategy)
+        }
+    }
+
+    public var rawValue: String {
+        switch self {
+        case .move(let strategy): strategy.rawValue
+        case .criuPageServer: "criu-page-server"
+        case .criuLazy: "criu-lazy"
+        }
+    }
+
+    public init(from decoder: Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let value = BenchStrategy(rawValue: text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "unknown strategy '\(text)'"))
+        }
+        self = value
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(rawValue)
+    }
 
     public var isBaseline: Bool { Self.baselines.contains(self) }
 
@@ -27,14 +63,19 @@ public enum BenchStrategy: String, CaseIterable, Codable, Sendable, Comparable {
     /// is compared with plain stop-and-copy (what CRIU users get instead); hybrid with lazy.
     public var baseline: BenchStrategy? {
         switch self {
-        case .stopAndCopy, .preCopy: return .criuPageServer
-        case .postCopy, .hybrid: return .criuLazy
-        case .criuPageServer, .criuLazy: return nil
+        case .move(let strategy): strategy.restoresLazily ? .criuLazy : .criuPageServer
+        case .criuPageServer, .criuLazy: nil
         }
     }
 
     /// Post-copy-like strategies: memory arrives after the container runs again.
-    public var isLazy: Bool { [.postCopy, .hybrid, .criuLazy].contains(self) }
+    public var isLazy: Bool {
+        switch self {
+        case .move(let strategy): strategy.restoresLazily
+        case .criuLazy: true
+        case .criuPageServer: false
+        }
+    }
 
     public static func < (a: BenchStrategy, b: BenchStrategy) -> Bool {
         allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!

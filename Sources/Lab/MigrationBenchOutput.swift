@@ -123,10 +123,10 @@ public enum BenchOutput {
     /// Colours per strategy: baselines in greys, Godwit's modes in colour.
     static func colour(_ strategy: BenchStrategy) -> String {
         switch strategy {
-        case .stopAndCopy: return "#1f77b4"
-        case .preCopy: return "#2ca02c"
-        case .postCopy: return "#d62728"
-        case .hybrid: return "#9467bd"
+        case .move(.stopAndCopy): return "#1f77b4"
+        case .move(.preCopy): return "#2ca02c"
+        case .move(.postCopy): return "#d62728"
+        case .move(.hybrid): return "#9467bd"
         case .criuPageServer: return "#7f7f7f"
         case .criuLazy: return "#bcbcbc"
         }

@@ -140,8 +140,8 @@ struct BaselineMove {
             let lazyBytes = UInt64(lazyPageCount) * 4096
             phases.append(BenchPhase(name: "lazy pages", millis: clock.since(fetching), bytes: lazyBytes))
             sample.totalMillis = clock.since(start)
-        default:
-            preconditionFailure("\(strategy) is not a baseline")
+        case .move(let strategy):
+            throw GodwitError("\(strategy.rawValue) is a Godwit move, not a CRIU baseline")
         }
         sample.phases = phases
         workload.restoredRootfs = rootfs.path

@@ -82,10 +82,11 @@ final class BenchRunner {
         Thread.sleep(forTimeInterval: 0.3)
         let resumedBefore = probe.resumedCount
         var sample = BenchSample(configuration: configuration, repetition: repetition, outcome: .moved)
-        if configuration.strategy.isBaseline {
+        switch configuration.strategy {
+        case .criuPageServer, .criuLazy:
             try BaselineMove(runner: self, workload: workload).run(configuration.strategy, into: &sample)
-        } else {
-            try godwitMove(workload, configuration.strategy, into: &sample)
+        case .move(let strategy):
+            try godwitMove(workload, strategy, into: &sample)
             if sample.outcome != .moved { return sample }
         }
         // The network is back when answers come back; the probe ends the gap then.
@@ -104,7 +105,7 @@ final class BenchRunner {
         return sample
     }
 
-    private func godwitMove(_ workload: Workload, _ strategy: BenchStrategy, into sample: inout BenchSample) throws {
+    private func godwitMove(_ workload: Workload, _ strategy: MigrationStrategy, into sample: inout BenchSample) throws {
         let result = try runGodwit(["move", "--dir", workload.host.stateDirectory, workload.name, "\(destination.name):",
                                     "--mode", strategy.rawValue, "--format", "json"], timeout: 900)
         try? Data((result.stdout + "\n--- stderr\n" + result.stderr).utf8)
