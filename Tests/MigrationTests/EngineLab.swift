@@ -117,6 +117,30 @@ extension MigrationLab {
     }
 }
 
+extension MigrationLab {
+    /// After a rollback: the source runs on (thawed, its writer counting and verifying its
+    /// memory), nothing of the container is left on the destination, no CRIU is left.
+    func expectRolledBack(_ container: RunningContainer, _ move: EngineMove,
+                          sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(move.report == nil, sourceLocation: sourceLocation)
+        #expect(move.source.failureReport?.outcome == "rolled-back", sourceLocation: sourceLocation)
+        #expect(move.destination.discarded && move.engine?.stateName == "aborted", "the destination removed its copy",
+                sourceLocation: sourceLocation)
+        #expect(container.initProcess.isAlive, "the source container survived", sourceLocation: sourceLocation)
+        let rootfs = container.rootfs.path
+        let at = MigrationLab.counter(rootfs: rootfs, nsPID: 1)
+        #expect(eventually(10) { MigrationLab.counter(rootfs: rootfs, nsPID: 1) > at + 2 }, "the source runs on (thawed)",
+                sourceLocation: sourceLocation)
+        let verdicts = MigrationLab.verify(cgroup: container.cgroup, rootfs: rootfs)
+        #expect(verdicts[1]?.hasPrefix("ok") == true, "\(verdicts)", sourceLocation: sourceLocation)
+        let dst = destinationCgroup(for: container)
+        #expect(MigrationLab.processes(of: dst).isEmpty && !dst.exists, sourceLocation: sourceLocation)
+        let state = HostEnvironment.read((container.cgroup.directory(for: "freezer") ?? "") + "/freezer.state")
+        #expect(state == nil || state == "THAWED", sourceLocation: sourceLocation)
+        #expect(eventually(10) { !criuRunning() }, "no CRIU process is left behind", sourceLocation: sourceLocation)
+    }
+}
+
 /// The page contents of the container at the freeze, compared with the restored (still
 /// stopped) processes before the commit: the hooks of a move that checks every page.
 final class FreezeComparison: @unchecked Sendable {

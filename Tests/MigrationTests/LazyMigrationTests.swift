@@ -180,16 +180,7 @@ struct LazyMigrationTests {
         let rootfs = container.rootfs.path
         let move = try await lab.engineMove(container, strategy: .postCopy, tag: "lfail",
                                             destinationImage: lab.directory + "/no-such-image")
-        #expect(move.report == nil)
-        #expect(move.source.failureReport?.outcome == "rolled-back")
-        #expect(container.initProcess.isAlive, "the source container survived")
-        let at = MigrationLab.counter(rootfs: rootfs, nsPID: 1)
-        #expect(eventually(10) { MigrationLab.counter(rootfs: rootfs, nsPID: 1) > at + 2 }, "the source runs on (thawed)")
-        let verdicts = MigrationLab.verify(cgroup: container.cgroup, rootfs: rootfs)
-        #expect(verdicts[1]?.hasPrefix("ok") == true, "\(verdicts)")
-        let dst = lab.destinationCgroup(for: container)
-        #expect(move.destination.discarded)
-        #expect(MigrationLab.processes(of: dst).isEmpty && !dst.exists)
+        lab.expectRolledBack(container, move)
     }
 
     /// The mechanism behind never-two-copies: after SIGKILL to every frozen source task,

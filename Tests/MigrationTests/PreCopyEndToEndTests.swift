@@ -178,19 +178,7 @@ extension PreCopyEndToEndTests {
         #expect(eventually(10) { MigrationLab.counter(rootfs: rootfs, nsPID: 1) >= 3 })
         let (move, _) = try await move(lab: lab, container: container, kind: .uffdWP, goal: 70, rounds: 2,
                                        destinationImage: lab.directory + "/no-such-image")
-        #expect(move.report == nil, "the restore can't succeed")
-        #expect(move.source.failureReport?.outcome == "rolled-back")
-        #expect(move.destination.discarded && move.engine?.stateName == "aborted")
-        #expect(container.initProcess.isAlive, "the source container survived")
-        let at = MigrationLab.counter(rootfs: rootfs, nsPID: 1)
-        #expect(eventually(10) { MigrationLab.counter(rootfs: rootfs, nsPID: 1) > at + 2 }, "the source runs on (thawed)")
-        let verdicts = MigrationLab.verify(cgroup: container.cgroup, rootfs: rootfs)
-        #expect(verdicts[1]?.hasPrefix("ok") == true, "\(verdicts)")
-        let dst = lab.destinationCgroup(for: container)
-        #expect(MigrationLab.processes(of: dst).isEmpty && !dst.exists)
-        let state = HostEnvironment.read((container.cgroup.directory(for: "freezer") ?? "") + "/freezer.state")
-        #expect(state == nil || state == "THAWED")
-        #expect(!criuRunning(), "no CRIU process is left behind")
+        lab.expectRolledBack(container, move)
     }
 }
 
