@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import GodwitCore
 
 /// Network-visible downtime: a client that sends a UDP datagram every `interval` to a
@@ -112,9 +113,8 @@ public enum UDPProbe {
 public final class UDPProbeProcess {
     private let process = Process()
     private let output = Pipe(), errors = Pipe(), lifeline = Pipe()
-    private let lock = NSLock()
-    private var text = ""
-    private var reader: Thread?
+    /// What the probe printed so far: appended by the reader thread, read by the bench.
+    private let text = TextBuffer()
 
     public init(lab: Lab, executable: String, address: String, port: UInt16, intervalMicros: Int = 1000, maxSeconds: Double = 900) throws {
         let argv = LabNamespace.enter(lab.client.netns) + [executable] + UDPProbe.arguments
@@ -126,20 +126,17 @@ public final class UDPProbeProcess {
         process.standardError = errors
         try process.run()
         let handle = output.fileHandleForReading
-        let thread = Thread { [weak self] in
+        let text = self.text
+        Thread {
             while true {
                 let data = handle.availableData
                 if data.isEmpty { return }
-                self?.append(String(decoding: data, as: UTF8.self))
+                text.append(String(decoding: data, as: UTF8.self))
             }
-        }
-        reader = thread
-        thread.start()
+        }.start()
     }
 
-    private func append(_ chunk: String) { lock.lock(); text += chunk; lock.unlock() }
-
-    private var stdout: String { lock.lock(); defer { lock.unlock() }; return text }
+    private var stdout: String { text.value }
 
     /// How many gaps of at least 20 ms have ended so far.
     public var resumedCount: Int {
@@ -172,4 +169,11 @@ public final class UDPProbeProcess {
         }
         return result
     }
+}
+
+/// Text that one thread appends to and others read.
+final class TextBuffer: Sendable {
+    private let text = Mutex("")
+    func append(_ chunk: String) { text.withLock { $0 += chunk } }
+    var value: String { text.withLock { $0 } }
 }

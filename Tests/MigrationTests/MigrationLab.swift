@@ -103,11 +103,16 @@ final class MigrationLab {
 
     func cleanUp() {
         for c in containers { try? runtime.destroy(c) }
-        for root in destinationRoots { try? root.remove() }
         for c in containers {
             let dst = destinationCgroup(for: c)
             try? dst.kill()
+            _ = poll(timeout: 5) { dst.processes().isEmpty }
             try? dst.remove()
+        }
+        // After the restored tasks are gone: they hold their rootfs busy.
+        for root in destinationRoots {
+            try? root.remove()
+            if root.isMounted { _ = try? Command.run(["umount", "-l", root.path]) }
         }
         try? Cgroup(path: destinationCgroupParent, layout: runtime.cgroupLayout).remove()
         try? runtime.cgroup(for: "").remove()
