@@ -90,8 +90,7 @@ public struct CRIU: Sendable {
 
     public func dumpArguments(_ o: DumpOptions, logFile: String = "dump.log") -> [String] {
         var args = ["dump", "-t", String(o.pid), "-D", o.imagesDirectory, "-o", logFile,
-                    // No iptables binaries on these hosts: lock the network with nftables.
-                    "--network-lock", "nftables"]
+                    "--network-lock", CRIUNetworkLock.backend]
         if o.tcpEstablished { args.append("--tcp-established") }
         if o.manageCgroups { args.append("--manage-cgroups=full") }
         if let freezer = o.freezerCgroup { args += ["--freeze-cgroup", freezer] }
@@ -103,7 +102,7 @@ public struct CRIU: Sendable {
 
     public func restoreArguments(_ o: RestoreOptions, logFile: String = "restore.log") -> [String] {
         var args = ["restore", "-D", o.imagesDirectory, "-o", logFile, "-d", "--pidfile", o.pidFile,
-                    "--root", o.rootfs, "--network-lock", "nftables"]
+                    "--root", o.rootfs, "--network-lock", CRIUNetworkLock.backend]
         if o.tcpEstablished { args.append("--tcp-established") }
         if o.manageCgroups { args.append("--manage-cgroups=full") }
         if let root = o.cgroupRoot { args += ["--cgroup-root", root] }

@@ -309,13 +309,7 @@ final class MoveSource: @unchecked Sendable {
     /// again once it is gone; connections established at the freeze did not come back in
     /// that case (see docs/migration.md). Only tables CRIU names CRIU-* are touched.
     static func removeLeftoverNetworkLock(initPID: pid_t) {
-        let netns = ["nsenter", "--net=/proc/\(initPID)/ns/net"]
-        guard let list = try? Command.run(netns + ["nft", "list", "tables"]), list.succeeded else { return }
-        for line in list.stdout.split(separator: "\n") {
-            let words = line.split(separator: " ")
-            guard words.count == 3, words[0] == "table", words[2].hasPrefix("CRIU-") else { continue }
-            _ = try? Command.run(netns + ["nft", "delete", "table", String(words[1]), String(words[2])])
-        }
+        CRIUNetworkLock.removeLeftover(initPID: initPID)
     }
 
     /// The destination runs the container: the source's copy goes (its tasks are dead).
