@@ -28,6 +28,9 @@ public struct DumpOptions: Sendable {
     public var lazyPages: PageServerAddress?
     /// Stop-and-copy straight to a remote `criu page-server` instead of local files.
     public var pageServer: PageServerAddress?
+    /// A descriptor CRIU inherits and writes one byte to once its page server listens
+    /// (`--status-fd`), then closes; LazyDump sets it and waits on the other end.
+    public var statusFD: Int32?
 
     public init(pid: Int32, imagesDirectory: String) {
         self.pid = pid
@@ -97,6 +100,7 @@ public struct CRIU: Sendable {
         if o.leaveRunning { args.append("--leave-running") }
         if let lazy = o.lazyPages { args += ["--lazy-pages", "--address", lazy.address, "--port", String(lazy.port)] }
         if let server = o.pageServer { args += ["--page-server", "--address", server.address, "--port", String(server.port)] }
+        if let fd = o.statusFD { args += ["--status-fd", String(fd)] }
         return args
     }
 
@@ -134,8 +138,9 @@ public struct CRIU: Sendable {
         return (pid, run)
     }
 
-    /// Starts CRIU in the background (a lazy dump's page server, `criu lazy-pages`): it talks
-    /// through its log and sockets, so stdio goes nowhere.
+    /// Starts CRIU in the background (e.g. `criu page-server` for a benchmark baseline): it
+    /// talks through its log and sockets, so stdio goes nowhere. LazyDump and
+    /// LazyPagesDaemon use `start`, which also tells when CRIU is ready.
     public func spawn(_ args: [String]) throws -> Process {
         let argv = launcher + [binary.path] + args
         let process = Process()
@@ -146,6 +151,12 @@ public struct CRIU: Sendable {
         process.standardError = FileHandle.nullDevice
         try process.run()
         return process
+    }
+
+    /// Starts CRIU in the background with a status pipe on `CRIUProcess.statusFD`: `args`
+    /// must pass that number to `--status-fd`.
+    func start(_ args: [String]) throws -> CRIUProcess {
+        try CRIUProcess(launcher + [binary.path] + args)
     }
 
     private func run(_ args: [String], directory: String, log: String, phase: String) throws -> CRIURun {
