@@ -488,6 +488,8 @@ public final class LazyPageProxy: @unchecked Sendable {
                 let nr = answer.pages
                 var data = [UInt8](repeating: 0, count: answer.byteCount)
                 try data.withUnsafeMutableBytes { try upstream.receive($0) }
+                // Before the lock: the catch below takes it.
+                let reply = try head.request.reply(pages: min(nr, head.pages))
                 lock.lock()
                 inFlight.removeFirst()
                 for i in 0..<head.fetchPages { fetching.remove(Key(ns: head.nsPID, vaddr: head.vaddr + UInt64(i * pageSize))) }
@@ -506,7 +508,7 @@ public final class LazyPageProxy: @unchecked Sendable {
                 }
                 head.data = answered == nr ? data : Array(data[0..<(answered * pageSize)])
                 head.pages = answered
-                head.reply = try head.request.reply(pages: answered)
+                head.reply = reply
                 head.ready = true
                 try flushLocked()
                 lock.unlock()
