@@ -28,6 +28,9 @@ public struct DumpOptions: Sendable {
     public var lazyPages: PageServerAddress?
     /// Stop-and-copy straight to a remote `criu page-server` instead of local files.
     public var pageServer: PageServerAddress?
+    /// A descriptor CRIU inherits and writes one byte to once its page server listens
+    /// (`--status-fd`), then closes; LazyDump sets it and waits on the other end.
+    public var statusFD: Int32?
 
     public init(pid: Int32, imagesDirectory: String) {
         self.pid = pid
@@ -90,20 +93,20 @@ public struct CRIU: Sendable {
 
     public func dumpArguments(_ o: DumpOptions, logFile: String = "dump.log") -> [String] {
         var args = ["dump", "-t", String(o.pid), "-D", o.imagesDirectory, "-o", logFile,
-                    // No iptables binaries on these hosts: lock the network with nftables.
-                    "--network-lock", "nftables"]
+                    "--network-lock", CRIUNetworkLock.backend]
         if o.tcpEstablished { args.append("--tcp-established") }
         if o.manageCgroups { args.append("--manage-cgroups=full") }
         if let freezer = o.freezerCgroup { args += ["--freeze-cgroup", freezer] }
         if o.leaveRunning { args.append("--leave-running") }
         if let lazy = o.lazyPages { args += ["--lazy-pages", "--address", lazy.address, "--port", String(lazy.port)] }
         if let server = o.pageServer { args += ["--page-server", "--address", server.address, "--port", String(server.port)] }
+        if let fd = o.statusFD { args += ["--status-fd", String(fd)] }
         return args
     }
 
     public func restoreArguments(_ o: RestoreOptions, logFile: String = "restore.log") -> [String] {
         var args = ["restore", "-D", o.imagesDirectory, "-o", logFile, "-d", "--pidfile", o.pidFile,
-                    "--root", o.rootfs, "--network-lock", "nftables"]
+                    "--root", o.rootfs, "--network-lock", CRIUNetworkLock.backend]
         if o.tcpEstablished { args.append("--tcp-established") }
         if o.manageCgroups { args.append("--manage-cgroups=full") }
         if let root = o.cgroupRoot { args += ["--cgroup-root", root] }
@@ -135,8 +138,9 @@ public struct CRIU: Sendable {
         return (pid, run)
     }
 
-    /// Starts CRIU in the background (a lazy dump's page server, `criu lazy-pages`): it talks
-    /// through its log and sockets, so stdio goes nowhere.
+    /// Starts CRIU in the background (e.g. `criu page-server` for a benchmark baseline): it
+    /// talks through its log and sockets, so stdio goes nowhere. LazyDump and
+    /// LazyPagesDaemon use `start`, which also tells when CRIU is ready.
     public func spawn(_ args: [String]) throws -> Process {
         let argv = launcher + [binary.path] + args
         let process = Process()
@@ -147,6 +151,12 @@ public struct CRIU: Sendable {
         process.standardError = FileHandle.nullDevice
         try process.run()
         return process
+    }
+
+    /// Starts CRIU in the background with a status pipe on `CRIUProcess.statusFD`: `args`
+    /// must pass that number to `--status-fd`.
+    func start(_ args: [String]) throws -> CRIUProcess {
+        try CRIUProcess(launcher + [binary.path] + args)
     }
 
     private func run(_ args: [String], directory: String, log: String, phase: String) throws -> CRIURun {

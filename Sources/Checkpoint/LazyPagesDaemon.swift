@@ -9,15 +9,19 @@ import GodwitCore
 ///
 /// Killing it while tasks still miss pages makes the kernel drop the uffd registrations,
 /// after which the missing pages read as ZEROS: kill the restored tasks first.
-public final class LazyPagesDaemon {
+public final class LazyPagesDaemon: Sendable {
     public let directory: String
     public let logPath: String
     public let socketPath: String
-    private let process: Process
+    private let process: CRIUProcess
 
-    public static func arguments(address: PageServerAddress, directory: String, logFile: String = "lazy-pages.log") -> [String] {
-        ["lazy-pages", "--page-server", "--address", address.address, "--port", String(address.port),
-         "-D", directory, "-o", logFile]
+    /// `statusFD`: CRIU writes a byte there once restore may connect (see `waitUntilReady`).
+    public static func arguments(address: PageServerAddress, directory: String, logFile: String = "lazy-pages.log",
+                                 statusFD: Int32? = nil) -> [String] {
+        var args = ["lazy-pages", "--page-server", "--address", address.address, "--port", String(address.port),
+                    "-D", directory, "-o", logFile]
+        if let statusFD { args += ["--status-fd", String(statusFD)] }
+        return args
     }
 
     /// Starts the daemon (no launcher: it talks to the proxy over the host's loopback and
@@ -27,30 +31,30 @@ public final class LazyPagesDaemon {
         logPath = directory + "/lazy-pages.log"
         socketPath = directory + "/lazy-pages.socket"
         try? FileManager.default.removeItem(atPath: socketPath)
-        process = try criu.spawn(Self.arguments(address: address, directory: directory))
+        process = try criu.start(Self.arguments(address: address, directory: directory, statusFD: CRIUProcess.statusFD))
     }
 
-    public var pid: Int32 { process.processIdentifier }
+    public var pid: Int32 { process.pid }
     public var isRunning: Bool { process.isRunning }
 
-    /// Waits for the daemon's socket (it is ready for `criu restore --lazy-pages`).
+    /// Waits until the daemon may be handed the tasks by `criu restore --lazy-pages`: CRIU
+    /// signals its status fd once lazy-pages.socket listens (cr_lazy_pages in criu/uffd.c:
+    /// prepare_lazy_socket, then status_ready), which the socket file's mere existence
+    /// (it appears at bind, before listen) did not tell.
     public func waitUntilReady(timeout: TimeInterval = 30) throws {
-        let ok = poll(timeout: timeout) { !process.isRunning || FileManager.default.fileExists(atPath: socketPath) }
-        guard ok, process.isRunning else {
-            let line = CRIULog.firstError(path: logPath) ?? (process.isRunning ? "no socket after \(Int(timeout)) s" : "exit \(process.terminationStatus)")
-            throw GodwitError("criu lazy-pages did not start: \(line)", hint: "the full log is \(logPath)",
-                              context: [("phase", "lazy-pages")])
-        }
+        let outcome = process.waitUntilReady(timeout: timeout)
+        if outcome == .ready && process.isRunning { return }
+        if outcome != .timedOut { _ = process.waitForExit(timeout: 5) }
+        let line = CRIULog.firstError(path: logPath)
+            ?? (outcome == .timedOut ? "not ready after \(Int(timeout)) s" : "exit \(process.exitStatus.map { String($0) } ?? "unknown")")
+        throw GodwitError("criu lazy-pages did not start: \(line)", hint: "the full log is \(logPath)",
+                          context: [("phase", "lazy-pages")])
     }
 
     @discardableResult
     public func waitForExit(timeout: TimeInterval) -> Int32? {
-        guard poll(timeout: timeout, { !process.isRunning }) else { return nil }
-        return process.terminationStatus
+        process.waitForExit(timeout: timeout)
     }
 
-    public func kill() {
-        if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-    }
+    public func kill() { process.kill() }
 }

@@ -5,14 +5,11 @@ import GodwitCore
 /// destination), used to fetch the pages a destination lacks straight from a source whose
 /// `criu dump --lazy-pages` keeps the container frozen.
 ///
-/// Wire format (CRIU 4.2, native little-endian, observed and in criu/page-xfer.c): every
-/// header is 32 bytes: u32 cmd (low 16 bits command, high 16 bits flags), 4 padding bytes
-/// (echoed, not zeroed), u64 nr_pages, u64 vaddr, u64 dst_id. GET (7) with dst_id = the
-/// task's pid inside the container's pid namespace; the answer is the header echoed with
-/// cmd ADD_F|PE_PRESENT<<16 and nr_pages <= asked (short at the end of the source's
-/// range: ask again for the rest), then nr_pages*4096 bytes. CLOSE (0x1023, zero fields)
-/// ends the session: the source answers int32 0 and its dump completes, which KILLS the
-/// source tasks.
+/// The session (headers: see PageServerHeader): GET with dst_id = the task's pid inside
+/// the container's pid namespace; the answer is the header echoed as ADD_F with
+/// PE_PRESENT and nr_pages <= asked (short at the end of the source's range: ask again
+/// for the rest), then nr_pages*4096 bytes. CLOSE ends the session: the source answers
+/// int32 0 and its dump completes, which KILLS the source tasks.
 ///
 /// Rollback needs care: CRIU's page server treats a clean end of stream (FIN) like CLOSE:
 /// the dump SUCCEEDS and the source tasks are killed (verified with CRIU 4.2.1; the
@@ -22,10 +19,6 @@ import GodwitCore
 /// including the kernel closing it when Godwit dies, sends RST and the source resumes.
 /// The commit alone switches lingering back off and ends with a clean FIN.
 public final class PageServerClient {
-    public static let headerSize = 32
-    public static let get: UInt32 = 7
-    public static let addF: UInt32 = 6
-    public static let close: UInt32 = 0x1023
     /// Largest single GET (CRIU's lazy-pages daemon goes up to 1024 pages).
     public static let maxPagesPerRequest = 256
 
@@ -93,14 +86,11 @@ public final class PageServerClient {
     /// container. Idempotent.
     public func abandon() {
         guard fd >= 0 else { return }
-        if abortsWithCommand { try? sendHeader(cmd: Self.abort, pages: 0, vaddr: 0, dst: 0) }
+        if abortsWithCommand { try? send(.abortRequest) }
         Self.setAbortOnClose(fd, true)
         Glibc.close(fd)
         fd = -1
     }
-
-    /// Not a CRIU command: CRIU answers unknown commands by failing the session.
-    public static let abort: UInt32 = 0xDEAD
 
     /// SO_LINGER {on, 0}: close() sends RST instead of FIN.
     static func setAbortOnClose(_ fd: Int32, _ on: Bool) {
@@ -132,24 +122,24 @@ public final class PageServerClient {
             while inFlight.count < max(1, window), next < queue.count {
                 let r = queue[next]
                 next += 1
-                try sendHeader(cmd: Self.get, pages: UInt64(r.pages), vaddr: r.vaddr, dst: UInt64(UInt32(bitPattern: r.nsPID)))
+                try send(.get(nsPID: r.nsPID, vaddr: r.vaddr, pages: r.pages))
                 self.requests += 1
                 inFlight.append(r)
             }
             let head = inFlight.removeFirst()
-            let (cmd, pages, vaddr, dst) = try readHeader()
-            guard cmd & 0xFFFF == Self.addF, vaddr == head.vaddr, dst == UInt64(UInt32(bitPattern: head.nsPID)),
-                  pages > 0, pages <= UInt64(head.pages) else {
-                throw GodwitError("CRIU page server answered GET(\(head.nsPID), 0x\(String(head.vaddr, radix: 16)), \(head.pages)) with cmd 0x\(String(cmd, radix: 16)), \(pages) pages at 0x\(String(vaddr, radix: 16)) for \(dst)",
+            let answer = try readHeader()
+            guard answer.isPresentPages, answer.vaddr == head.vaddr, answer.nsPID == head.nsPID,
+                  answer.pages > 0, answer.pages <= head.pages else {
+                throw GodwitError("CRIU page server answered GET(\(head.nsPID), 0x\(String(head.vaddr, radix: 16)), \(head.pages)) with \(answer)",
                                   hint: "both hosts must run the same CRIU version (4.2 uses 32-byte headers)")
             }
-            let bytes = Int(pages) * pageSize
+            let bytes = answer.byteCount
             try readFull(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<bytes]))
-            pagesFetched += Int(pages)
-            try deliver(head.nsPID, head.vaddr, Int(pages), UnsafeRawBufferPointer(rebasing: buffer[0..<bytes]))
-            if Int(pages) < head.pages {
+            pagesFetched += answer.pages
+            try deliver(head.nsPID, head.vaddr, answer.pages, UnsafeRawBufferPointer(rebasing: buffer[0..<bytes]))
+            if answer.pages < head.pages {
                 shortReplies += 1
-                queue.append(Request(nsPID: head.nsPID, vaddr: head.vaddr + UInt64(bytes), pages: head.pages - Int(pages)))
+                queue.append(Request(nsPID: head.nsPID, vaddr: answer.endAddress, pages: head.pages - answer.pages))
             }
         }
     }
@@ -159,7 +149,7 @@ public final class PageServerClient {
     @discardableResult
     public func close() throws -> Int32 {
         guard fd >= 0 else { throw GodwitError("page server connection already closed") }
-        try sendHeader(cmd: Self.close, pages: 0, vaddr: 0, dst: 0)
+        try send(.closeRequest)
         var status: Int32 = -1
         try withUnsafeMutableBytes(of: &status) { try readFull($0) }
         // CRIU now waits for our end of stream; it must be a clean FIN (a reset here
@@ -172,18 +162,13 @@ public final class PageServerClient {
         return status
     }
 
-    private func sendHeader(cmd: UInt32, pages: UInt64, vaddr: UInt64, dst: UInt64) throws {
-        var h = [UInt8](repeating: 0, count: Self.headerSize)
-        h.withUnsafeMutableBytes { p in
-            p.storeBytes(of: cmd.littleEndian, toByteOffset: 0, as: UInt32.self)
-            p.storeBytes(of: pages.littleEndian, toByteOffset: 8, as: UInt64.self)
-            p.storeBytes(of: vaddr.littleEndian, toByteOffset: 16, as: UInt64.self)
-            p.storeBytes(of: dst.littleEndian, toByteOffset: 24, as: UInt64.self)
-        }
-        try h.withUnsafeBytes { b in
+    private func send(_ header: PageServerHeader) throws {
+        let bytes = header.encode()
+        try bytes.withUnsafeBytes { b in
+            guard let base = b.baseAddress else { return }
             var done = 0
             while done < b.count {
-                let n = send(fd, b.baseAddress! + done, b.count - done, Int32(MSG_NOSIGNAL))
+                let n = Glibc.send(fd, base + done, b.count - done, Int32(MSG_NOSIGNAL))
                 if n < 0 && errno == EINTR { continue }
                 guard n > 0 else { throw GodwitError.errno("sending to CRIU page server") }
                 done += n
@@ -191,21 +176,17 @@ public final class PageServerClient {
         }
     }
 
-    private func readHeader() throws -> (UInt32, UInt64, UInt64, UInt64) {
-        var h = [UInt8](repeating: 0, count: Self.headerSize)
-        try h.withUnsafeMutableBytes { try readFull($0) }
-        return h.withUnsafeBytes { p in
-            (UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)),
-             UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
-             UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
-             UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
-        }
+    private func readHeader() throws -> PageServerHeader {
+        var bytes = [UInt8](repeating: 0, count: PageServerHeader.size)
+        try bytes.withUnsafeMutableBytes { try readFull($0) }
+        return try PageServerHeader(bytes: bytes)
     }
 
     private func readFull(_ buffer: UnsafeMutableRawBufferPointer) throws {
+        guard let base = buffer.baseAddress else { return }
         var done = 0
         while done < buffer.count {
-            let n = recv(fd, buffer.baseAddress! + done, buffer.count - done, 0)
+            let n = recv(fd, base + done, buffer.count - done, 0)
             if n < 0 && errno == EINTR { continue }
             if n == 0 { throw GodwitError("CRIU page server closed the connection", hint: "see the source's dump.log") }
             guard n > 0 else { throw GodwitError.errno("reading from CRIU page server") }

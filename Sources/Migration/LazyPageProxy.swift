@@ -18,7 +18,6 @@ import Memory
 /// so that the caller can kill the restored tasks before lazy-pages dies and the kernel
 /// would map zero pages in place of the missing ones.
 public final class LazyPageProxy: @unchecked Sendable {
-    public static let headerSize = 32
     public let port: Int
     public private(set) var stats = LazyProxyStats()
     /// Called once, on a proxy thread, when the session can't go on.
@@ -64,7 +63,9 @@ public final class LazyPageProxy: @unchecked Sendable {
     private let pageSize = Int(systemPageSize)
 
     private final class Pending {
-        var header: [UInt8]          // the reply header to send (request's padding kept)
+        let request: PageServerHeader
+        /// Set when the answer is ready (the request's padding echoed).
+        var reply: PageServerHeader?
         let nsPID: Int32
         let vaddr: UInt64
         var pages: Int
@@ -78,8 +79,8 @@ public final class LazyPageProxy: @unchecked Sendable {
         var deferred = false
         /// Fetched for the store only: never in the reply queue, nobody waits for it.
         var isPrefetch = false
-        init(header: [UInt8], nsPID: Int32, vaddr: UInt64, pages: Int, isClose: Bool = false) {
-            self.header = header; self.nsPID = nsPID; self.vaddr = vaddr; self.pages = pages; self.isClose = isClose
+        init(request: PageServerHeader, nsPID: Int32, vaddr: UInt64, pages: Int, isClose: Bool = false) {
+            self.request = request; self.nsPID = nsPID; self.vaddr = vaddr; self.pages = pages; self.isClose = isClose
         }
     }
     private var queue: [Pending] = []
@@ -234,7 +235,7 @@ public final class LazyPageProxy: @unchecked Sendable {
         setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let down = FileDescriptorStream(fd: c, owns: false, name: "criu lazy-pages")
         lock.lock(); downFD = c; downStream = down; lock.unlock()
-        var h = [UInt8](repeating: 0, count: Self.headerSize)
+        var h = [UInt8](repeating: 0, count: PageServerHeader.size)
         while true {
             // A clean end, a half header or an error: lazy-pages is gone either way.
             let got = (try? h.withUnsafeMutableBytes { try down.readFull($0) }) ?? false
@@ -243,29 +244,28 @@ public final class LazyPageProxy: @unchecked Sendable {
                 if !done && !stop { fail("criu lazy-pages disconnected before every page was delivered") }
                 return
             }
-            let (cmd, nr, vaddr, dst) = h.withUnsafeBytes { p in
-                (UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)),
-                 UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
-                 UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
-                 UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
+            let header: PageServerHeader
+            do { header = try PageServerHeader(bytes: h) } catch {
+                fail("criu lazy-pages sent a bad header: \(error)")
+                return
             }
-            switch cmd & 0xFFFF {
-            case PageServerClient.get:
-                guard nr > 0, nr <= 1 << 20 else { fail("criu lazy-pages sent GET for \(nr) pages"); return }
-                do { try handleGet(header: h, nsPID: Int32(truncatingIfNeeded: dst), vaddr: vaddr, pages: Int(nr)) } catch {
+            if header.isGet {
+                guard header.pages > 0, let nsPID = header.nsPID else { fail("criu lazy-pages sent GET with \(header)"); return }
+                do { try handleGet(header, nsPID: nsPID) } catch {
                     fail("\(error)")
                     return
                 }
-            case PageServerClient.close & 0xFFFF where cmd == PageServerClient.close:
-                handleClose(header: h)
-            default:
-                fail("criu lazy-pages sent an unexpected command 0x\(String(cmd, radix: 16))")
+            } else if header.isClose {
+                handleClose(header: header)
+            } else {
+                fail("criu lazy-pages sent an unexpected command 0x\(String(header.cmd, radix: 16))")
                 return
             }
         }
     }
 
-    private func handleGet(header: [UInt8], nsPID: Int32, vaddr: UInt64, pages: Int) throws {
+    private func handleGet(_ header: PageServerHeader, nsPID: Int32) throws {
+        let vaddr = header.vaddr, pages = header.pages
         lock.lock()
         defer { lock.unlock() }
         stats.requests += 1
@@ -273,7 +273,7 @@ public final class LazyPageProxy: @unchecked Sendable {
         for i in 0..<pages where delivered.contains(Key(ns: nsPID, vaddr: vaddr + UInt64(i * pageSize))) {
             stats.pagesRequestedTwice += 1
         }
-        let p = Pending(header: header, nsPID: nsPID, vaddr: vaddr, pages: pages)
+        let p = Pending(request: header, nsPID: nsPID, vaddr: vaddr, pages: pages)
         queue.append(p)
         if fetching.contains(Key(ns: nsPID, vaddr: vaddr)) {
             p.deferred = true
@@ -290,7 +290,7 @@ public final class LazyPageProxy: @unchecked Sendable {
         guard held > 0 else { return false }
         p.data = [UInt8](repeating: 0, count: held * pageSize)
         _ = try p.data.withUnsafeMutableBytes { try store.read(nsPID: p.nsPID, vaddr: p.vaddr, count: held, into: $0) }
-        Self.setReply(&p.header, pages: held)
+        p.reply = try p.request.reply(pages: held)
         p.ready = true
         stats.localReplies += 1
         stats.pagesServedLocally += held
@@ -316,22 +316,20 @@ public final class LazyPageProxy: @unchecked Sendable {
         p.pages = min(p.pages, missing)
         p.fetchPages = missing
         for i in 0..<missing { fetching.insert(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
-        var request = p.header
-        Self.setCommand(&request, PageServerClient.get)
-        Self.setPages(&request, missing)
+        let request = try p.request.asGet(pages: missing)
         inFlight.append(p)
         stats.forwardedRequests += 1
         lock.broadcast()
-        try request.withUnsafeBytes { try upstream.send($0) }
+        try send(request)
         if background, readAheadPages > missing {
-            try prefetchHoles(like: p.header, nsPID: p.nsPID, from: p.vaddr + UInt64(missing * pageSize),
+            try prefetchHoles(like: p.request, nsPID: p.nsPID, from: p.vaddr + UInt64(missing * pageSize),
                               budget: readAheadPages - missing, windowEnd: p.vaddr + UInt64(readAheadPages * pageSize))
         }
     }
 
     /// GETs for the missing runs of `[from, windowEnd)` inside the source's lazy runs, at
     /// most `budget` pages in all. Caller holds `lock`.
-    private func prefetchHoles(like header: [UInt8], nsPID: Int32, from: UInt64, budget: Int, windowEnd: UInt64) throws {
+    private func prefetchHoles(like header: PageServerHeader, nsPID: Int32, from: UInt64, budget: Int, windowEnd: UInt64) throws {
         guard let runs = lazyRuns[nsPID], !runs.isEmpty else { return }
         var budget = budget
         var address = from
@@ -351,26 +349,23 @@ public final class LazyPageProxy: @unchecked Sendable {
             var count = 0
             var a = address
             while count < budget, a < run.upperBound, a < windowEnd, missing(a) { count += 1; a += UInt64(pageSize) }
-            let p = Pending(header: header, nsPID: nsPID, vaddr: address, pages: 0)
+            let request = try header.asGet(pages: count, vaddr: address)
+            let p = Pending(request: request, nsPID: nsPID, vaddr: address, pages: 0)
             p.isPrefetch = true
             p.fetchPages = count
             for i in 0..<count { fetching.insert(Key(ns: nsPID, vaddr: address + UInt64(i * pageSize))) }
-            var request = header
-            Self.setCommand(&request, PageServerClient.get)
-            Self.setPages(&request, count)
-            request.withUnsafeMutableBytes { $0.storeBytes(of: address.littleEndian, toByteOffset: 16, as: UInt64.self) }
             inFlight.append(p)
             stats.prefetchRequests += 1
             lock.broadcast()
-            try request.withUnsafeBytes { try upstream.send($0) }
+            try send(request)
             budget -= count
             address = a
         }
     }
 
-    private func handleClose(header: [UInt8]) {
+    private func handleClose(header: PageServerHeader) {
         lock.lock()
-        let p = Pending(header: header, nsPID: 0, vaddr: 0, pages: 0, isClose: true)
+        let p = Pending(request: header, nsPID: 0, vaddr: 0, pages: 0, isClose: true)
         queue.append(p)
         let upstreamDown = upstreamError != nil
         if upstreamDown {
@@ -416,9 +411,7 @@ public final class LazyPageProxy: @unchecked Sendable {
         inFlight.append(p)
         lock.broadcast()
         lock.unlock()
-        var close = [UInt8](repeating: 0, count: Self.headerSize)
-        Self.setCommand(&close, PageServerClient.close)
-        do { try close.withUnsafeBytes { try upstream.send($0) } } catch {
+        do { try send(.closeRequest) } catch {
             lock.lock()
             upstreamError = "\(error)"
             inFlight.removeAll { $0 === p }
@@ -449,7 +442,8 @@ public final class LazyPageProxy: @unchecked Sendable {
                 lock.broadcast()
                 continue
             }
-            try writeDown(head.header)
+            guard let reply = head.reply else { throw GodwitError("page proxy: a ready answer without a header") }
+            try writeDown(reply.encode())
             try writeDown(head.data)
             for i in 0..<head.pages { delivered.insert(Key(ns: head.nsPID, vaddr: head.vaddr + UInt64(i * pageSize))) }
         }
@@ -464,7 +458,7 @@ public final class LazyPageProxy: @unchecked Sendable {
     // MARK: upstream: the source
 
     private func upstreamLoop() {
-        var h = [UInt8](repeating: 0, count: Self.headerSize)
+        var h = [UInt8](repeating: 0, count: PageServerHeader.size)
         while true {
             lock.lock()
             while inFlight.isEmpty && !stopping && !completed && failure == nil { lock.wait() }
@@ -485,38 +479,36 @@ public final class LazyPageProxy: @unchecked Sendable {
                     return
                 }
                 try h.withUnsafeMutableBytes { try upstream.receive($0) }
-                let (cmd, nr, vaddr, dst) = h.withUnsafeBytes { p in
-                    (UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)),
-                     UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
-                     UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
-                     UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
-                }
-                guard cmd & 0xFFFF == PageServerClient.addF, vaddr == head.vaddr,
-                      Int32(truncatingIfNeeded: dst) == head.nsPID, nr > 0, nr <= UInt64(head.fetchPages) else {
-                    throw GodwitError("the source's page server answered GET(\(head.nsPID), 0x\(String(head.vaddr, radix: 16)), \(head.fetchPages)) with cmd 0x\(String(cmd, radix: 16)), \(nr) pages at 0x\(String(vaddr, radix: 16))",
+                let answer = try PageServerHeader(bytes: h)
+                guard answer.isPresentPages, answer.vaddr == head.vaddr, answer.nsPID == head.nsPID,
+                      answer.pages > 0, answer.pages <= head.fetchPages else {
+                    throw GodwitError("the source's page server answered GET(\(head.nsPID), 0x\(String(head.vaddr, radix: 16)), \(head.fetchPages)) with \(answer)",
                                       hint: "both hosts must run the same CRIU version")
                 }
-                var data = [UInt8](repeating: 0, count: Int(nr) * pageSize)
+                let nr = answer.pages
+                var data = [UInt8](repeating: 0, count: answer.byteCount)
                 try data.withUnsafeMutableBytes { try upstream.receive($0) }
+                // Before the lock: the catch below takes it.
+                let reply = try head.request.reply(pages: min(nr, head.pages))
                 lock.lock()
                 inFlight.removeFirst()
                 for i in 0..<head.fetchPages { fetching.remove(Key(ns: head.nsPID, vaddr: head.vaddr + UInt64(i * pageSize))) }
-                stats.pagesFetched += Int(nr)
-                let answered = min(Int(nr), head.pages)
+                stats.pagesFetched += nr
+                let answered = min(nr, head.pages)
                 if answered < head.pages && !head.isPrefetch { stats.shortReplies += 1 }
-                for i in 0..<Int(nr) {
+                for i in 0..<nr {
                     let a = head.vaddr + UInt64(i * pageSize)
                     if !fetched.insert(Key(ns: head.nsPID, vaddr: a)).inserted { stats.pagesFetchedTwice += 1 }
                     if store.contains(nsPID: head.nsPID, vaddr: a) { stats.fetchedButAlreadyLocal += 1 }
                 }
                 do {
-                    try data.withUnsafeBytes { try store.store(nsPID: head.nsPID, vaddr: head.vaddr, count: Int(nr), data: $0) }
+                    try data.withUnsafeBytes { try store.store(nsPID: head.nsPID, vaddr: head.vaddr, count: nr, data: $0) }
                 } catch {
                     // Only the "all local" bookkeeping suffers; the reply still goes out.
                 }
-                head.data = answered == Int(nr) ? data : Array(data[0..<(answered * pageSize)])
+                head.data = answered == nr ? data : Array(data[0..<(answered * pageSize)])
                 head.pages = answered
-                Self.setReply(&head.header, pages: answered)
+                head.reply = reply
                 head.ready = true
                 try flushLocked()
                 lock.unlock()
@@ -553,19 +545,7 @@ public final class LazyPageProxy: @unchecked Sendable {
         }
     }
 
-    // MARK: wire helpers
-
-    static func setCommand(_ h: inout [UInt8], _ cmd: UInt32) {
-        h.withUnsafeMutableBytes { $0.storeBytes(of: cmd.littleEndian, toByteOffset: 0, as: UInt32.self) }
-    }
-
-    static func setPages(_ h: inout [UInt8], _ pages: Int) {
-        h.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(pages).littleEndian, toByteOffset: 8, as: UInt64.self) }
-    }
-
-    /// The reply header: the request's header (padding echoed), cmd ADD_F|PE_PRESENT<<16.
-    static func setReply(_ h: inout [UInt8], pages: Int) {
-        setCommand(&h, PageServerClient.addF | (4 << 16))
-        setPages(&h, pages)
+    private func send(_ header: PageServerHeader) throws {
+        try header.encode().withUnsafeBytes { try upstream.send($0) }
     }
 }

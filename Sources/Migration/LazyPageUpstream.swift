@@ -6,7 +6,7 @@ import Memory
 /// Where a lazy page proxy gets what it lacks: the source's CRIU page server, spoken to in
 /// CRIU's own page-server protocol over any ordered byte stream (a TCP connection to CRIU
 /// in the local engine; later a relay through the daemons' authenticated TLS channel).
-/// Requests go out as 32-byte headers; answers come back in request order.
+/// Requests go out as PageServerHeaders; answers come back in request order.
 public protocol LazyPageUpstream: AnyObject {
     func send(_ bytes: UnsafeRawBufferPointer) throws
     /// Fills the buffer completely or throws.
@@ -97,9 +97,8 @@ public final class TCPPageServerUpstream: LazyPageUpstream {
             shutdown(fd, Int32(SHUT_RDWR))
             return
         }
-        var h = [UInt8](repeating: 0, count: 32)
-        h.withUnsafeMutableBytes { $0.storeBytes(of: PageServerClient.abort.littleEndian, toByteOffset: 0, as: UInt32.self) }
-        _ = h.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, 32, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+        let h = PageServerHeader.abortRequest.encode()
+        _ = h.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
         shutdown(fd, Int32(SHUT_RD))
     }
 }

@@ -10,7 +10,7 @@ import GodwitCore
 /// PageServerClient): after CLOSE was answered a clean FIN lets the dump complete; any
 /// other end must be a reset (or an unknown command), which fails the dump and resumes
 /// the source. A channel can't carry "reset", so the relay decides: it watches the
-/// destination's requests (32-byte headers; clients send nothing else) for CLOSE, and
+/// destination's requests (PageServerHeaders; clients send nothing else) for CLOSE, and
 /// ends the CRIU connection with FIN only if CLOSE went through and was answered.
 /// Every other end (the channel broke, the destination daemon died, we abort) is a reset.
 public final class PageServerRelay: @unchecked Sendable {
@@ -67,12 +67,14 @@ public final class PageServerRelay: @unchecked Sendable {
         group.enter()
         let requests = Thread { [self] in
             defer { group.leave() }
-            var header = [UInt8](repeating: 0, count: PageServerClient.headerSize)
+            var bytes = [UInt8](repeating: 0, count: PageServerHeader.size)
             while true {
-                guard Self.readFull(channel, &header) else { break }
-                let cmd = header.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
-                if cmd == PageServerClient.close { lock.lock(); closeForwarded = true; lock.unlock() }
-                guard Self.writeFull(criu, header) else { break }
+                guard Self.readFull(channel, &bytes) else { break }
+                // Something that is not a header would make CRIU misread everything after
+                // it: the session ends here (a reset) instead.
+                guard let header = try? PageServerHeader(bytes: bytes) else { break }
+                if header.isClose { lock.lock(); closeForwarded = true; lock.unlock() }
+                guard Self.writeFull(criu, header.encode()) else { break }
             }
             end()
         }

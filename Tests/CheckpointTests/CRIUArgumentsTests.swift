@@ -23,6 +23,43 @@ import Testing
         #expect(criu.dumpArguments(options).joined(separator: " ").contains("--lazy-pages --address 127.0.0.1 --port 27000"))
     }
 
+    @Test func statusFDIsPassedOnlyWhenSet() {
+        var options = DumpOptions(pid: 1, imagesDirectory: "/d")
+        options.lazyPages = PageServerAddress(address: "127.0.0.1", port: 27000)
+        #expect(!criu.dumpArguments(options).contains("--status-fd"))
+        options.statusFD = 3
+        let args = criu.dumpArguments(options)
+        #expect(args.joined(separator: " ").hasSuffix("--lazy-pages --address 127.0.0.1 --port 27000 --status-fd 3"))
+        #expect(args.filter { $0 == "--status-fd" }.count == 1)
+    }
+
+    @Test func lazyPagesDaemonArguments() {
+        let address = PageServerAddress(address: "127.0.0.1", port: 27001)
+        let plain = LazyPagesDaemon.arguments(address: address, directory: "/d")
+        #expect(plain == ["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", "27001", "-D", "/d", "-o", "lazy-pages.log"])
+        let withStatus = LazyPagesDaemon.arguments(address: address, directory: "/d", statusFD: 3)
+        #expect(withStatus == plain + ["--status-fd", "3"])
+    }
+
+    @Test func networkLockIsNftablesOnDumpAndRestore() {
+        let dump = criu.dumpArguments(DumpOptions(pid: 1, imagesDirectory: "/d")).joined(separator: " ")
+        let restore = criu.restoreArguments(RestoreOptions(imagesDirectory: "/d", rootfs: "/r", pidFile: "/p")).joined(separator: " ")
+        #expect(dump.contains("--network-lock nftables") && restore.contains("--network-lock nftables"))
+    }
+
+    @Test func leftoverNetworkLockTablesAreOnlyCRIUs() {
+        let listing = """
+        table inet filter
+        table inet CRIU-8f2a1c
+        table ip nat
+        table ip6 CRIU-1234
+        table inet CRIU-with extra words
+        """
+        let tables = CRIUNetworkLock.leftoverTables(inListing: listing)
+        #expect(tables.map { "\($0.family) \($0.name)" } == ["inet CRIU-8f2a1c", "ip6 CRIU-1234"])
+        #expect(CRIUNetworkLock.leftoverTables(inListing: "").isEmpty)
+    }
+
     @Test func restorePutsTheVethOnThisHostsBridge() {
         var options = RestoreOptions(imagesDirectory: "/d", rootfs: "/r", pidFile: "/p")
         options.veths = [VethMapping(containerInterface: "eth0", hostInterface: "gw1234", bridge: "br0")]
