@@ -128,11 +128,10 @@ extension String {
 enum SocketRelay {
     /// Returns the bytes moved a→b and b→a; throws the first failure.
     static func run(_ a: Int32, _ b: Int32, label: String) throws -> (aToB: Int64, bToA: Int64) {
-        let failure = NSLock()
-        nonisolated(unsafe) var firstError: GodwitError?
-        nonisolated(unsafe) var counts: (Int64, Int64) = (0, 0)
+        // (first failure, bytes a→b, bytes b→a), written by both pump threads.
+        let outcome = Locked<(GodwitError?, Int64, Int64)>((nil, 0, 0))
         let done = DispatchSemaphore(value: 0)
-        func pump(_ from: Int32, _ to: Int32, _ direction: String, _ store: @escaping (Int64) -> Void) {
+        func pump(_ from: Int32, _ to: Int32, _ direction: String, _ store: @escaping @Sendable (Int64) -> Void) {
             Thread.detachNewThread {
                 var buffer = [UInt8](repeating: 0, count: 256 * 1024)
                 var total: Int64 = 0
@@ -158,9 +157,7 @@ enum SocketRelay {
                     total += Int64(n)
                 }
                 if let error {
-                    failure.lock()
-                    if firstError == nil { firstError = error }
-                    failure.unlock()
+                    outcome.withLock { if $0.0 == nil { $0.0 = error } }
                     shutdown(a, Int32(SHUT_RDWR))
                     shutdown(b, Int32(SHUT_RDWR))
                 } else {
@@ -170,11 +167,12 @@ enum SocketRelay {
                 done.signal()
             }
         }
-        pump(a, b, "a→b") { value in failure.lock(); counts.0 = value; failure.unlock() }
-        pump(b, a, "b→a") { value in failure.lock(); counts.1 = value; failure.unlock() }
+        pump(a, b, "a→b") { value in outcome.withLock { $0.1 = value } }
+        pump(b, a, "b→a") { value in outcome.withLock { $0.2 = value } }
         done.wait()
         done.wait()
+        let (firstError, aToB, bToA) = outcome.value
         if let firstError { throw firstError }
-        return counts
+        return (aToB, bToA)
     }
 }

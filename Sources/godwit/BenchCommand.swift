@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import GodwitCore
 import Lab
 
@@ -84,21 +85,22 @@ struct LinkBench: ParsableCommand {
 /// SIGHUP (the probes stop by themselves through their lifeline; the lab would stay).
 /// The signal handler only writes the signal number to a pipe (async-signal-safe); a thread
 /// reading the pipe does the teardown, which spawns processes and must not run in a handler.
-final class LabGuardian {
+final class LabGuardian: Sendable {
     private let name: LabName
-    private let lock = NSLock()
-    private var done = false
+    /// Whether the lab is gone, and whether a signal asked for it. Held while a lab is
+    /// being created, so that a teardown waits for the creation to finish.
+    private let state = Mutex<(done: Bool, interrupted: Bool)>((false, false))
 
     init(_ name: LabName) {
         self.name = name
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { return }
         let readEnd = fds[0]
-        labGuardianSignalFD = fds[1]
+        labGuardianSignalFD.store(fds[1], ordering: .sequentiallyConsistent)
         let thread = Thread { [self] in
             var signalNumber: UInt8 = 0
             guard read(readEnd, &signalNumber, 1) == 1 else { return }
-            interrupted = true
+            state.withLock { $0.interrupted = true }
             FileHandle.standardError.write(Data("\ninterrupted: removing lab \(name)\n".utf8))
             tearDown()
             exit(128 + Int32(signalNumber))
@@ -107,42 +109,35 @@ final class LabGuardian {
         for signalNumber in [SIGINT, SIGTERM, SIGHUP] {
             signal(signalNumber) { received in
                 var byte = UInt8(truncatingIfNeeded: received)
-                _ = write(labGuardianSignalFD, &byte, 1)
+                _ = write(labGuardianSignalFD.load(ordering: .relaxed), &byte, 1)
             }
         }
     }
 
-    private var interrupted: Bool {
-        get { lock.lock(); defer { lock.unlock() }; return interruptedFlag }
-        set { lock.lock(); interruptedFlag = newValue; lock.unlock() }
-    }
-    private var interruptedFlag = false
-
     /// After an interrupt the guardian thread tears down and exits the process; the caller
     /// must not race it with an error exit of its own.
     func parkIfInterrupted() {
-        guard interrupted else { return }
+        guard state.withLock({ $0.interrupted }) else { return }
         while true { sleep(60) }
     }
 
     func creating<T>(_ body: () throws -> T) rethrows -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body()
+        try state.withLock { _ in try body() }
     }
 
     func tearDown() {
-        lock.lock()
-        defer { lock.unlock() }
-        guard !done else { return }
-        done = true
-        do {
-            try Lab.destroy(name: name)
-        } catch {
-            FileHandle.standardError.write(Data("warning: \(error)\n".utf8))
+        state.withLock { s in
+            guard !s.done else { return }
+            s.done = true
+            do {
+                try Lab.destroy(name: name)
+            } catch {
+                FileHandle.standardError.write(Data("warning: \(error)\n".utf8))
+            }
         }
     }
 }
 
-/// Where the signal handler writes; a C handler can't capture context.
-private var labGuardianSignalFD: Int32 = -1
+/// Where the signal handler writes; a C handler can't capture context. An atomic load is
+/// async-signal-safe.
+private let labGuardianSignalFD = Atomic<Int32>(-1)

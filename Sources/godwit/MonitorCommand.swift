@@ -17,7 +17,7 @@ struct MonitorCommand: AsyncParsableCommand {
             let encoder = APICoding.encoder()
             for try await event in try await daemon.client.events(types: types) {
                 print(String(decoding: try encoder.encode(event), as: UTF8.self))
-                fflush(stdout)
+                fflush(nil)  // every stream: `stdout` is shared mutable state to Swift 6
             }
         }
     }

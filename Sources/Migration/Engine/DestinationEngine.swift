@@ -94,7 +94,7 @@ public final class DestinationEngine: @unchecked Sendable {
     }
 
     /// Restored, tasks stopped (or running once committed).
-    public struct Restored {
+    public struct Restored: Sendable {
         public let method: any RestoreMethod
         public let pid: pid_t
     }

@@ -190,8 +190,9 @@ public final class CopyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         // failed CLOSE only means the source's dump ends in an error. In the background:
         // CRIU's answer to CLOSE was seen to take a minute under load, and the commit call
         // must not time out (the source would report the container lost).
+        let handed = HandOff(client)
         let thread = Thread { [self] in
-            do { _ = try client.close() } catch { update { $0.notes.append("CLOSE to the source failed: \(error)") } }
+            do { _ = try handed.value.close() } catch { update { $0.notes.append("CLOSE to the source failed: \(error)") } }
         }
         thread.stackSize = 1 << 20
         thread.start()

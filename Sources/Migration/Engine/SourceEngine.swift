@@ -51,26 +51,26 @@ public final class SourceEngine: @unchecked Sendable {
     }
 
     /// The destination accepted the container; the container runs.
-    public struct Transferring {
+    public struct Transferring: Sendable {
         public var session: any MigrationSession
         public var behaviour: any StrategyBehaviour
     }
 
     /// CRIU's lazy dump holds the container frozen; its memory waits in the page server.
-    public struct Frozen {
+    public struct Frozen: Sendable {
         public var transferring: Transferring
         public var dump: LazyDump
         public var frozenAt: UInt64
     }
 
     /// The page channel relays the destination's page-server session to CRIU.
-    public struct Restoring {
+    public struct Restoring: Sendable {
         public var frozen: Frozen
         public var relay: PageServerRelay
     }
 
     /// The source's tasks are doomed; the destination runs (and may still fetch pages).
-    public struct Committed {
+    public struct Committed: Sendable {
         public var restoring: Restoring
     }
 
@@ -190,8 +190,11 @@ public final class SourceEngine: @unchecked Sendable {
         let writer = PageRecordWriter(sink: FileDescriptorStream(fd: fd, owns: false))
         let progress = self.progress
         let resident = host.memoryBytes()
+        // The tracker and the writer go to the rounds' thread and come back after it.
+        let handed = HandOff((tracker, writer))
         let pre = try await step("pre-copy", expected: resident) { () -> (PreCopyReport, UInt64) in
             let done = try await blocking { () throws -> PreCopyReport in
+                let (tracker, writer) = handed.value
                 let session = PreCopySession(tracker: tracker, sender: PreCopySender(writer: writer), settings: settings,
                                              throttle: settings.autoConverge ? try? CPUThrottle(cgroup: c.cgroup) : nil,
                                              progress: { progress.note($0) })
@@ -269,8 +272,10 @@ public final class SourceEngine: @unchecked Sendable {
         if let tracker, let writer, let precopyFD {
             let finalRound = (report.rounds?.count ?? 0) + 1
             let inline = t.behaviour.finalDirtySet == .inline
+            let handed = HandOff((tracker, writer))
             let (scan, sent) = try await step(inline ? "final scan + dirty pages" : "final scan") { () -> ((DirtyScan, RoundStats), UInt64) in
                 try await blocking { () throws -> ((DirtyScan, RoundStats), UInt64) in
+                    let (tracker, writer) = handed.value
                     let scan = try tracker.scan(attachNew: false)
                     // Marker-free protection: CRIU dumped no phantom pages; let go now.
                     tracker.close()
