@@ -58,16 +58,20 @@ final class LabDestinationHost: DestinationHost, @unchecked Sendable {
 
 /// What one engine move in the lab produced.
 struct EngineMove {
-    let source: SourceEngine
     let peer: LoopbackPeer
     let destination: LabDestinationHost
     let result: Result<MoveReport, Error>
     /// Every progress line the engine reported.
     let progress: [String]
+    /// The source engine after the move: its final state, the report of a failed move, and
+    /// how many source tasks the commit doomed.
+    let stateName: String
+    let failureReport: MoveReport?
+    let doomedTasks: Int
 
     var report: MoveReport? { try? result.get() }
     /// The report whether the move succeeded or not.
-    var anyReport: MoveReport? { report ?? source.failureReport }
+    var anyReport: MoveReport? { report ?? failureReport }
     var engine: DestinationEngine? { peer.engines.last }
     var figures: IncomingFigures { engine?.figures ?? IncomingFigures() }
 }
@@ -84,7 +88,7 @@ extension MigrationLab {
     /// Moves `container` with the shipping engine through a loopback peer.
     func engineMove(_ container: RunningContainer, strategy: MigrationStrategy, tag: String, config: [String: String] = [:],
                     destinationImage: String? = nil, hooks: SourceHooks = SourceHooks(),
-                    prepare: (SourceEngine, LoopbackPeer) -> Void = { _, _ in }) async throws -> EngineMove {
+                    prepare: (LoopbackPeer) -> Void = { _ in }) async throws -> EngineMove {
         let source = try capabilitiesPair()
         let criu = try criu(in: nil)
         let sourceContainer = SourceContainer(
@@ -99,17 +103,18 @@ extension MigrationLab {
                                 capabilities: { capabilities }, makeHost: { _ in destination })
         let lines = Lines()
         let engine = SourceEngine(host: host, peer: peer, request: MoveRequest(target: "lab-destination", mode: strategy),
-                                  progress: ProgressReporter(interval: .seconds(1)) { lines.append($0.text) })
-        engine.hooks = hooks
-        prepare(engine, peer)
+                                  progress: ProgressReporter(interval: .seconds(1)) { lines.append($0.text) }, hooks: hooks)
+        prepare(peer)
         let result: Result<MoveReport, Error>
         do { result = .success(try await engine.run()) } catch { result = .failure(error) }
         if case .failure(let error) = result { print("move failed: \(error)") }
-        if let r = engine.failureReport ?? (try? result.get()) {
+        let failureReport = await engine.failureReport
+        if let r = failureReport ?? (try? result.get()) {
             print("\(strategy.rawValue): \(r.outcome), frozen \(r.frozenMillis ?? -1) ms; phases: "
                   + r.phases.map { "\($0.name) \(Int($0.millis)) ms" }.joined(separator: ", "))
         }
-        return EngineMove(source: engine, peer: peer, destination: destination, result: result, progress: lines.all)
+        return EngineMove(peer: peer, destination: destination, result: result, progress: lines.all,
+                          stateName: await engine.state.name, failureReport: failureReport, doomedTasks: await engine.doomedTasks)
     }
 
     private func capabilitiesPair() throws -> (PeerCapabilities, PeerCapabilities) {
@@ -123,7 +128,7 @@ extension MigrationLab {
     func expectRolledBack(_ container: RunningContainer, _ move: EngineMove,
                           sourceLocation: SourceLocation = #_sourceLocation) {
         #expect(move.report == nil, sourceLocation: sourceLocation)
-        #expect(move.source.failureReport?.outcome == "rolled-back", sourceLocation: sourceLocation)
+        #expect(move.failureReport?.outcome == "rolled-back", sourceLocation: sourceLocation)
         #expect(move.destination.discarded && move.engine?.stateName == "aborted", "the destination removed its copy",
                 sourceLocation: sourceLocation)
         #expect(container.initProcess.isAlive, "the source container survived", sourceLocation: sourceLocation)

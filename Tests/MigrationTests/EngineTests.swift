@@ -49,14 +49,14 @@ struct EngineTests {
         waitRunning(container)
         let order = CommitOrder()
         let dst = lab.destinationCgroup(for: container)
-        let move = try await lab.engineMove(container, strategy: strategy, tag: tag, config: Self.keys) { _, peer in
+        let move = try await lab.engineMove(container, strategy: strategy, tag: tag, config: Self.keys) { peer in
             peer.beforeDestinationCommit = { order.record(source: container.cgroup, destination: dst) }
         }
         let report = try move.result.get()
         #expect(report.mode == strategy && report.outcome == "moved")
-        #expect(move.source.state.name == "moved")
+        #expect(move.stateName == "moved")
         let seen = try #require(order.observation, "the destination was asked to commit")
-        #expect(move.source.doomedTasks == 2)
+        #expect(move.doomedTasks == 2)
         #expect(seen.sourceDoomed, "the source's tasks were doomed before the destination ran (\(seen.sourceTasks) left)")
         #expect(seen.destinationStopped, "the restored tasks waited, stopped, for the commit")
         #expect(move.peer.reports.count == 1, "the destination got the final report")
@@ -98,9 +98,9 @@ struct EngineTests {
         var hooks = SourceHooks(failAt: point)
         hooks.onReach = { p in reached.append(p.rawValue) }
         let move = try await lab.engineMove(container, strategy: strategy, tag: tag, config: Self.keys, hooks: hooks)
-        let failed = try #require(move.source.failureReport)
+        let failed = try #require(move.failureReport)
         #expect(failed.reason?.contains("injected failure at \(point.rawValue)") == true)
-        #expect(move.source.state.name == "rolled back")
+        #expect(move.stateName == "rolled back")
         #expect(reached.all.last == point.rawValue)
         lab.expectRolledBack(container, move)
     }
@@ -111,8 +111,8 @@ struct EngineTests {
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("dfail", writer: ["16", "16", "8", "4000", "0"]))
         waitRunning(container)
-        let move = try await lab.engineMove(container, strategy: .stopAndCopy, tag: "dfail") { _, peer in peer.failRestore = true }
-        #expect(move.source.failureReport?.failedPhase == "memory + restore")
+        let move = try await lab.engineMove(container, strategy: .stopAndCopy, tag: "dfail") { peer in peer.failRestore = true }
+        #expect(move.failureReport?.failedPhase == "memory + restore")
         lab.expectRolledBack(container, move)
     }
 }

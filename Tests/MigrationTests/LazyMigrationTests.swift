@@ -67,7 +67,7 @@ struct LazyMigrationTests {
         #expect(f.pagesServedLocally + f.pagesFetchedOnFault >= f.pagesRequested)
         #expect(f.pagesFetchedTwice == 0 && f.pagesRequestedTwice == 0)
         #expect(f.pagesFetchedOnFault == f.lazyPages, "each lazy page fetched exactly once")
-        #expect(move.source.doomedTasks == 2)
+        #expect(move.doomedTasks == 2)
         #expect(move.destination.adopted != nil)
         #expect(eventually(10) { !container.initProcess.isAlive && MigrationLab.processes(of: container.cgroup).isEmpty })
         let verdicts = expectHealthyDestination(lab, container, move, processes: 2)
@@ -112,7 +112,7 @@ struct LazyMigrationTests {
         let container = try lab.start(try lab.spec("cut", writer: ["64", "64", "16", "4000", "0"]))
         waitRunning(lab, container)
         let rootfs = container.rootfs.path
-        let move = try await lab.engineMove(container, strategy: .postCopy, tag: "cut") { _, peer in
+        let move = try await lab.engineMove(container, strategy: .postCopy, tag: "cut") { peer in
             peer.onEngine = { engine in
                 engine.allLocalTimeout = 60
                 engine.wrapUpstream = { SlowUpstream($0, delayMicros: 20_000) }
@@ -123,9 +123,9 @@ struct LazyMigrationTests {
             }
         }
         #expect(move.report == nil, "pages were outstanding: the container is lost")
-        #expect(move.source.failureReport?.outcome == "lost")
+        #expect(move.failureReport?.outcome == "lost")
         #expect(move.destination.lost != nil)
-        #expect(move.source.doomedTasks == 1)
+        #expect(move.doomedTasks == 1)
         #expect(eventually(15) { !container.initProcess.isAlive && MigrationLab.processes(of: container.cgroup).isEmpty },
                 "the source tasks died (CRIU failed the dump and 'resumed' them into their pending SIGKILL)")
         let dst = lab.destinationCgroup(for: container)
@@ -148,7 +148,7 @@ struct LazyMigrationTests {
         let container = try lab.start(try lab.spec("hcut", writer: ["32", "64", "16", "4000", "0"]))
         waitRunning(lab, container)
         let move = try await lab.engineMove(container, strategy: .hybrid, tag: "hcut",
-                                            config: Self.hybridKeys.merging(["migration.incremental.memory.iterations": "2"]) { $1 }) { _, peer in
+                                            config: Self.hybridKeys.merging(["migration.incremental.memory.iterations": "2"]) { $1 }) { peer in
             peer.onEngine = { engine in
                 engine.allLocalTimeout = 60
                 engine.afterCommit = { method in (method as? LazyRestore)?.pageProxy?.cutUpstream() }
@@ -165,7 +165,7 @@ struct LazyMigrationTests {
             #expect(f.pagesFetchedOnFault == 0)
             _ = expectHealthyDestination(lab, container, move, processes: 1)
         } else {
-            #expect(move.source.failureReport?.outcome == "lost")
+            #expect(move.failureReport?.outcome == "lost")
             #expect(eventually(10) { MigrationLab.processes(of: lab.destinationCgroup(for: container)).isEmpty })
         }
     }

@@ -56,7 +56,7 @@ struct PreCopyEndToEndTests {
         #expect(missing <= 64, "the store lacks only pages never tracked")
         #expect(memory.pagesPushed ?? 0 > 0 && (memory.pagesPushed ?? 0) >= finalDirty - 64, "the final dirty set went with the scan")
         #expect(fetched <= 64, "fetched ≈ nothing, not the dirty set")
-        #expect(move.source.doomedTasks == 2)
+        #expect(move.doomedTasks == 2)
         // Marker-free: the 384 untouched MiB of each mapping must not become dumped pages.
         // Counted from the dump's pagemaps (CRIU's stats-dump is empty after a lazy dump).
         let dumped = lazyPages + move.figures.presentPagesInDump

@@ -3,6 +3,7 @@ import Foundation
 import GodwitCore
 import Migration
 import Runtime
+import Synchronization
 import Trust
 
 /// The daemon's side of moves into this host: it reserves the container's row, checks who
@@ -11,24 +12,27 @@ import Trust
 /// Creating until the commit), so a daemon that dies mid-move leaves a Creating row, which
 /// the next start removes like any interrupted launch.
 ///
-/// Concurrency model: `active`, `ended` and `listener` are behind `lock`; the engines
-/// guard their own state. Channel handlers run on the listener's threads.
-public final class IncomingMigrations: @unchecked Sendable {
+/// Concurrency model: the registry (active and ended migrations, the listener) is behind
+/// one Mutex; the engines guard their own state. Channel handlers run on the listener's
+/// threads.
+public final class IncomingMigrations: Sendable {
     let context: DaemonContext
     let trust: TrustLayer
     let driver: any MigrationDriver
     let root: URL
-    private let lock = NSLock()
-    private var active: [String: Incoming] = [:]
-    /// Ended migrations, so the source can still read the final status (newest last).
-    private var ended: [Incoming] = []
-    private var listener: PeerStreamListener?
+    private struct Registry {
+        var active: [String: Incoming] = [:]
+        /// Ended migrations, so the source can still read the final status (newest last).
+        var ended: [Incoming] = []
+        var listener: PeerStreamListener?
+    }
+    private let registry = Mutex(Registry())
     private let listenHost: String
     /// A source that never commits nor aborts (it died) must not leave a half-restored
     /// container forever. An engine refuses the abort once committed.
     static let abandonAfter: Duration = .seconds(600)
 
-    struct Incoming {
+    struct Incoming: Sendable {
         let engine: DestinationEngine
         let peerFingerprint: String
         let peerName: String
@@ -44,21 +48,21 @@ public final class IncomingMigrations: @unchecked Sendable {
 
     /// The data-channel listener, started on first use (port chosen by the kernel).
     func streamPort() async throws -> Int {
-        if let listener = lock.withLock({ self.listener }) { return listener.port }
+        if let listener = registry.withLock({ $0.listener }) { return listener.port }
         let started = try await PeerStreamListener.start(host: listenHost, port: 0, identity: trust.identity,
                                                          trustStore: trust.store) { [weak self] header, fingerprint in
             guard let self else { throw GodwitError("the daemon is shutting down") }
             return try self.authorize(header, peer: fingerprint)
         }
-        return lock.withLock {
-            if let listener = self.listener { Task { await started.close() }; return listener.port }
-            self.listener = started
+        return registry.withLock { r in
+            if let listener = r.listener { Task { await started.close() }; return listener.port }
+            r.listener = started
             return started.port
         }
     }
 
     func migration(_ id: String) throws -> DestinationEngine {
-        guard let incoming = lock.withLock({ active[id] ?? ended.last { $0.engine.id == id } }) else {
+        guard let incoming = registry.withLock({ r in r.active[id] ?? r.ended.last { $0.engine.id == id } }) else {
             throw RequestError.notFound(GodwitError("no incoming migration \(id)", hint: "it ended, or this daemon restarted"))
         }
         return incoming.engine
@@ -94,7 +98,7 @@ public final class IncomingMigrations: @unchecked Sendable {
             let port = try await streamPort()
             let incoming = Incoming(engine: engine, peerFingerprint: peerFingerprint, peerName: peerName, startedAt: Date())
             engine.onFinish = { [weak self] outcome in self?.finish(incoming, outcome: outcome) }
-            lock.withLock { active[id] = incoming }
+            registry.withLock { $0.active[id] = incoming }
             context.events.log("info", "incoming migration \(id): \(request.name) from \(peerName) (\(request.mode.rawValue))")
             Task { [weak self] in
                 try? await Task.sleep(for: Self.abandonAfter)
@@ -113,7 +117,7 @@ public final class IncomingMigrations: @unchecked Sendable {
     /// Runs on the listener's event loop: decide quickly, do the work on a thread.
     func authorize(_ header: PeerStreamHeader, peer fingerprint: String) throws -> @Sendable (Int32) -> Void {
         try trust.secrets.verify(migrationID: header.migration, presented: header.secret, peerFingerprint: fingerprint)
-        guard let incoming = lock.withLock({ active[header.migration] }) else {
+        guard let incoming = registry.withLock({ $0.active[header.migration] }) else {
             throw TrustError.forbidden(GodwitError("migration \(header.migration) is not in progress here"))
         }
         guard let channel = MigrationChannel(rawValue: header.channel) else {
@@ -142,10 +146,10 @@ public final class IncomingMigrations: @unchecked Sendable {
     private func finish(_ incoming: Incoming, outcome: DestinationEngine.Outcome) {
         let engine = incoming.engine
         trust.secrets.revoke(migrationID: engine.id)
-        lock.withLock {
-            active[engine.id] = nil
-            ended.append(incoming)
-            if ended.count > 32 { ended.removeFirst() }
+        registry.withLock { r in
+            r.active[engine.id] = nil
+            r.ended.append(incoming)
+            if r.ended.count > 32 { r.ended.removeFirst() }
         }
         switch outcome {
         case .moved:
@@ -164,12 +168,12 @@ public final class IncomingMigrations: @unchecked Sendable {
 
 /// This daemon as the destination host of one incoming container: its row, runtime and
 /// address announcement.
-final class DaemonDestinationHost: DestinationHost, @unchecked Sendable {
+final class DaemonDestinationHost: DestinationHost, Sendable {
     let context: DaemonContext
     let driver: any MigrationDriver
     let name: String
-    private let lock = NSLock()
-    private var sync = ""
+    /// Set once the row exists, before the engine starts.
+    private let sync = Mutex("")
 
     init(context: DaemonContext, driver: any MigrationDriver, name: String) {
         self.context = context; self.driver = driver; self.name = name
@@ -178,8 +182,8 @@ final class DaemonDestinationHost: DestinationHost, @unchecked Sendable {
     var hostName: String { context.options.hostName }
 
     var syncDirectory: String {
-        get { lock.withLock { sync } }
-        set { lock.withLock { sync = newValue } }
+        get { sync.withLock { $0 } }
+        set { sync.withLock { $0 = newValue } }
     }
 
     private func spec() throws -> DriverSpec {

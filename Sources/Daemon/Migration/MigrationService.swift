@@ -3,39 +3,44 @@ import Foundation
 import GodwitCore
 import HostCheck
 import Hummingbird
+import Synchronization
 import Trust
 
 /// Moves between this daemon and its peers: the source side (`move`) and, through
 /// `incoming`, the destination side. Created with the daemon; needs `--https` (trust)
 /// and a driver that can migrate.
-public final class MigrationService: @unchecked Sendable {
-    private let lock = NSLock()
-    private var contextValue: DaemonContext?
-    private var incomingValue: IncomingMigrations?
-    private var checkCache: (at: Date, capabilities: PeerCapabilities, tracker: DirtyTrackerKind?)?
+///
+/// Concurrency model: set once by `attach` and read by every route afterwards, plus the
+/// host check's one-minute cache: all of it behind one Mutex.
+public final class MigrationService: Sendable {
+    private struct State {
+        var context: DaemonContext?
+        var incoming: IncomingMigrations?
+        var checkCache: (at: Date, capabilities: PeerCapabilities, tracker: DirtyTrackerKind?)?
+    }
+    private let state = Mutex(State())
 
     public init() {}
 
     /// Called once the daemon context exists (the context holds this service).
     public func attach(_ context: DaemonContext) {
-        lock.withLock {
-            contextValue = context
-            if let trust = context.trust, let driver = context.driver as? any MigrationDriver, let https = context.options.https {
-                incomingValue = IncomingMigrations(context: context, trust: trust, driver: driver, listenHost: https.host)
-            }
+        var incoming: IncomingMigrations?
+        if let trust = context.trust, let driver = context.driver as? any MigrationDriver, let https = context.options.https {
+            incoming = IncomingMigrations(context: context, trust: trust, driver: driver, listenHost: https.host)
         }
+        state.withLock { $0.context = context; $0.incoming = incoming }
     }
 
     var context: DaemonContext {
         get throws {
-            guard let context = lock.withLock({ contextValue }) else { throw GodwitError("the migration service is not attached") }
+            guard let context = state.withLock({ $0.context }) else { throw GodwitError("the migration service is not attached") }
             return context
         }
     }
 
     /// The destination side; the error says why this daemon can't take part in moves.
     func incoming() throws -> IncomingMigrations {
-        if let incoming = lock.withLock({ incomingValue }) { return incoming }
+        if let incoming = state.withLock({ $0.incoming }) { return incoming }
         let context = try context
         if context.trust == nil {
             throw RequestError.badRequest(GodwitError("this daemon has no HTTPS listener, so it can't take part in moves",
@@ -71,14 +76,14 @@ public final class MigrationService: @unchecked Sendable {
 
     private func check() throws -> (capabilities: PeerCapabilities, tracker: DirtyTrackerKind?) {
         let context = try context
-        if let cached = lock.withLock({ checkCache }), Date().timeIntervalSince(cached.at) < 60 {
+        if let cached = state.withLock({ $0.checkCache }), Date().timeIntervalSince(cached.at) < 60 {
             return (cached.capabilities, cached.tracker)
         }
         let report = HostProbe.run(criuSetting: context.options.criu)
         var capabilities = Self.capabilities(report)
         capabilities.host = context.options.hostName
         let fresh = capabilities
-        lock.withLock { checkCache = (Date(), fresh, report.dirtyTracker) }
+        state.withLock { $0.checkCache = (Date(), fresh, report.dirtyTracker) }
         return (fresh, report.dirtyTracker)
     }
 

@@ -45,7 +45,7 @@ struct MoveSource {
         } catch {
             // An HTTP client must be shut down before it goes, whatever the move did.
             try? await client.shutdown()
-            if let failed = engine.failureReport { service.record(failed) }
+            if let failed = await engine.failureReport { service.record(failed) }
             throw error
         }
         service.record(report)

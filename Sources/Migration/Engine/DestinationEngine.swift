@@ -3,6 +3,7 @@ import Checkpoint
 import Foundation
 import GodwitCore
 import Memory
+import Synchronization
 
 /// What the destination half of the engine needs from the host that takes the container.
 /// The daemon implements it with its records and runtime; tests with a bare runtime.
@@ -33,11 +34,12 @@ public protocol DestinationHost: Sendable {
 /// `abort` is refused once committed: after the commit the destination holds the only copy.
 ///
 /// Concurrency model: channel handlers run on their own threads, the control calls on the
-/// daemon's tasks (or the loopback's), the post-commit wait on a detached task. All state
-/// lives in `state` behind `lock`; the blocking work (rsync, CRIU, page I/O) runs outside
-/// it, on values taken out of the state.
-public final class DestinationEngine: @unchecked Sendable {
-    public enum State {
+/// daemon's tasks (or the loopback's), the post-commit wait on a detached task. Everything
+/// that changes lives in `shared` (the state, the channels' descriptors and errors, the
+/// figures' source) and `settings`, each a Mutex; the blocking work (rsync, CRIU, page I/O)
+/// runs outside them, on values taken out.
+public final class DestinationEngine: Sendable {
+    public enum State: Sendable {
         case receiving(Receiving)
         case restoring(Receiving)
         case restored(Restored)
@@ -79,18 +81,37 @@ public final class DestinationEngine: @unchecked Sendable {
         }
     }
 
-    /// What arrived so far on the data channels.
+    /// Where the data channels deliver while receiving. Unchecked: PageStore is a plain
+    /// class. The pre-copy handler writes into it until it leaves `transfers`; the restore
+    /// waits on `transfers` before it touches the store, and the group's wait orders the two.
     public final class Receiving: @unchecked Sendable {
         /// Pre-copy rounds arrive into this store (empty unless rounds fill it), so restore
         /// has one path: fetch or serve only what the store lacks.
         let store: PageStore
         /// Channel handlers still running (filesystem sync, images, pre-copy).
         let transfers = DispatchGroup()
+        init(store: PageStore) { self.store = store }
+    }
+
+    /// What changes while the migration runs, behind `shared`.
+    private struct Shared {
+        var state: State
+        /// The restore method once chosen (kept through every later state, for the figures).
+        var restoringMethod: (any RestoreMethod)?
+        /// Pre-copy rounds applied to the store (the final scan's included).
+        var roundsReceived = 0
         var errors: [String] = []
         var pagesFD: Int32?
         var pushFD: Int32?
         var precopyFD: Int32?
-        init(store: PageStore) { self.store = store }
+    }
+
+    /// Set before the migration starts (by the daemon or a test), read while it runs.
+    private struct Settings {
+        var allLocalTimeout: TimeInterval = 600
+        var wrapUpstream: (@Sendable (LazyPageUpstream) -> LazyPageUpstream)?
+        var afterCommit: (@Sendable (any RestoreMethod) -> Void)?
+        var onFinish: (@Sendable (Outcome) -> Void)?
     }
 
     /// Restored, tasks stopped (or running once committed).
@@ -105,18 +126,30 @@ public final class DestinationEngine: @unchecked Sendable {
     public let host: any DestinationHost
     /// Scratch space of this migration: images and the page store.
     public let directory: String
+    private let shared: Mutex<Shared>
+    private let settings = Mutex(Settings())
+    private let progress: ProgressReporter
+
     /// How long a lazy restore may take to get every page after the commit.
-    public var allLocalTimeout: TimeInterval = 600
+    public var allLocalTimeout: TimeInterval {
+        get { settings.withLock { $0.allLocalTimeout } }
+        set { settings.withLock { $0.allLocalTimeout = newValue } }
+    }
     /// Test hooks: wrap the lazy restore's upstream (a slow link), and look at the restore
     /// right after the commit (cut its link).
-    var wrapUpstream: (@Sendable (LazyPageUpstream) -> LazyPageUpstream)?
-    var afterCommit: (@Sendable (any RestoreMethod) -> Void)?
+    var wrapUpstream: (@Sendable (LazyPageUpstream) -> LazyPageUpstream)? {
+        get { settings.withLock { $0.wrapUpstream } }
+        set { settings.withLock { $0.wrapUpstream = newValue } }
+    }
+    var afterCommit: (@Sendable (any RestoreMethod) -> Void)? {
+        get { settings.withLock { $0.afterCommit } }
+        set { settings.withLock { $0.afterCommit = newValue } }
+    }
     /// Called once, when the migration ends, with how.
-    public var onFinish: (@Sendable (Outcome) -> Void)?
-
-    private let lock = NSLock()
-    private var state: State
-    private let progress: ProgressReporter
+    public var onFinish: (@Sendable (Outcome) -> Void)? {
+        get { settings.withLock { $0.onFinish } }
+        set { settings.withLock { $0.onFinish = newValue } }
+    }
 
     public var imagesDirectory: String { directory + "/images" }
     var storeDirectory: String { directory + "/pages" }
@@ -126,14 +159,14 @@ public final class DestinationEngine: @unchecked Sendable {
         self.id = id; self.request = request; self.host = host; self.directory = directory; self.progress = progress
         behaviour = request.mode.behaviour
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        state = .receiving(Receiving(store: try PageStore(directory: directory + "/pages")))
+        shared = Mutex(Shared(state: .receiving(Receiving(store: try PageStore(directory: directory + "/pages")))))
     }
 
-    public var stateName: String { lock.withLock { state.name } }
+    public var stateName: String { shared.withLock { $0.state.name } }
 
     public var isCommitted: Bool {
-        lock.withLock {
-            switch state {
+        shared.withLock {
+            switch $0.state {
             case .committed: true
             case .finished(.moved), .finished(.lost): true
             default: false
@@ -142,7 +175,7 @@ public final class DestinationEngine: @unchecked Sendable {
     }
 
     private func receiving() -> Receiving? {
-        lock.withLock { if case .receiving(let r) = state { return r } else { return nil } }
+        shared.withLock { if case .receiving(let r) = $0.state { return r } else { return nil } }
     }
 
     // MARK: channels
@@ -167,7 +200,7 @@ public final class DestinationEngine: @unchecked Sendable {
                         _ = try ImageTransfer.receive(from: fd, into: images)
                     }
                 } catch {
-                    self.lock.withLock { r.errors.append("\(channel.rawValue): \(error)") }
+                    self.shared.withLock { $0.errors.append("\(channel.rawValue): \(error)") }
                 }
             }
         case .precopy:
@@ -178,9 +211,9 @@ public final class DestinationEngine: @unchecked Sendable {
             let stage = behaviour.restore == .copy
             let images = imagesDirectory
             return { fd in
-                self.lock.withLock { r.precopyFD = fd }
+                self.shared.withLock { $0.precopyFD = fd }
                 defer {
-                    self.lock.withLock { r.precopyFD = nil }
+                    self.shared.withLock { $0.precopyFD = nil }
                     close(fd)
                     r.transfers.leave()
                 }
@@ -189,7 +222,7 @@ public final class DestinationEngine: @unchecked Sendable {
                 let receiver = PreCopyReceiver(reader: PageRecordReader(source: FileDescriptorStream(fd: fd, owns: false)), store: r.store)
                 do {
                     while let receipt = try receiver.receiveRound() {
-                        self.lock.withLock { self.roundsReceived += 1 }
+                        self.shared.withLock { $0.roundsReceived += 1 }
                         // A copy restore rebuilds CRIU's pages images from the store while
                         // the container is frozen: allocate their space now, while it runs.
                         guard stage, receipt.dataPages > 0 else { continue }
@@ -200,7 +233,7 @@ public final class DestinationEngine: @unchecked Sendable {
                         }
                     }
                 } catch {
-                    self.lock.withLock { r.errors.append("precopy: \(error)") }
+                    self.shared.withLock { $0.errors.append("precopy: \(error)") }
                 }
             }
         case .pages, .push:
@@ -208,10 +241,10 @@ public final class DestinationEngine: @unchecked Sendable {
                 throw GodwitError("migration \(id) (\(request.mode.rawValue)) has no push")
             }
             return { fd in
-                let previous = self.lock.withLock { () -> Int32? in
-                    if channel == .push { defer { r.pushFD = fd }; return r.pushFD }
-                    defer { r.pagesFD = fd }
-                    return r.pagesFD
+                let previous = self.shared.withLock { s -> Int32? in
+                    if channel == .push { defer { s.pushFD = fd }; return s.pushFD }
+                    defer { s.pagesFD = fd }
+                    return s.pagesFD
                 }
                 if let previous { close(previous) }
             }
@@ -222,36 +255,36 @@ public final class DestinationEngine: @unchecked Sendable {
 
     /// Restores from what the channels carried (blocking). The tasks stay stopped.
     public func restore() throws -> IncomingMigrationStatus {
-        let r: Receiving = try lock.withLock {
-            guard case .receiving(let r) = state else { throw GodwitError("migration \(id) is \(state.name): nothing to restore") }
-            state = .restoring(r)
+        let r: Receiving = try shared.withLock { s in
+            guard case .receiving(let r) = s.state else { throw GodwitError("migration \(id) is \(s.state.name): nothing to restore") }
+            s.state = .restoring(r)
             return r
         }
         do {
             guard r.transfers.wait(timeout: .now() + 120) == .success else {
                 throw GodwitError("the filesystem and image transfers did not finish")
             }
-            if let failure = lock.withLock({ r.errors.first }) { throw GodwitError("transfer failed: \(failure)") }
-            guard poll(timeout: 30, { self.lock.withLock { r.pagesFD != nil } }),
-                  let fd = lock.withLock({ () -> Int32? in defer { r.pagesFD = nil }; return r.pagesFD }) else {
+            if let failure = shared.withLock({ $0.errors.first }) { throw GodwitError("transfer failed: \(failure)") }
+            guard poll(timeout: 30, { self.shared.withLock { $0.pagesFD != nil } }),
+                  let fd = shared.withLock({ s -> Int32? in defer { s.pagesFD = nil }; return s.pagesFD }) else {
                 throw GodwitError("the source never opened the page channel")
             }
             // A pushed dirty set: the source opened its push right after the final scan.
             var push: Int32?
             if behaviour.finalDirtySet == .pushed {
-                _ = poll(timeout: 10) { self.lock.withLock { r.pushFD != nil } }
-                push = lock.withLock { () -> Int32? in defer { r.pushFD = nil }; return r.pushFD }
+                _ = poll(timeout: 10) { self.shared.withLock { $0.pushFD != nil } }
+                push = shared.withLock { s -> Int32? in defer { s.pushFD = nil }; return s.pushFD }
             }
             let target = try host.restoreTarget(images: imagesDirectory, store: storeDirectory)
             let method = behaviour.restore.method(target: target, store: r.store)
             (method as? LazyRestore)?.wrapUpstream = wrapUpstream
             // Registered before it runs, so an abort during the restore kills what it made.
-            lock.withLock { restoringMethod = method }
+            shared.withLock { $0.restoringMethod = method }
             let pid = try method.restore(pages: fd, push: push)
             let restored = Restored(method: method, pid: pid)
-            try lock.withLock {
-                guard case .restoring = state else { throw GodwitError("migration \(id) was aborted during the restore") }
-                state = .restored(restored)
+            try shared.withLock { s in
+                guard case .restoring = s.state else { throw GodwitError("migration \(id) was aborted during the restore") }
+                s.state = .restored(restored)
             }
             return status()
         } catch {
@@ -262,24 +295,20 @@ public final class DestinationEngine: @unchecked Sendable {
         }
     }
 
-    /// The restore method once chosen (kept through every later state, for the figures).
-    private var restoringMethod: (any RestoreMethod)?
-    /// Pre-copy rounds applied to the store (the final scan's included).
-    private var roundsReceived = 0
 
     // MARK: restored → committed
 
     /// The source's tasks are doomed: run the container here.
     public func commit() throws -> IncomingMigrationStatus {
-        let restored: Restored = try lock.withLock {
-            switch state {
+        let restored: Restored = try shared.withLock { s in
+            switch s.state {
             case .restored(let r):
-                state = .committed(r)
+                s.state = .committed(r)
                 return r
             case .committed, .finished(.moved):
                 throw CommitRepeated()
             default:
-                throw GodwitError("migration \(id) is \(state.name): nothing restored to commit")
+                throw GodwitError("migration \(id) is \(s.state.name): nothing restored to commit")
             }
         }
         do {
@@ -325,13 +354,13 @@ public final class DestinationEngine: @unchecked Sendable {
     /// once committed: the destination then holds the only copy.
     @discardableResult
     public func abort(reason: String) async -> Bool {
-        let taken: (Receiving?, (any RestoreMethod)?)? = lock.withLock {
-            switch state {
+        let taken: (Receiving?, (any RestoreMethod)?)? = shared.withLock { s in
+            switch s.state {
             case .receiving(let r), .restoring(let r):
-                state = .finished(.rolledBack(reason))
-                return (r, restoringMethod)
+                s.state = .finished(.rolledBack(reason))
+                return (r, s.restoringMethod)
             case .restored(let restored):
-                state = .finished(.rolledBack(reason))
+                s.state = .finished(.rolledBack(reason))
                 return (nil, restored.method)
             case .committed, .finished:
                 return nil
@@ -340,9 +369,9 @@ public final class DestinationEngine: @unchecked Sendable {
         guard let (receiving, method) = taken else { return false }
         method?.abort()
         if let r = receiving {
-            let (pages, push, precopy) = lock.withLock { () -> (Int32?, Int32?, Int32?) in
-                defer { r.pagesFD = nil; r.pushFD = nil }
-                return (r.pagesFD, r.pushFD, r.precopyFD)
+            let (pages, push, precopy) = shared.withLock { s -> (Int32?, Int32?, Int32?) in
+                defer { s.pagesFD = nil; s.pushFD = nil }
+                return (s.pagesFD, s.pushFD, s.precopyFD)
             }
             if let pages { close(pages) }
             if let push { close(push) }
@@ -359,7 +388,7 @@ public final class DestinationEngine: @unchecked Sendable {
     }
 
     private func end(_ outcome: Outcome) {
-        lock.withLock { state = .finished(outcome) }
+        shared.withLock { $0.state = .finished(outcome) }
         onFinish?(outcome)
         // Kept after a failed restore for the post-mortem (the daemon clears it at start).
         if case .rolledBack = outcome { return }
@@ -369,7 +398,7 @@ public final class DestinationEngine: @unchecked Sendable {
     // MARK: status
 
     public func status() -> IncomingMigrationStatus {
-        let (name, method, rounds) = lock.withLock { (state.name, restoringMethod, roundsReceived) }
+        let (name, method, rounds) = shared.withLock { ($0.state.name, $0.restoringMethod, $0.roundsReceived) }
         let kind = behaviour.restore
         let figures = method?.figures ?? IncomingFigures()
         var status = IncomingMigrationStatus(id: id, phase: name, pid: method?.restoredPID, fetchMillis: figures.fetchMillis,
@@ -392,9 +421,9 @@ public final class DestinationEngine: @unchecked Sendable {
     }
 
     /// What the restore measured so far (nil before it started).
-    public var figures: IncomingFigures? { lock.withLock { restoringMethod }?.figures }
+    public var figures: IncomingFigures? { shared.withLock { $0.restoringMethod }?.figures }
 
     public var outcome: Outcome? {
-        lock.withLock { if case .finished(let o) = state { return o } else { return nil } }
+        shared.withLock { if case .finished(let o) = $0.state { return o } else { return nil } }
     }
 }

@@ -2,6 +2,7 @@ import Checkpoint
 import Foundation
 import GodwitCore
 import Memory
+import Synchronization
 
 /// Where an incoming container is restored: CRIU, the restore flags (images directory,
 /// rootfs, veth on this host's bridge, cgroup root), the cgroup it lands in, and a
@@ -81,27 +82,35 @@ extension RestoreKind {
 
 /// Shared bookkeeping of both restore methods: figures, the restored pid, the stopped
 /// tasks' release, and the one-shot abort.
+///
+/// Concurrency model: what changes is in `record` (a Mutex) and in each subclass's own
+/// Mutex. Unchecked only for `store`, a plain class: the restore thread uses it alone until
+/// it starts the proxy, which then serialises every access under its own lock.
 public class RestoreBase: @unchecked Sendable {
     public let target: IncomingTarget
     let store: PageStore
-    let lock = NSLock()
-    var finished = false
-    var committedAt: UInt64?
-    private var figuresValue = IncomingFigures()
-    private var pid: pid_t?
+
+    private struct Record {
+        var finished = false
+        var committedAt: UInt64?
+        var figures = IncomingFigures()
+        var pid: pid_t?
+    }
+    private let record = Mutex(Record())
 
     init(target: IncomingTarget, store: PageStore) {
         self.target = target
         self.store = store
     }
 
-    public var figures: IncomingFigures { lock.withLock { figuresValue } }
-    public var restoredPID: pid_t? { lock.withLock { pid } }
+    public var figures: IncomingFigures { record.withLock { $0.figures } }
+    public var restoredPID: pid_t? { record.withLock { $0.pid } }
+    var committedAt: UInt64? { record.withLock { $0.committedAt } }
 
     static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
     static func millis(since t: UInt64) -> Double { Double(now() - t) / 1e6 }
 
-    func update(_ change: (inout IncomingFigures) -> Void) { lock.withLock { change(&figuresValue) } }
+    func update(_ change: (inout IncomingFigures) -> Void) { record.withLock { change(&$0.figures) } }
 
     /// CRIU restore with the tasks left stopped; checks the init is there.
     func runRestore(_ options: RestoreOptions) throws -> pid_t {
@@ -109,7 +118,7 @@ public class RestoreBase: @unchecked Sendable {
         options.leaveStopped = true
         let t = Self.now()
         let (pid, _) = try target.criu.restore(options)
-        lock.withLock { self.pid = pid }
+        record.withLock { $0.pid = pid }
         update { $0.restoreMillis = Self.millis(since: t) }
         return pid
     }
@@ -122,16 +131,16 @@ public class RestoreBase: @unchecked Sendable {
 
     /// CRIU restores the freezer state it found at dump time (FROZEN: CRIU froze it).
     func release() throws {
-        lock.withLock { committedAt = Self.now() }
+        record.withLock { $0.committedAt = Self.now() }
         try target.cgroup.thaw()
         for task in ContainerProcesses.hostPIDs(cgroupDirectories: target.cgroup.directories) { kill(task, SIGCONT) }
     }
 
     /// True the first time only.
     func finishOnce() -> Bool {
-        lock.withLock {
-            if finished { return false }
-            finished = true
+        record.withLock {
+            if $0.finished { return false }
+            $0.finished = true
             return true
         }
     }
@@ -146,14 +155,15 @@ public class RestoreBase: @unchecked Sendable {
 /// source; CLOSE then lets the source's dump complete.
 public final class CopyRestore: RestoreBase, RestoreMethod, @unchecked Sendable {
     public var kind: RestoreKind { .copy }
-    private var client: PageServerClient?
+    /// The page-server session with the source, until CLOSE (commit) or abandon (abort).
+    private let client = Mutex<HandOff<PageServerClient>?>(nil)
 
     public func restore(pages fd: Int32, push: Int32?) throws -> pid_t {
         if let push { close(push) }
         let images = target.restore.imagesDirectory
         var t = Self.now()
         let client = PageServerClient(connected: fd, peer: "source")
-        lock.withLock { self.client = client }
+        self.client.withLock { $0 = HandOff(client) }
         let rebuilder = ImageRebuilder(directory: images)
         // Only what the store lacks: unchanged pre-copied pages are not sent twice. No
         // bridging (1): across hosts the GETs are pipelined, and at stride 4 bridging would
@@ -185,12 +195,11 @@ public final class CopyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
 
     public func commit() throws {
         try release()
-        guard let client = lock.withLock({ () -> PageServerClient? in defer { self.client = nil }; return self.client }) else { return }
+        guard let handed = client.withLock({ c -> HandOff<PageServerClient>? in defer { c = nil }; return c }) else { return }
         // The destination runs either way: the source's tasks are already doomed, so a
         // failed CLOSE only means the source's dump ends in an error. In the background:
         // CRIU's answer to CLOSE was seen to take a minute under load, and the commit call
         // must not time out (the source would report the container lost).
-        let handed = HandOff(client)
         let thread = Thread { [self] in
             do { _ = try handed.value.close() } catch { update { $0.notes.append("CLOSE to the source failed: \(error)") } }
         }
@@ -204,7 +213,7 @@ public final class CopyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         guard finishOnce() else { return }
         killRestored()
         try? target.cgroup.remove()
-        lock.withLock { client }?.abandon()
+        client.withLock { $0 }?.value.abandon()
         store.destroy()
     }
 
@@ -245,17 +254,29 @@ public final class CopyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
 /// pre-filled, plus the source's background push).
 public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable {
     public var kind: RestoreKind { .lazy }
-    private var proxy: LazyPageProxy?
-    private var daemon: LazyPagesDaemon?
-    /// Tests: wraps the upstream (e.g. to slow it down).
-    var wrapUpstream: ((LazyPageUpstream) -> LazyPageUpstream)?
+
+    private struct Parts {
+        var proxy: LazyPageProxy?
+        var daemon: LazyPagesDaemon?
+        var pushFD: Int32 = -1
+        /// Tests: wraps the upstream (e.g. to slow it down).
+        var wrapUpstream: (@Sendable (LazyPageUpstream) -> LazyPageUpstream)?
+    }
+    /// What the restore started, for the commit, the wait and the abort.
+    private let parts = Mutex(Parts())
+
+    var wrapUpstream: (@Sendable (LazyPageUpstream) -> LazyPageUpstream)? {
+        get { parts.withLock { $0.wrapUpstream } }
+        set { parts.withLock { $0.wrapUpstream = newValue } }
+    }
     /// The proxy, once the restore started it (tests cut its link).
-    var pageProxy: LazyPageProxy? { lock.withLock { proxy } }
-    private var pushFD: Int32 = -1
+    var pageProxy: LazyPageProxy? { parts.withLock { $0.proxy } }
+    private var proxy: LazyPageProxy? { parts.withLock { $0.proxy } }
+    private var daemon: LazyPagesDaemon? { parts.withLock { $0.daemon } }
     private let pushDone = DispatchGroup()
 
     public func restore(pages fd: Int32, push: Int32?) throws -> pid_t {
-        if let push { lock.withLock { pushFD = push } }
+        if let push { parts.withLock { $0.pushFD = push } }
         let images = target.restore.imagesDirectory
         let t = Self.now()
         let upstream: LazyPageUpstream = TCPPageServerUpstream(connected: fd)
@@ -272,7 +293,7 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         // source has doomed its tasks and called commit().
         proxy.holdClose()
         proxy.start()
-        lock.withLock { self.proxy = proxy }
+        parts.withLock { $0.proxy = proxy }
         if let push { startPush(push, into: proxy) }
         var lazyPages = 0
         for (_, entries) in lazy { lazyPages += entries.reduce(0) { $0 + $1.pages } }
@@ -283,7 +304,7 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         local.launcher = []
         let daemon = try LazyPagesDaemon(criu: local, address: PageServerAddress(address: "127.0.0.1", port: proxy.port),
                                          directory: images)
-        lock.withLock { self.daemon = daemon }
+        parts.withLock { $0.daemon = daemon }
         try daemon.waitUntilReady()
         update { $0.lazyDaemonMillis = Self.millis(since: t) }
         var options = target.restore
@@ -296,7 +317,7 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
 
     /// Lets lazy-pages' CLOSE through once every page is here.
     public func commit() throws {
-        let proxy = lock.withLock { self.proxy }
+        let proxy = proxy
         // A page channel that broke before the commit means CRIU already gave up on the
         // session: the tasks must not run on pages that will never come.
         if let why = proxy?.upstreamFailure { throw GodwitError("the page channel broke before the commit: \(why)") }
@@ -307,7 +328,7 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
     /// Waits until every page is local (or the session failed, which loses the container:
     /// its tasks are killed before lazy-pages goes, so they never see zero pages).
     public func waitUntilLocal(timeout: TimeInterval) -> IncomingFigures {
-        guard let proxy = lock.withLock({ proxy }) else { return figures }
+        guard let proxy = proxy else { return figures }
         let outcome = proxy.wait(timeout: timeout)
         let stats = proxy.statistics
         update {
@@ -317,10 +338,10 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
             $0.pagesRequestedTwice = stats.pagesRequestedTwice
             $0.pagesRequested = stats.pagesRequested
         }
-        let daemon = lock.withLock { self.daemon }
+        let daemon = daemon
         switch outcome {
         case .completed?:
-            let committedAt = lock.withLock { self.committedAt }
+            let committedAt = committedAt
             if let at = proxy.completedAt, let committedAt, at > committedAt {
                 update { $0.allLocalAfterCommitMillis = Double(at - committedAt) / 1e6 }
             } else {
@@ -359,27 +380,27 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
     }
 
     private func endPush() {
-        let fd = lock.withLock { pushFD }
+        let fd = parts.withLock { $0.pushFD }
         guard fd >= 0 else { return }
         shutdown(fd, Int32(SHUT_RDWR))
         _ = pushDone.wait(timeout: .now() + 10)
-        lock.withLock { pushFD = -1 }
+        parts.withLock { $0.pushFD = -1 }
         close(fd)
     }
 
     private func lose(_ why: String) {
         update { $0.lost = why }
         killRestored()
-        lock.withLock { daemon }?.kill()
+        daemon?.kill()
         try? target.cgroup.remove()
     }
 
     public func abort() {
         guard finishOnce() else { return }
         killRestored()
-        lock.withLock { daemon }?.kill()
+        daemon?.kill()
         try? target.cgroup.remove()
-        lock.withLock { proxy }?.stop()
+        proxy?.stop()
         endPush()
         store.destroy()
     }

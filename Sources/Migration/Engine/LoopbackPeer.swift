@@ -1,30 +1,47 @@
 import API
 import Foundation
 import GodwitCore
+import Synchronization
 
 /// A destination in this process: the source half of the engine talks to a real
 /// DestinationEngine through direct calls and socketpairs instead of HTTPS and TLS streams.
 /// Everything else (CRIU, rsync, page protocol, both state machines) is what ships; the
 /// engine tests move real containers through it.
 ///
-/// Concurrency model: `engines` is the only shared state (the tests read it while a move
-/// runs), behind a lock; each channel's destination handler runs on its own thread, as
-/// the daemon's listener runs it.
-public final class LoopbackPeer: MigrationPeer, @unchecked Sendable {
+/// Concurrency model: the engines and reports it collected and the test's settings are
+/// the shared state (a test reads and sets them while a move runs), each behind a Mutex;
+/// each channel's destination handler runs on its own thread, as the daemon's listener
+/// runs it.
+public final class LoopbackPeer: MigrationPeer, Sendable {
     public let name: String
     private let check: @Sendable () async throws -> PeerCapabilities
     private let makeHost: @Sendable (IncomingMigrationRequest) throws -> any DestinationHost
     private let directory: String
-    private let lock = NSLock()
-    private var enginesValue: [DestinationEngine] = []
-    private var reportsValue: [MoveReport] = []
+    private let collected = Mutex<(engines: [DestinationEngine], reports: [MoveReport])>(([], []))
+
+    private struct Settings {
+        var beforeDestinationCommit: (@Sendable () -> Void)?
+        var failRestore = false
+        var onEngine: (@Sendable (DestinationEngine) -> Void)?
+    }
+    private let settings = Mutex(Settings())
+
     /// Called on the destination when it is asked to commit, before it runs the container:
     /// the never-two-copies check of the tests looks at the source here.
-    public var beforeDestinationCommit: (@Sendable () -> Void)?
+    public var beforeDestinationCommit: (@Sendable () -> Void)? {
+        get { settings.withLock { $0.beforeDestinationCommit } }
+        set { settings.withLock { $0.beforeDestinationCommit = newValue } }
+    }
     /// Test fault: the destination's restore fails (before CRIU runs).
-    public var failRestore = false
+    public var failRestore: Bool {
+        get { settings.withLock { $0.failRestore } }
+        set { settings.withLock { $0.failRestore = newValue } }
+    }
     /// Called with each destination engine as it is created (tests set its hooks).
-    public var onEngine: (@Sendable (DestinationEngine) -> Void)?
+    public var onEngine: (@Sendable (DestinationEngine) -> Void)? {
+        get { settings.withLock { $0.onEngine } }
+        set { settings.withLock { $0.onEngine = newValue } }
+    }
 
     /// `makeHost` gives the destination host for one incoming container; `directory` holds
     /// the migrations' scratch space (images, page stores).
@@ -33,8 +50,8 @@ public final class LoopbackPeer: MigrationPeer, @unchecked Sendable {
         self.name = name; self.directory = directory; self.check = capabilities; self.makeHost = makeHost
     }
 
-    public var engines: [DestinationEngine] { lock.withLock { enginesValue } }
-    public var reports: [MoveReport] { lock.withLock { reportsValue } }
+    public var engines: [DestinationEngine] { collected.withLock { $0.engines } }
+    public var reports: [MoveReport] { collected.withLock { $0.reports } }
 
     public func capabilities() async throws -> PeerCapabilities { try await check() }
 
@@ -42,7 +59,7 @@ public final class LoopbackPeer: MigrationPeer, @unchecked Sendable {
         let id = UUID().uuidString.lowercased()
         let engine = try DestinationEngine(id: id, request: request, host: try makeHost(request), directory: directory + "/" + id)
         onEngine?(engine)
-        lock.withLock { enginesValue.append(engine) }
+        collected.withLock { $0.engines.append(engine) }
         return Session(peer: self, engine: engine)
     }
 
@@ -79,7 +96,7 @@ public final class LoopbackPeer: MigrationPeer, @unchecked Sendable {
 
         func status() async throws -> IncomingMigrationStatus { engine.status() }
         func abort(reason: String) async { await engine.abort(reason: reason) }
-        func deliver(_ report: MoveReport) async { peer.lock.withLock { peer.reportsValue.append(report) } }
+        func deliver(_ report: MoveReport) async { peer.collected.withLock { $0.reports.append(report) } }
         func close() async {}
     }
 }

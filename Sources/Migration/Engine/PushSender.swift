@@ -1,17 +1,18 @@
 import Foundation
 import GodwitCore
 import Memory
+import Synchronization
 
 /// The source's half of the hybrid push between hosts: reads the final dirty pages from
 /// the frozen tasks (process_vm_readv) and sends them as PageRecords through a channel,
 /// in the background; the destination applies them to its lazy page proxy's store.
-public final class PushSender: @unchecked Sendable {
+///
+/// Concurrency model: one thread sends and then writes its outcome into `outcome`; the
+/// engine reads it after `group` says the thread ended, or aborts by shutting the socket.
+public final class PushSender: Sendable {
     private let fd: Int32
     private let group = DispatchGroup()
-    private let lock = NSLock()
-    private var stats: RoundStats?
-    private var error: Error?
-    private var nanos: UInt64 = 0
+    private let outcome = Mutex<(stats: RoundStats?, error: (any Error)?, nanos: UInt64)>((nil, nil, 0))
 
     /// Only what must be pushed: the dirty pages (the invalidations carried the drops and
     /// exits already).
@@ -27,17 +28,18 @@ public final class PushSender: @unchecked Sendable {
         self.fd = fd
         let t0 = DispatchTime.now().uptimeNanoseconds
         group.enter()
+        let scan = HandOff(scan)
         let thread = Thread { [self] in
             defer { group.leave() }
             do {
                 let sent = try PreCopySender(writer: PageRecordWriter(sink: FileDescriptorStream(fd: fd, owns: false)))
-                    .sendRound(Self.pushScan(scan), round: round, tracker: nil)
-                lock.withLock { stats = sent }
+                    .sendRound(Self.pushScan(scan.value), round: round, tracker: nil)
+                outcome.withLock { $0.stats = sent }
             } catch {
-                lock.withLock { self.error = error }
+                outcome.withLock { $0.error = error }
             }
             shutdown(fd, Int32(SHUT_WR))
-            lock.withLock { nanos = DispatchTime.now().uptimeNanoseconds - t0 }
+            outcome.withLock { $0.nanos = DispatchTime.now().uptimeNanoseconds - t0 }
         }
         thread.stackSize = 1 << 20
         thread.start()
@@ -51,6 +53,6 @@ public final class PushSender: @unchecked Sendable {
     /// Waits for the push to end: pages sent (data + zero), bytes, time, and the error if any.
     public func wait(timeout: TimeInterval) -> (pages: Int, bytes: UInt64, nanos: UInt64, error: Error?)? {
         guard group.wait(timeout: .now() + timeout) == .success else { return nil }
-        return lock.withLock { (stats.map { $0.dataPages + $0.zeroPages } ?? 0, stats?.bytesSent ?? 0, nanos, error) }
+        return outcome.withLock { o in (o.stats.map { $0.dataPages + $0.zeroPages } ?? 0, o.stats?.bytesSent ?? 0, o.nanos, o.error) }
     }
 }

@@ -4,13 +4,14 @@
 /// undo registered last (for the destination's copy) runs before the one that resumes the
 /// source.
 ///
-/// Concurrency: owned by one task (a side's `run`); not shared.
-public struct RevertList {
-    private var undos: [(name: String, undo: () async -> Void)] = []
+/// Concurrency: a value owned by one task (the source engine's `run`); the undos are
+/// Sendable because they run after that task hands the list over.
+public struct RevertList: Sendable {
+    private var undos: [(name: String, undo: @Sendable () async -> Void)] = []
 
     public init() {}
 
-    public mutating func add(_ name: String, _ undo: @escaping () async -> Void) { undos.append((name, undo)) }
+    public mutating func add(_ name: String, _ undo: @escaping @Sendable () async -> Void) { undos.append((name, undo)) }
 
     /// The names of the registered steps, newest first: the order `run` undoes them in.
     public var pending: [String] { undos.reversed().map(\.name) }

@@ -21,12 +21,14 @@ import Memory
 /// then the page session fails (CRIU resumes the source), the source thaws. From the commit
 /// on nothing is reverted: the container lives on the destination, or is lost.
 ///
-/// Concurrency model: `run()` is one task and owns `state` and the revert list; blocking
-/// work (CRIU, rsync, page I/O) runs on dispatch threads through `blocking`, handing back
-/// results. The final filesystem sync and the hybrid push are the only work running beside
-/// it, each owned by the state that started it.
-public final class SourceEngine: @unchecked Sendable {
-    public enum State {
+/// Concurrency model: an actor; `run()` owns `state`, the revert list and the report.
+/// Blocking work (CRIU, rsync, page I/O) runs on dispatch threads through `blocking`, on
+/// values handed to it (a tracker and a writer go in a HandOff and are used by that thread
+/// alone until it returns). The final filesystem sync and the hybrid push are the only work
+/// running beside `run()`, each owned by the state that started it; whether the relay has
+/// connected is the one flag those threads read, behind its own Mutex.
+public actor SourceEngine {
+    public enum State: Sendable {
         case planning
         case transferring(Transferring)
         case frozen(Frozen)
@@ -79,7 +81,7 @@ public final class SourceEngine: @unchecked Sendable {
     public let request: MoveRequest
     public let progress: ProgressReporter
     /// Test hooks, called in the named state; a throw fails the move there.
-    public var hooks = SourceHooks()
+    public let hooks: SourceHooks
     public private(set) var state: State = .planning
 
     private var revert = RevertList()
@@ -89,16 +91,17 @@ public final class SourceEngine: @unchecked Sendable {
     private var memory = MoveMemoryFigures()
     private let t0 = SourceEngine.now()
 
-    public init(host: any SourceHost, peer: any MigrationPeer, request: MoveRequest, progress: ProgressReporter = .silent) {
-        self.host = host; self.peer = peer; self.request = request; self.progress = progress
+    public init(host: any SourceHost, peer: any MigrationPeer, request: MoveRequest, progress: ProgressReporter = .silent,
+                hooks: SourceHooks = SourceHooks()) {
+        self.host = host; self.peer = peer; self.request = request; self.progress = progress; self.hooks = hooks
         let c = host.container
         report = MoveReport(container: c.name, newName: request.newName ?? c.name, source: host.hostName,
                             destination: peer.name, mode: request.mode ?? .stopAndCopy, modeReason: "", outcome: "moved",
                             startedAt: Date(), totalMillis: 0)
     }
 
-    static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
-    private func millis(since t: UInt64) -> Double { Double(Self.now() - t) / 1e6 }
+    nonisolated static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+    nonisolated private func millis(since t: UInt64) -> Double { Double(Self.now() - t) / 1e6 }
 
     /// The one place the state changes.
     private func enter(_ next: State) { state = next }
@@ -317,16 +320,7 @@ public final class SourceEngine: @unchecked Sendable {
     private var pushSender: PushSender?
     /// Whether the relay connected to CRIU's page server (else the dump's undo connects
     /// once and abandons, so that CRIU fails the dump and resumes the source).
-    private let relayFlag = Flag()
-
-    final class Flag: @unchecked Sendable {
-        private let lock = NSLock()
-        private var set = false
-        var value: Bool {
-            get { lock.withLock { set } }
-            set { lock.withLock { set = newValue } }
-        }
-    }
+    private let relayFlag = Locked(false)
 
     private func directorySize(_ path: String) -> UInt64 {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
@@ -451,7 +445,9 @@ public final class SourceEngine: @unchecked Sendable {
             report.outcome = "rolled-back"
             progress.begin("rolling back")
             pushSender?.abort()
-            await revert.run()
+            var undo = revert
+            revert = RevertList()
+            await undo.run()
             enter(.rolledBack(reason: reason))
         }
         report.totalMillis = millis(since: t0)
