@@ -17,16 +17,24 @@ public struct OperationProgress: Codable, Sendable, Equatable {
     public var percent: Int?
     public var processedBytes: UInt64?
     public var totalBytes: UInt64?
+    /// The work's own measure of its rate and time left, when it has one (a move's engine
+    /// does); clients compute them from processedBytes otherwise.
+    public var bytesPerSecond: Double?
+    public var etaSeconds: Double?
 
-    public init(stage: String, percent: Int? = nil, processedBytes: UInt64? = nil, totalBytes: UInt64? = nil) {
+    public init(stage: String, percent: Int? = nil, processedBytes: UInt64? = nil, totalBytes: UInt64? = nil,
+                bytesPerSecond: Double? = nil, etaSeconds: Double? = nil) {
         self.stage = stage; self.percent = percent
         self.processedBytes = processedBytes; self.totalBytes = totalBytes
+        self.bytesPerSecond = bytesPerSecond; self.etaSeconds = etaSeconds
     }
 
     enum CodingKeys: String, CodingKey {
         case stage, percent
         case processedBytes = "processed_bytes"
         case totalBytes = "total_bytes"
+        case bytesPerSecond = "bytes_per_second"
+        case etaSeconds = "eta_seconds"
     }
 }
 

@@ -9,9 +9,11 @@ public struct OperationHandle: Sendable {
     public let id: String
     let manager: OperationManager
 
-    public func progress(_ stage: String, percent: Int? = nil, processedBytes: UInt64? = nil, totalBytes: UInt64? = nil) {
+    public func progress(_ stage: String, percent: Int? = nil, processedBytes: UInt64? = nil, totalBytes: UInt64? = nil,
+                         bytesPerSecond: Double? = nil, etaSeconds: Double? = nil) {
         manager.update(id) { $0.progress = OperationProgress(stage: stage, percent: percent,
-                                                             processedBytes: processedBytes, totalBytes: totalBytes) }
+                                                             processedBytes: processedBytes, totalBytes: totalBytes,
+                                                             bytesPerSecond: bytesPerSecond, etaSeconds: etaSeconds) }
     }
 }
 

@@ -72,13 +72,18 @@ struct ProgressMeter {
         var line = progress.stage
         if let bytes = progress.processedBytes {
             line += String(format: ": %.1f MiB", Double(bytes) / 1048576)
+            if let total = progress.totalBytes, total > 0 { line += String(format: " of %.1f MiB", Double(total) / 1048576) }
             let now = Date()
-            if let last, bytes > last.bytes, now.timeIntervalSince(last.at) > 0 {
-                let rate = Double(bytes - last.bytes) / now.timeIntervalSince(last.at)
+            // The daemon's own rate and ETA when it sends them (a move's engine measures per
+            // phase and per round); else from the bytes seen between two updates.
+            var rate = progress.bytesPerSecond
+            if rate == nil, let last, bytes > last.bytes, now.timeIntervalSince(last.at) > 0 {
+                rate = Double(bytes - last.bytes) / now.timeIntervalSince(last.at)
+            }
+            if let rate, rate > 0 {
                 line += String(format: " at %.1f MiB/s", rate / 1048576)
-                if let total = progress.totalBytes, total > bytes, rate > 0 {
-                    line += String(format: ", ETA %.1f s", Double(total - bytes) / rate)
-                }
+                let eta = progress.etaSeconds ?? progress.totalBytes.flatMap { $0 > bytes ? Double($0 - bytes) / rate : nil }
+                if let eta { line += String(format: ", ETA %.1f s", eta) }
             }
             last = (now, bytes)
         }

@@ -207,6 +207,30 @@ struct EngineTests {
                 && text.contains("predicted pause 140 ms"), "\(text)")
     }
 
+    @Test func eachRoundMeasuresItsOwnRate() throws {
+        let seen = Locked<[MoveProgress]>([])
+        let reporter = ProgressReporter(interval: .zero) { p in seen.withLock { $0.append(p) } }
+        reporter.begin("pre-copy")
+        reporter.advance(0, round: RoundProgress(round: 1, maxRounds: 2, pagesSent: 0, dirtyPages: 16384), force: true)
+        usleep(150_000)
+        reporter.advance(64 << 20, round: RoundProgress(round: 1, maxRounds: 2, pagesSent: 16384, dirtyPages: 16384), force: true)
+        #expect(seen.value.last?.bytesPerSecond != nil, "round 1 measured from its start")
+        reporter.advance(4096, round: RoundProgress(round: 2, maxRounds: 2, pagesSent: 1, dirtyPages: 100), force: true)
+        let first = try #require(seen.value.last)
+        #expect(first.bytesPerSecond == nil && first.etaSeconds == nil, "round 2's rate starts from round 2, not from round 1's start")
+        #expect(first.headline == "pre-copy round 2/2: 1 of 100 dirty pages sent", "\(first.headline)")
+    }
+
+    @Test func aNoteIsShownThenGivesWay() {
+        let seen = Lines()
+        let reporter = ProgressReporter(interval: .zero) { seen.append($0.text) }
+        reporter.begin("pre-copy")
+        reporter.note("round 1: first full copy → next round")
+        #expect(seen.all.last == "pre-copy: round 1: first full copy → next round")
+        reporter.advance(4096, round: RoundProgress(round: 2, maxRounds: 2, pagesSent: 1, dirtyPages: 100), force: true)
+        #expect(seen.all.last?.hasSuffix("; round 1: first full copy → next round") == true, "kept for a moment")
+    }
+
     @Test func reporterComputesRateAndETA() throws {
         let seen = Lines()
         let reporter = ProgressReporter(interval: .zero) { seen.append($0.text) }

@@ -33,7 +33,8 @@ struct MoveSource {
         }
         let handle = self.handle
         let progress = ProgressReporter { p in
-            handle.progress(p.text, processedBytes: p.bytesDone, totalBytes: p.bytesExpected)
+            handle.progress(p.headline, processedBytes: p.bytesDone, totalBytes: p.bytesExpected,
+                            bytesPerSecond: p.bytesPerSecond, etaSeconds: p.etaSeconds)
         }
         let client = try trust.client(for: request.target)
         let peer = PeerMigrationTransport(client: client, trust: trust)

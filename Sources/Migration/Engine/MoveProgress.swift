@@ -19,29 +19,38 @@ public struct MoveProgress: Sendable, Equatable {
         self.phase = phase; self.bytesDone = bytesDone; self.bytesExpected = bytesExpected; self.note = note
     }
 
-    /// One line: "pre-copy round 2/10: 812 of 4096 dirty pages sent (3.2 MiB of 16.0 MiB at
-    /// 95.1 MiB/s, 0.1 s left); dirty rate 1200 pages/s; predicted pause 140 ms".
-    public var text: String {
+    /// The phase in words, without the byte figures: "pre-copy round 2/10: 812 of 4096
+    /// dirty pages sent; dirty rate 1200 pages/s; predicted pause 140 ms".
+    public var headline: String { compose(figures: nil) }
+
+    /// The headline with the figures: "pre-copy round 2/10: 812 of 4096 dirty pages sent
+    /// (3.2 MiB of 16.0 MiB at 95.1 MiB/s, 0.1 s left); dirty rate 1200 pages/s; ...".
+    public var text: String { compose(figures: figures) }
+
+    /// "3.2 MiB of 16.0 MiB at 95.1 MiB/s, 0.1 s left", when bytes are counted.
+    public var figures: String? {
+        guard let done = bytesDone else { return nil }
+        var f = ByteSize.format(done)
+        if let expected = bytesExpected, expected > 0 { f += " of " + ByteSize.format(expected) }
+        if let rate = bytesPerSecond, rate > 0 { f += " at " + ByteSize.format(UInt64(rate)) + "/s" }
+        if let eta = etaSeconds { f += String(format: ", %.1f s left", eta) }
+        return f
+    }
+
+    private func compose(figures: String?) -> String {
         var line = phase
+        var tail: [String] = []
         if let r = round {
-            line = "\(phase) round \(r.round)" + (r.maxRounds.map { "/\($0)" } ?? "")
-                + ": \(r.pagesSent) of \(r.dirtyPages) dirty pages sent"
+            line += " round \(r.round)" + (r.maxRounds.map { "/\($0)" } ?? "") + ": \(r.pagesSent) of \(r.dirtyPages) dirty pages sent"
+            if let figures { line += " (\(figures))" }
+            if let rate = r.dirtyPagesPerSecond { tail.append(String(format: "dirty rate %.0f pages/s", rate)) }
+            if let pause = r.predictedPauseMillis { tail.append(String(format: "predicted pause %.0f ms", pause)) }
+        } else if let figures {
+            line += ": " + figures
         }
-        var figures: [String] = []
-        if let done = bytesDone {
-            var f = ByteSize.format(done)
-            if let expected = bytesExpected, expected > 0 { f += " of " + ByteSize.format(expected) }
-            if let rate = bytesPerSecond, rate > 0 { f += " at " + ByteSize.format(UInt64(rate)) + "/s" }
-            if let eta = etaSeconds { f += String(format: ", %.1f s left", eta) }
-            figures.append(f)
-        }
-        if !figures.isEmpty { line += (round == nil ? ": " : " (") + figures.joined(separator: ", ") + (round == nil ? "" : ")") }
-        if let r = round {
-            if let rate = r.dirtyPagesPerSecond { line += String(format: "; dirty rate %.0f pages/s", rate) }
-            if let pause = r.predictedPauseMillis { line += String(format: "; predicted pause %.0f ms", pause) }
-        }
-        if let note { line += (line == phase ? ": " : "; ") + note }
-        return line
+        if let note { tail.append(note) }
+        guard !tail.isEmpty else { return line }
+        return line + (line == phase ? ": " : "; ") + tail.joined(separator: "; ")
     }
 }
 
@@ -73,9 +82,14 @@ public struct RoundProgress: Sendable, Equatable {
 public final class ProgressReporter: Sendable {
     private struct Phase {
         var progress: MoveProgress
+        /// Where the rate is measured from: the phase's start, or the current round's.
         var startedAt: UInt64
         var lastEmit: UInt64 = 0
+        var noteAt: UInt64 = 0
     }
+
+    /// How long a note stays on the line after it was said.
+    private static let noteSeconds = 1.5
 
     private let sink: @Sendable (MoveProgress) -> Void
     private let interval: UInt64
@@ -94,7 +108,8 @@ public final class ProgressReporter: Sendable {
     /// A new phase; `expected` bytes if known.
     public func begin(_ phase: String, expected: UInt64? = nil, note: String? = nil) {
         let p = MoveProgress(phase: phase, bytesDone: expected == nil ? nil : 0, bytesExpected: expected, note: note)
-        state.withLock { $0 = Phase(progress: p, startedAt: Self.now(), lastEmit: Self.now()) }
+        let now = Self.now()
+        state.withLock { $0 = Phase(progress: p, startedAt: now, lastEmit: now, noteAt: now) }
         sink(p)
     }
 
@@ -103,9 +118,16 @@ public final class ProgressReporter: Sendable {
         let emit: MoveProgress? = state.withLock { phase in
             guard var p = phase else { return nil }
             let now = Self.now()
+            // Each round sends its own dirty set: its rate is measured from its own start.
+            if let round, round.round != p.progress.round?.round {
+                p.startedAt = now
+                p.progress.bytesPerSecond = nil
+                p.progress.etaSeconds = nil
+            }
             p.progress.bytesDone = done
             if let expected { p.progress.bytesExpected = expected }
             if let round { p.progress.round = round }
+            if p.progress.note != nil, Double(now - p.noteAt) / 1e9 > Self.noteSeconds { p.progress.note = nil }
             let seconds = Double(now - p.startedAt) / 1e9
             if seconds > 0.05, done > 0 {
                 let rate = Double(done) / seconds
@@ -127,6 +149,7 @@ public final class ProgressReporter: Sendable {
             var p = phase ?? Phase(progress: MoveProgress(phase: "move"), startedAt: Self.now())
             p.progress.note = text
             p.lastEmit = Self.now()
+            p.noteAt = p.lastEmit
             phase = p
             return p.progress
         }
