@@ -137,6 +137,11 @@ extension String {
 /// Copies bytes between two stream sockets in both directions until both have ended,
 /// passing half-closes on (EOF on one side becomes shutdown(SHUT_WR) on the other). If one
 /// direction fails, both sockets are shut down so the other direction cannot hang.
+///
+/// Concurrency model: `run` starts one pump thread per direction and blocks until both are
+/// done. The pumps share only `outcome` (first failure and byte counts, in a Locked); they
+/// shut the sockets down but never close them: the caller owns both and closes them after
+/// `run` returns.
 enum SocketRelay {
     /// Returns the bytes moved a→b and b→a; throws the first failure.
     static func run(_ a: Int32, _ b: Int32, label: String) throws -> (aToB: Int64, bToA: Int64) {
