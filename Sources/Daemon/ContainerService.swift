@@ -1,11 +1,17 @@
 import API
 import Foundation
 import GodwitCore
+import Synchronization
 
 /// The daemon's container logic: validates requests, keeps the store authoritative and
 /// drives the ContainerDriver from operations. A container is "busy" while an operation
 /// works on it; other changes to it get 409 instead of racing.
-public final class ContainerService: @unchecked Sendable {
+///
+/// Concurrency model: called from any route handler, operation task or the supervisor at
+/// once. Its own mutable state is only the busy marks, behind `busy` (a Mutex held just to
+/// test-and-set or clear a mark, never across driver or store calls); the store, the
+/// driver, the operations and the events guard themselves, and everything else is `let`.
+public final class ContainerService: Sendable {
     let store: Store
     let images: ImageStore
     let driver: any ContainerDriver
@@ -18,8 +24,8 @@ public final class ContainerService: @unchecked Sendable {
     /// How long a clean stop waits before SIGKILL when the request says -1.
     public let defaultStopTimeout: Duration
 
-    private let lock = NSLock()
-    private var busy: [String: String] = [:]
+    /// Container name → what it is busy with.
+    private let busy = Mutex<[String: String]>([:])
 
     public init(store: Store, images: ImageStore, driver: any ContainerDriver, operations: OperationManager,
                 events: EventBus, addresses: AddressPlan?, cgroupParent: String?, containersDirectory: URL,
@@ -54,21 +60,21 @@ public final class ContainerService: @unchecked Sendable {
     // MARK: busy marks
 
     func claim(_ name: String, for what: String) throws {
-        lock.lock(); defer { lock.unlock() }
-        if let current = busy[name] {
-            throw RequestError.conflict(GodwitError("container '\(name)' is busy (\(current))",
-                                                    hint: "wait for it: `godwit operation list` shows what runs"))
+        try busy.withLock { busy in
+            if let current = busy[name] {
+                throw RequestError.conflict(GodwitError("container '\(name)' is busy (\(current))",
+                                                        hint: "wait for it: `godwit operation list` shows what runs"))
+            }
+            busy[name] = what
         }
-        busy[name] = what
     }
 
     func release(_ name: String) {
-        lock.lock(); busy[name] = nil; lock.unlock()
+        busy.withLock { $0[name] = nil }
     }
 
     func isBusy(_ name: String) -> Bool {
-        lock.lock(); defer { lock.unlock() }
-        return busy[name] != nil
+        busy.withLock { $0[name] != nil }
     }
 
     /// Runs `work` as an operation holding the container's busy mark until it ends.

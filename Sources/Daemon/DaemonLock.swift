@@ -4,7 +4,10 @@ import GodwitCore
 /// One daemon per state directory: an exclusive flock on STATE_DIR/godwitd.lock, held for
 /// the daemon's lifetime (the kernel drops it when the process dies, even by SIGKILL), and
 /// the pid in STATE_DIR/godwitd.pid for humans and scripts.
-public final class DaemonLock: @unchecked Sendable {
+///
+/// Concurrency model: nothing mutable. The descriptor and paths are set once in `init`;
+/// `release` is called once, by the daemon's main task at shutdown.
+public final class DaemonLock: Sendable {
     public let stateDir: URL
     private let fd: Int32
 

@@ -1,13 +1,21 @@
 import API
 import Foundation
+import Synchronization
 
 /// Fans events out to `GET /1.0/events` streams and operation waiters. Publishing never
 /// blocks: each subscriber has a bounded buffer that drops the oldest events when the
 /// reader falls behind, so a stuck client cannot stall a migration.
-public final class EventBus: @unchecked Sendable {
-    private let lock = NSLock()
-    private var subscribers: [UUID: AsyncStream<Event>.Continuation] = [:]
-    private var closed = false
+///
+/// Concurrency model: any task or thread may subscribe, publish or close. The subscriber
+/// table and the closed flag are behind `registry`, a Mutex held only to read or change
+/// them: continuations are yielded to and finished outside it (an `onTermination` that
+/// runs inside `finish()` takes it again to remove itself).
+public final class EventBus: Sendable {
+    private struct Registry {
+        var subscribers: [UUID: AsyncStream<Event>.Continuation] = [:]
+        var closed = false
+    }
+    private let registry = Mutex(Registry())
 
     public init() {}
 
@@ -15,22 +23,21 @@ public final class EventBus: @unchecked Sendable {
     public func subscribe(bufferSize: Int = 1024) -> AsyncStream<Event> {
         let (stream, continuation) = AsyncStream<Event>.makeStream(bufferingPolicy: .bufferingNewest(bufferSize))
         let id = UUID()
-        lock.lock()
-        if closed {
-            lock.unlock()
+        let added = registry.withLock { r in
+            guard !r.closed else { return false }
+            r.subscribers[id] = continuation
+            return true
+        }
+        guard added else {
             continuation.finish()
             return stream
         }
-        subscribers[id] = continuation
-        lock.unlock()
         continuation.onTermination = { [weak self] _ in self?.remove(id) }
         return stream
     }
 
     public func publish(_ event: Event) {
-        lock.lock()
-        let targets = Array(subscribers.values)
-        lock.unlock()
+        let targets = registry.withLock { Array($0.subscribers.values) }
         for continuation in targets { continuation.yield(event) }
     }
 
@@ -45,22 +52,18 @@ public final class EventBus: @unchecked Sendable {
 
     /// Ends every stream so long-lived event responses finish and shutdown can complete.
     public func close() {
-        lock.lock()
-        closed = true
-        let targets = subscribers
-        subscribers = [:]
-        lock.unlock()
+        let targets = registry.withLock { r in
+            r.closed = true
+            let targets = r.subscribers
+            r.subscribers = [:]
+            return targets
+        }
         for continuation in targets.values { continuation.finish() }
     }
 
-    public var subscriberCount: Int {
-        lock.lock(); defer { lock.unlock() }
-        return subscribers.count
-    }
+    public var subscriberCount: Int { registry.withLock { $0.subscribers.count } }
 
     private func remove(_ id: UUID) {
-        lock.lock()
-        subscribers[id] = nil
-        lock.unlock()
+        registry.withLock { $0.subscribers[id] = nil }
     }
 }

@@ -1,6 +1,7 @@
 import API
 import Foundation
 import GodwitCore
+import Synchronization
 
 /// A ContainerDriver that simulates containers in memory, for tests only: godwitd selects
 /// it only with the hidden `--testing-fake-driver` flag AND GODWIT_TESTING_FAKE_DRIVER=1 in
@@ -11,7 +12,12 @@ import GodwitCore
 /// tests); a container whose config has environment.GODWIT_FAKE_FAIL=STEP fails that step
 /// (lets end-to-end tests reach the failure paths through the real CLI). With a
 /// `persistence` file its state survives a daemon restart, like real processes would.
-public final class FakeDriver: ContainerDriver, @unchecked Sendable {
+///
+/// Concurrency model: the daemon's tasks and the test call it concurrently. Everything
+/// mutable (the simulated containers, the test hooks) is in `inner`, one Mutex; `mutate`
+/// writes the persistence file while holding it, so that the file's versions land in the
+/// order of the changes. Sleeps (`delay`) and console writes happen outside it.
+public final class FakeDriver: ContainerDriver, Sendable {
     public let kind = "fake"
 
     public enum Step: String, Codable, Sendable { case create, start, stop, checkpoint, restore, destroy, reconfigure }
@@ -29,28 +35,33 @@ public final class FakeDriver: ContainerDriver, @unchecked Sendable {
         var calls: [String] = []
     }
 
-    private let lock = NSLock()
-    private var state = State()
+    private struct Inner {
+        var state = State()
+        var failing: Set<Step> = []
+        var delay: Duration = .zero
+    }
+
+    private let inner: Mutex<Inner>
     private let persistence: URL?
-    private var _failing: Set<Step> = []
-    private var _delay: Duration = .zero
     /// Steps that throw instead of acting.
     public var failing: Set<Step> {
-        get { lock.withLock { _failing } }
-        set { lock.withLock { _failing = newValue } }
+        get { inner.withLock { $0.failing } }
+        set { inner.withLock { $0.failing = newValue } }
     }
     /// How long start and restore take.
     public var delay: Duration {
-        get { lock.withLock { _delay } }
-        set { lock.withLock { _delay = newValue } }
+        get { inner.withLock { $0.delay } }
+        set { inner.withLock { $0.delay = newValue } }
     }
 
     public init(persistence: URL? = nil) {
         self.persistence = persistence
+        var state = State()
         if let persistence, let data = try? Data(contentsOf: persistence),
            let loaded = try? JSONDecoder().decode(State.self, from: data) {
             state = loaded
         }
+        inner = Mutex(Inner(state: state))
     }
 
     /// "create c1", "start c1"...: what the daemon asked, in order.
@@ -62,17 +73,17 @@ public final class FakeDriver: ContainerDriver, @unchecked Sendable {
     /// Simulates the init dying on its own (crash, `kill -9`).
     public func crash(_ name: String) { mutate { $0.containers[name]?.running = nil } }
 
-    private func locked<T>(_ body: (State) -> T) -> T {
-        lock.lock(); defer { lock.unlock() }
-        return body(state)
+    private func locked<T: Sendable>(_ body: (State) -> T) -> T {
+        inner.withLock { body($0.state) }
     }
 
     @discardableResult
-    private func mutate<T>(_ body: (inout State) throws -> T) rethrows -> T {
-        lock.lock(); defer { lock.unlock() }
-        let result = try body(&state)
-        if let persistence, let data = try? JSONEncoder().encode(state) { try? data.write(to: persistence, options: .atomic) }
-        return result
+    private func mutate<T: Sendable>(_ body: (inout State) throws -> T) rethrows -> T {
+        try inner.withLock { inner in
+            let result = try body(&inner.state)
+            if let persistence, let data = try? JSONEncoder().encode(inner.state) { try? data.write(to: persistence, options: .atomic) }
+            return result
+        }
     }
 
     private func step(_ step: Step, _ spec: DriverSpec) throws {

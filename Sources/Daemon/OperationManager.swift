@@ -1,6 +1,7 @@
 import API
 import Foundation
 import GodwitCore
+import Synchronization
 
 /// What a running operation's work sees: a way to report progress and its identity (for
 /// error context). Cancellation is ordinary Task cancellation: the work calls
@@ -19,14 +20,26 @@ public struct OperationHandle: Sendable {
 
 /// Runs long work as LXD-style operations: each is a background Task whose state is kept
 /// in memory, published as events and persisted at its start and end.
-public final class OperationManager: @unchecked Sendable {
+///
+/// Concurrency model: route handlers start, read and cancel operations while each one's
+/// work runs as its own Task and reports through `update`/`finish`. The live operations
+/// and their tasks are behind `registry`, a Mutex held only to read or change those maps
+/// (and to apply `update`'s change, a plain assignment to the operation's fields):
+/// persisting, publishing events and cancelling happen outside it.
+public final class OperationManager: Sendable {
     public typealias Work = @Sendable (OperationHandle) async throws -> [String: String]
+
+    private struct Registry {
+        /// Running operations, and a finishing one until its final state is persisted
+        /// (from then on the store serves it).
+        var live: [String: OperationInfo] = [:]
+        /// Their work, while it can still be cancelled.
+        var tasks: [String: Task<Void, Never>] = [:]
+    }
 
     private let store: Store
     private let events: EventBus
-    private let lock = NSLock()
-    private var live: [String: OperationInfo] = [:]
-    private var tasks: [String: Task<Void, Never>] = [:]
+    private let registry = Mutex(Registry())
 
     public init(store: Store, events: EventBus) {
         self.store = store
@@ -41,9 +54,7 @@ public final class OperationManager: @unchecked Sendable {
         let id = UUID().uuidString.lowercased()
         let operation = OperationInfo(id: id, description: description, status: .running, resources: resources,
                                   createdAt: now, updatedAt: now, mayCancel: mayCancel)
-        lock.lock()
-        live[id] = operation
-        lock.unlock()
+        registry.withLock { $0.live[id] = operation }
         persist(operation)
         events.publish(Event(type: .operation, metadata: EventMetadata(operation: operation)))
         let handle = OperationHandle(id: id, manager: self)
@@ -58,17 +69,15 @@ public final class OperationManager: @unchecked Sendable {
                 self.finish(id, status: cancelled ? .cancelled : .failure, metadata: nil, error: response)
             }
         }
-        lock.lock()
-        // The work may already have finished; only keep the task while it can be cancelled.
-        if live[id]?.status.isFinal == false { tasks[id] = task }
-        lock.unlock()
+        registry.withLock { r in
+            // The work may already have finished; only keep the task while it can be cancelled.
+            if r.live[id]?.status.isFinal == false { r.tasks[id] = task }
+        }
         return self.operation(id) ?? operation
     }
 
     public func operation(_ id: String) -> OperationInfo? {
-        lock.lock()
-        let found = live[id]
-        lock.unlock()
+        let found = registry.withLock { $0.live[id] }
         return found ?? (try? store.operation(id)) ?? nil
     }
 
@@ -76,9 +85,8 @@ public final class OperationManager: @unchecked Sendable {
     public func list() throws -> [OperationInfo] {
         var all: [String: OperationInfo] = [:]
         for operation in try store.operations() { all[operation.id] = operation }
-        lock.lock()
+        let live = registry.withLock { $0.live }
         for (id, operation) in live { all[id] = operation }
-        lock.unlock()
         return all.values.sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
     }
 
@@ -117,9 +125,7 @@ public final class OperationManager: @unchecked Sendable {
             throw RequestError.badRequest(GodwitError("operation \(id) (\(current.description)) cannot be cancelled",
                                                       hint: "wait for it with `godwit operation wait \(id)`"))
         }
-        lock.lock()
-        let task = tasks[id]
-        lock.unlock()
+        let task = registry.withLock { $0.tasks[id] }
         task?.cancel()
         return current
     }
@@ -133,36 +139,40 @@ public final class OperationManager: @unchecked Sendable {
 
     /// Waits for every live operation (tests and shutdown use this).
     public func drain() async {
-        let running = lock.withLock { Array(tasks.values) }
+        let running = registry.withLock { Array($0.tasks.values) }
         for task in running { await task.value }
     }
 
     func update(_ id: String, _ change: (inout OperationInfo) -> Void) {
-        lock.lock()
-        guard var operation = live[id], !operation.status.isFinal else { lock.unlock(); return }
-        change(&operation)
-        operation.updatedAt = Date()
-        live[id] = operation
-        lock.unlock()
+        let updated = registry.withLock { r -> OperationInfo? in
+            guard var operation = r.live[id], !operation.status.isFinal else { return nil }
+            change(&operation)
+            operation.updatedAt = Date()
+            r.live[id] = operation
+            return operation
+        }
+        guard let operation = updated else { return }
         events.publish(Event(type: .operation, metadata: EventMetadata(operation: operation)))
     }
 
     private func finish(_ id: String, status: OperationStatus, metadata: [String: String]?, error: ErrorResponse?) {
-        lock.lock()
-        guard var operation = live[id] else { lock.unlock(); return }
-        operation.status = status
-        operation.updatedAt = Date()
-        if let metadata { operation.metadata = metadata }
-        operation.error = error
-        live[id] = operation
-        lock.unlock()
+        let finished = registry.withLock { r -> OperationInfo? in
+            guard var operation = r.live[id] else { return nil }
+            operation.status = status
+            operation.updatedAt = Date()
+            if let metadata { operation.metadata = metadata }
+            operation.error = error
+            r.live[id] = operation
+            return operation
+        }
+        guard let operation = finished else { return }
         persist(operation)
         // Finished operations are served from the store (persisted above); memory holds only
         // live ones. Removing after persisting means readers never see a stale Running.
-        lock.lock()
-        live[id] = nil
-        tasks[id] = nil
-        lock.unlock()
+        registry.withLock { r in
+            r.live[id] = nil
+            r.tasks[id] = nil
+        }
         events.publish(Event(type: .operation, metadata: EventMetadata(operation: operation)))
     }
 

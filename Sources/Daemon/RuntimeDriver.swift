@@ -6,7 +6,12 @@ import Runtime
 
 /// The real ContainerDriver: namespaces, cgroups and veths through Runtime (godwit-spawn),
 /// stateful stop/start through the Checkpoint module's CRIU engine.
-public final class RuntimeDriver: ContainerDriver, @unchecked Sendable {
+///
+/// Concurrency model: no state of its own (every stored property is an immutable Sendable
+/// `let`). The daemon's tasks call it concurrently, for different containers
+/// (ContainerService's busy marks keep two operations off one container); blocking work
+/// runs on threads through `blocking`.
+public final class RuntimeDriver: ContainerDriver, Sendable {
     public let kind = "runtime"
     let runtime: ContainerRuntime
     let criuSetting: String?

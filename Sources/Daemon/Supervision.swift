@@ -1,6 +1,7 @@
 import API
 import Foundation
 import GodwitCore
+import Synchronization
 
 extension ContainerService {
     /// At daemon start: containers recorded as running whose init is still the same process
@@ -61,8 +62,13 @@ extension ContainerService {
 /// (container inits after godwit-spawn exits, CRIU's restored trees) and must reap them.
 /// Foundation's Process reaps its own children by pid, so a blanket waitpid(-1) could steal
 /// their exit status: this reaps only zombies that stayed unreaped for a whole interval.
-public final class ChildReaper: @unchecked Sendable {
-    private var seen: Set<Int32> = []
+///
+/// Concurrency model: the supervisor calls `reap` once a second from its one task. `seen`
+/// (the zombies of the last pass) is behind a Mutex held for the whole pass, so that
+/// passes, should two ever overlap, run one after the other; a pass does not block (a
+/// /proc scan and waitpid with WNOHANG).
+public final class ChildReaper: Sendable {
+    private let seen = Mutex<Set<Int32>>([])
 
     public init() {}
 
@@ -82,20 +88,22 @@ public final class ChildReaper: @unchecked Sendable {
     /// One pass; returns the pids it reaped.
     @discardableResult
     public func reap() -> [Int32] {
-        let me = getpid()
-        var zombies: Set<Int32> = []
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        for entry in entries {
-            guard let pid = Int32(entry), let fields = HostEnvironment.procStatFields("/proc/\(pid)/stat") else { continue }
-            guard fields.count > 2, fields[0] == "Z", Int32(fields[1]) == me else { continue }
-            zombies.insert(pid)
+        seen.withLock { seen in
+            let me = getpid()
+            var zombies: Set<Int32> = []
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            for entry in entries {
+                guard let pid = Int32(entry), let fields = HostEnvironment.procStatFields("/proc/\(pid)/stat") else { continue }
+                guard fields.count > 2, fields[0] == "Z", Int32(fields[1]) == me else { continue }
+                zombies.insert(pid)
+            }
+            var reaped: [Int32] = []
+            for pid in zombies where seen.contains(pid) {
+                var status: Int32 = 0
+                if waitpid(pid, &status, WNOHANG) == pid { reaped.append(pid) }
+            }
+            seen = zombies.subtracting(reaped)
+            return reaped
         }
-        var reaped: [Int32] = []
-        for pid in zombies where seen.contains(pid) {
-            var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid { reaped.append(pid) }
-        }
-        seen = zombies.subtracting(reaped)
-        return reaped
     }
 }

@@ -43,17 +43,19 @@ public enum Command {
             try? inPipe.fileHandleForWriting.close()
         }
         // Read both pipes concurrently: a child that fills one pipe while we block on the
-        // other would deadlock.
-        let errBox = DataBox()
+        // other would deadlock. The stderr reader hands its bytes over through a Locked
+        // (written once, read after the group says it is done).
+        let errBox = Locked(Data())
         let group = DispatchGroup()
         group.enter()
         DispatchQueue.global().async {
-            errBox.data = errPipe.fileHandleForReading.readDataToEndOfFile()
+            let data = errPipe.fileHandleForReading.readDataToEndOfFile()
+            errBox.value = data
             group.leave()
         }
         let outData = outPipe.fileHandleForReading.readDataToEndOfFile()
         group.wait()
-        let errData = errBox.data
+        let errData = errBox.value
         process.waitUntilExit()
         return CommandResult(argv: argv, status: process.terminationStatus,
                              stdout: String(decoding: outData, as: UTF8.self),
@@ -88,9 +90,4 @@ public enum Command {
         }
         return nil
     }
-}
-
-/// Holds what the stderr reader collected; the DispatchGroup orders the write before the read.
-private final class DataBox: @unchecked Sendable {
-    var data = Data()
 }

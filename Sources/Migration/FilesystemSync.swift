@@ -1,5 +1,6 @@
 import Foundation
 import GodwitCore
+import Synchronization
 
 /// What one filesystem sync moved, from rsync's `--stats`.
 public struct SyncStats: Sendable, Equatable {
@@ -158,8 +159,12 @@ public enum FilesystemSync {
 }
 
 /// Reads a descriptor to EOF on its own thread (rsync's --stats output), then closes it.
-final class Drain: @unchecked Sendable {
-    private var data = Data()
+///
+/// Concurrency model: the reader thread owns `fd` and appends to `data` (a Mutex) until
+/// EOF, then signals `done`; `text()` waits for that and reads `data` (any thread, any
+/// number of times: it passes the signal on).
+final class Drain: Sendable {
+    private let data = Mutex(Data())
     private let done = DispatchSemaphore(value: 0)
 
     init(_ fd: Int32) {
@@ -169,7 +174,7 @@ final class Drain: @unchecked Sendable {
                 let n = read(fd, &buffer, buffer.count)
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { break }
-                data.append(contentsOf: buffer[0..<n])
+                data.withLock { $0.append(contentsOf: buffer[0..<n]) }
             }
             close(fd)
             done.signal()
@@ -179,6 +184,6 @@ final class Drain: @unchecked Sendable {
     func text() -> String {
         done.wait()
         done.signal()
-        return String(decoding: data, as: UTF8.self)
+        return data.withLock { String(decoding: $0, as: UTF8.self) }
     }
 }

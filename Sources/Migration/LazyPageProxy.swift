@@ -2,6 +2,7 @@ import Checkpoint
 import Foundation
 import GodwitCore
 import Memory
+import Synchronization
 
 /// The destination-side page proxy: `criu lazy-pages` connects to it as if it were the
 /// source's page server. Every GET is answered from the page store when its first page
@@ -17,11 +18,21 @@ import Memory
 /// source then fails the session (`onFailure`) WITHOUT closing the lazy-pages connection,
 /// so that the caller can kill the restored tasks before lazy-pages dies and the kernel
 /// would map zero pages in place of the missing ones.
+///
+/// Concurrency model: the downstream thread reads lazy-pages' requests and handles them,
+/// the upstream thread reads the source's answers; `apply` (the push) and the control calls
+/// come from other threads. All mutable state is in `state`, one Mutex, and every use of
+/// `store` is under it. It is held across blocking writes on purpose: GETs to the source
+/// (their wire order is `inFlight`'s, the order answers come back in) and replies to
+/// lazy-pages (they leave in request order); never across a read, `upstream.abort`/
+/// `finish`, CLOSE's send or `onFailure`. The upstream thread sleeps on `work`, `wait` on
+/// `ended` (see `changed`). `@unchecked` only for `store`, a PageStore (not Sendable) the
+/// caller shares: we touch it only inside the lock, the caller before `start`/after `stop`.
 public final class LazyPageProxy: @unchecked Sendable {
     public let port: Int
-    public private(set) var stats = LazyProxyStats()
-    /// Called once, on a proxy thread, when the session can't go on.
-    public var onFailure: ((String) -> Void)?
+    public var stats: LazyProxyStats { statistics }
+    /// Called once, on a proxy thread, when the session can't go on. Set before `start()`.
+    public var onFailure: (@Sendable (String) -> Void)? { get { state.withLock { $0.onFailure } } set { state.withLock { $0.onFailure = newValue } } }
     /// Read-ahead for background GETs (more than one page), in pages: the proxy asks the
     /// source for up to this many pages the store lacks from the requested address (the
     /// source clamps the answer at the end of its page run), answers lazy-pages what it
@@ -31,7 +42,7 @@ public final class LazyPageProxy: @unchecked Sendable {
     /// daemons' TLS channel and the source's relay a round trip costs several times
     /// CRIU's direct TCP one. 0 = fetch exactly what was asked. Faults (1-page GETs) are
     /// enlarged only by `faultReadAheadPages`. Set before `start()`.
-    public var readAheadPages = 0
+    public var readAheadPages: Int { get { state.withLock { $0.readAheadPages } } set { state.withLock { $0.readAheadPages = newValue } } }
     /// What a destination uses when the source is reached through the daemons' channel:
     /// 1 MiB, ~8 ms on a 1 Gbit/s link (what a page fault may wait behind it).
     public static let remoteReadAheadPages = 256
@@ -41,7 +52,7 @@ public final class LazyPageProxy: @unchecked Sendable {
     /// every page it touches, and each fault carves one page out of the source's page
     /// pipe, whose lookups grow slower the more it is cut up. 16 pages (64 KiB) add about
     /// half a millisecond to a fault at 1 Gbit/s. 0 = fetch exactly what was asked.
-    public var faultReadAheadPages = 0
+    public var faultReadAheadPages: Int { get { state.withLock { $0.faultReadAheadPages } } set { state.withLock { $0.faultReadAheadPages = newValue } } }
     public static let remoteFaultReadAheadPages = 16
     /// The pages the source serves (its pagemap's lazy entries), per ns pid, sorted. With
     /// them the read-ahead also fills the HOLES of its window: a workload that faults on
@@ -50,18 +61,19 @@ public final class LazyPageProxy: @unchecked Sendable {
     /// 290 s). The proxy asks for every missing run of the window at once, pipelined, and
     /// only where the source has pages (a GET elsewhere would fail its session). Empty:
     /// read-ahead only extends the requested run. Set before `start()`.
-    public var lazyRuns: [Int32: [Range<UInt64>]] = [:]
+    public var lazyRuns: [Int32: [Range<UInt64>]] { get { state.withLock { $0.lazyRuns } } set { state.withLock { $0.lazyRuns = newValue } } }
 
     private let store: PageStore
-    private var upstreamLink: LazyPageUpstream?
-    private var upstream: LazyPageUpstream { upstreamLink! }
     private let listenFD: Int32
-    private var downFD: Int32 = -1
-    private var downStream: FileDescriptorStream?  // over downFD, which stays ours to close
-    private let lock = NSCondition()
-    private let writeLock = NSLock()
+    private let state: Mutex<State>
+    /// Wakes the upstream thread when it sleeps and what it waits for may have changed.
+    private let work = DispatchSemaphore(value: 0)
+    /// Signalled once the session completed or failed; each waiter passes it on.
+    private let ended = DispatchSemaphore(value: 0)
+    private let finished = DispatchGroup()
     private let pageSize = Int(systemPageSize)
 
+    /// A request, from lazy-pages or our own read-ahead; lives only inside `state`.
     private final class Pending {
         let request: PageServerHeader
         /// Set when the answer is ready (the request's padding echoed).
@@ -83,29 +95,45 @@ public final class LazyPageProxy: @unchecked Sendable {
             self.request = request; self.nsPID = nsPID; self.vaddr = vaddr; self.pages = pages; self.isClose = isClose
         }
     }
-    private var queue: [Pending] = []
-    private var inFlight: [Pending] = []
     private struct Key: Hashable { var ns: Int32; var vaddr: UInt64 }
-    /// Pages already answered (a re-request after a short reply asks only for the rest).
-    private var delivered = Set<Key>()
-    private var fetched = Set<Key>()
-    /// Pages asked of the source and not yet arrived.
-    private var fetching = Set<Key>()
-    private var upstreamError: String?
-    private var holdingClose = false
-    private var heldClose: Pending?
-    private var failure: String?
-    private var completed = false
-    private var stopping = false
-    public private(set) var completedAt: UInt64?
-    private var threads: [Thread] = []
-    private let finished = DispatchGroup()
+
+    private struct State {
+        var readAheadPages = 0, faultReadAheadPages = 0
+        var lazyRuns: [Int32: [Range<UInt64>]] = [:]
+        var onFailure: (@Sendable (String) -> Void)?
+        var upstream: (any LazyPageUpstream)?
+        var downFD: Int32 = -1
+        /// Writes to downFD (which stays ours to close); the downstream thread reads
+        /// through a stream of its own.
+        var downStream: FileDescriptorStream?
+        var stats = LazyProxyStats()
+        var queue: [Pending] = [], inFlight: [Pending] = []
+        /// Pages already answered (a re-request after a short reply asks only for the rest).
+        var delivered = Set<Key>()
+        var fetched = Set<Key>()
+        /// Pages asked of the source and not yet arrived.
+        var fetching = Set<Key>()
+        var upstreamError: String?
+        var holdingClose = false, heldClose: Pending?
+        var failure: String?
+        var completed = false, stopping = false, endSignalled = false
+        /// The upstream thread is (about to be) asleep on `work`.
+        var upstreamIdle = false
+        mutating func sleep() -> Step { upstreamIdle = true; return .wait }
+        var completedAt: UInt64?
+    }
+
+    /// What the upstream thread needs of the request it reads the answer to, outside the lock.
+    private struct Fetch: Sendable {
+        let isClose: Bool, nsPID: Int32, vaddr: UInt64, pages: Int, fetchPages: Int
+        let request: PageServerHeader, upstream: any LazyPageUpstream
+    }
 
     /// `upstream` may come later (`attach`), so the proxy and `criu lazy-pages` can be
     /// started before the freeze; `start()` needs it.
     public init(store: PageStore, upstream: LazyPageUpstream? = nil, host: String = "127.0.0.1") throws {
         self.store = store
-        self.upstreamLink = upstream
+        state = Mutex(State(upstream: upstream))
         let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard s >= 0 else { throw GodwitError.errno("socket") }
         var one: Int32 = 1
@@ -129,6 +157,7 @@ public final class LazyPageProxy: @unchecked Sendable {
     }
 
     deinit {
+        let downFD = state.withLock { $0.downFD }
         if downFD >= 0 { Glibc.close(downFD) }
         Glibc.close(listenFD)
     }
@@ -137,42 +166,44 @@ public final class LazyPageProxy: @unchecked Sendable {
 
     /// Applies one pushed record to the store (thread-safe with the proxy).
     public func apply(_ record: PageRecord) throws -> Int {
-        lock.lock(); defer { lock.unlock() }
-        switch record.kind {
-        case .pages:
-            try record.payload.withUnsafeBytes {
-                try store.store(nsPID: record.nsPID, vaddr: record.vaddr, count: Int(record.pageCount), data: $0)
+        try state.withLock { _ in
+            switch record.kind {
+            case .pages:
+                try record.payload.withUnsafeBytes {
+                    try store.store(nsPID: record.nsPID, vaddr: record.vaddr, count: Int(record.pageCount), data: $0)
+                }
+                return Int(record.pageCount)
+            case .zero:
+                try store.storeZero(nsPID: record.nsPID, vaddr: record.vaddr, count: Int(record.pageCount))
+                return Int(record.pageCount)
+            case .drop:
+                store.drop(nsPID: record.nsPID, range: record.range)
+            case .forgetProcess:
+                store.forget(nsPID: record.nsPID)
+            case .roundStart, .roundEnd:
+                break
             }
-            return Int(record.pageCount)
-        case .zero:
-            try store.storeZero(nsPID: record.nsPID, vaddr: record.vaddr, count: Int(record.pageCount))
-            return Int(record.pageCount)
-        case .drop:
-            store.drop(nsPID: record.nsPID, range: record.range)
-        case .forgetProcess:
-            store.forget(nsPID: record.nsPID)
-        case .roundStart, .roundEnd:
-            break
+            return 0
         }
-        return 0
     }
 
-    public var statistics: LazyProxyStats { lock.lock(); defer { lock.unlock() }; return stats }
+    public var statistics: LazyProxyStats { state.withLock { $0.stats } }
+    /// When CLOSE was answered (DispatchTime nanoseconds).
+    public var completedAt: UInt64? { state.withLock { $0.completedAt } }
 
     // MARK: lifecycle
 
-    public func attach(upstream: LazyPageUpstream) { upstreamLink = upstream }
-    public var hasUpstream: Bool { upstreamLink != nil }
+    public func attach(upstream: LazyPageUpstream) { state.withLock { $0.upstream = upstream } }
+    public var hasUpstream: Bool { state.withLock { $0.upstream != nil } }
     /// Why the connection to the source failed, if it did.
-    public var upstreamFailure: String? { lock.lock(); defer { lock.unlock() }; return upstreamError }
+    public var upstreamFailure: String? { state.withLock { $0.upstreamError } }
 
     public func start() {
-        precondition(upstreamLink != nil, "attach the upstream before start()")
+        precondition(hasUpstream, "attach the upstream before start()")
         for body in [downstreamLoop, upstreamLoop] {
             finished.enter()
             let t = Thread { [self] in body(); finished.leave() }
             t.stackSize = 1 << 20
-            threads.append(t)
             t.start()
         }
     }
@@ -185,37 +216,46 @@ public final class LazyPageProxy: @unchecked Sendable {
     /// Waits until every page was delivered (CLOSE answered) or the session failed; nil
     /// on timeout.
     public func wait(timeout: TimeInterval) -> Outcome? {
-        let deadline = Date().addingTimeInterval(timeout)
-        lock.lock(); defer { lock.unlock() }
-        while !completed && failure == nil {
-            if !lock.wait(until: deadline) { return nil }
-        }
-        return completed ? .completed : .failed(failure ?? "")
+        guard ended.wait(timeout: .now() + timeout) == .success else { return nil }
+        ended.signal()  // the end is for good: the next waiter sees it too
+        return state.withLock { $0.completed ? .completed : .failed($0.failure ?? "") }
     }
 
     /// Simulates (or performs) a network cut between the proxy and the source.
-    public func cutUpstream() { upstreamLink?.abort() }
+    public func cutUpstream() { state.withLock { $0.upstream }?.abort() }
 
     /// Ends everything: upstream aborted unless completed, lazy-pages connection closed.
     public func stop() {
-        lock.lock()
-        stopping = true
-        let done = completed
-        lock.broadcast()
-        lock.unlock()
-        if !done { upstreamLink?.abort() }
+        let (done, upstream) = state.withLock { s in
+            s.stopping = true
+            changed(&s)
+            return (s.completed, s.upstream)
+        }
+        if !done { upstream?.abort() }
         shutdown(listenFD, Int32(SHUT_RDWR))
+        let downFD = state.withLock { $0.downFD }
         if downFD >= 0 { shutdown(downFD, Int32(SHUT_RDWR)) }
         _ = finished.wait(timeout: .now() + 10)
     }
 
     private func fail(_ why: String) {
-        lock.lock()
-        let first = failure == nil && !completed
-        if first { failure = why }
-        lock.broadcast()
-        lock.unlock()
+        let (first, onFailure) = state.withLock { s in
+            let first = s.failure == nil && !s.completed
+            if first { s.failure = why }
+            changed(&s)
+            return (first, s.onFailure)
+        }
         if first { onFailure?(why) }
+    }
+
+    /// After every change the upstream thread or `wait` may wait for: rings `work` (the
+    /// upstream thread looks again) and, once completed or failed, `ended`. Caller holds the lock.
+    private func changed(_ s: inout State) {
+        if s.upstreamIdle { s.upstreamIdle = false; work.signal() }
+        if !s.endSignalled && (s.completed || s.failure != nil) {
+            s.endSignalled = true
+            ended.signal()
+        }
     }
 
     // MARK: downstream: criu lazy-pages
@@ -224,8 +264,7 @@ public final class LazyPageProxy: @unchecked Sendable {
         var pfd = pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)
         while true {
             let r = Glibc.poll(&pfd, 1, 200)
-            lock.lock(); let stop = stopping; lock.unlock()
-            if stop { return }
+            if state.withLock({ $0.stopping }) { return }
             if r > 0 { break }
         }
         let c = accept(listenFD, nil, nil)
@@ -234,13 +273,13 @@ public final class LazyPageProxy: @unchecked Sendable {
         var one: Int32 = 1
         setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let down = FileDescriptorStream(fd: c, owns: false, name: "criu lazy-pages")
-        lock.lock(); downFD = c; downStream = down; lock.unlock()
+        state.withLock { $0.downFD = c; $0.downStream = FileDescriptorStream(fd: c, owns: false, name: "criu lazy-pages") }
         var h = [UInt8](repeating: 0, count: PageServerHeader.size)
         while true {
             // A clean end, a half header or an error: lazy-pages is gone either way.
             let got = (try? h.withUnsafeMutableBytes { try down.readFull($0) }) ?? false
             if !got {
-                lock.lock(); let done = completed; let stop = stopping; lock.unlock()
+                let (done, stop) = state.withLock { ($0.completed, $0.stopping) }
                 if !done && !stop { fail("criu lazy-pages disconnected before every page was delivered") }
                 return
             }
@@ -266,25 +305,25 @@ public final class LazyPageProxy: @unchecked Sendable {
 
     private func handleGet(_ header: PageServerHeader, nsPID: Int32) throws {
         let vaddr = header.vaddr, pages = header.pages
-        lock.lock()
-        defer { lock.unlock() }
-        stats.requests += 1
-        stats.pagesRequested += pages
-        for i in 0..<pages where delivered.contains(Key(ns: nsPID, vaddr: vaddr + UInt64(i * pageSize))) {
-            stats.pagesRequestedTwice += 1
+        try state.withLock { s in
+            s.stats.requests += 1
+            s.stats.pagesRequested += pages
+            for i in 0..<pages where s.delivered.contains(Key(ns: nsPID, vaddr: vaddr + UInt64(i * pageSize))) {
+                s.stats.pagesRequestedTwice += 1
+            }
+            let p = Pending(request: header, nsPID: nsPID, vaddr: vaddr, pages: pages)
+            s.queue.append(p)
+            if s.fetching.contains(Key(ns: nsPID, vaddr: vaddr)) {
+                p.deferred = true
+                return
+            }
+            if try !answerLocally(p, &s) { try forward(p, &s) }
+            try flush(&s)
         }
-        let p = Pending(request: header, nsPID: nsPID, vaddr: vaddr, pages: pages)
-        queue.append(p)
-        if fetching.contains(Key(ns: nsPID, vaddr: vaddr)) {
-            p.deferred = true
-            return
-        }
-        if try !answerLocally(p) { try forward(p) }
-        try flushLocked()
     }
 
-    /// Answers `p` with the held prefix of its pages, if any. Caller holds `lock`.
-    private func answerLocally(_ p: Pending) throws -> Bool {
+    /// Answers `p` with the held prefix of its pages, if any. Caller holds the lock.
+    private func answerLocally(_ p: Pending, _ s: inout State) throws -> Bool {
         var held = 0
         while held < p.pages, store.contains(nsPID: p.nsPID, vaddr: p.vaddr + UInt64(held * pageSize)) { held += 1 }
         guard held > 0 else { return false }
@@ -292,45 +331,46 @@ public final class LazyPageProxy: @unchecked Sendable {
         _ = try p.data.withUnsafeMutableBytes { try store.read(nsPID: p.nsPID, vaddr: p.vaddr, count: held, into: $0) }
         p.reply = try p.request.reply(pages: held)
         p.ready = true
-        stats.localReplies += 1
-        stats.pagesServedLocally += held
-        if held < p.pages { stats.shortReplies += 1 }
+        s.stats.localReplies += 1
+        s.stats.pagesServedLocally += held
+        if held < p.pages { s.stats.shortReplies += 1 }
         p.pages = held
         return true
     }
 
     /// Asks the source for the run of pages the store lacks from `p.vaddr` (with
-    /// read-ahead for background GETs). Caller holds `lock`.
-    private func forward(_ p: Pending) throws {
-        if let upstreamError {
+    /// read-ahead for background GETs). Caller holds the lock.
+    private func forward(_ p: Pending, _ s: inout State) throws {
+        if let upstreamError = s.upstreamError {
             throw GodwitError("page \(p.nsPID):0x\(String(p.vaddr, radix: 16)) is needed from the source, whose connection failed (\(upstreamError))")
         }
         let background = p.pages > 1  // faults ask for one page
-        let limit = background ? max(p.pages, readAheadPages) : max(p.pages, faultReadAheadPages)
+        let limit = background ? max(p.pages, s.readAheadPages) : max(p.pages, s.faultReadAheadPages)
         var missing = 0
         while missing < limit {
             let key = Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(missing * pageSize))
-            if store.contains(nsPID: key.ns, vaddr: key.vaddr) || fetching.contains(key) { break }
+            if store.contains(nsPID: key.ns, vaddr: key.vaddr) || s.fetching.contains(key) { break }
             missing += 1
         }
         p.pages = min(p.pages, missing)
         p.fetchPages = missing
-        for i in 0..<missing { fetching.insert(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
+        for i in 0..<missing { s.fetching.insert(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
         let request = try p.request.asGet(pages: missing)
-        inFlight.append(p)
-        stats.forwardedRequests += 1
-        lock.broadcast()
-        try send(request)
-        if background, readAheadPages > missing {
-            try prefetchHoles(like: p.request, nsPID: p.nsPID, from: p.vaddr + UInt64(missing * pageSize),
-                              budget: readAheadPages - missing, windowEnd: p.vaddr + UInt64(readAheadPages * pageSize))
+        s.inFlight.append(p)
+        s.stats.forwardedRequests += 1
+        changed(&s)
+        try send(request, to: s.upstream!)
+        if background, s.readAheadPages > missing {
+            try prefetchHoles(like: p.request, nsPID: p.nsPID, from: p.vaddr + UInt64(missing * pageSize), budget: s.readAheadPages - missing,
+                              windowEnd: p.vaddr + UInt64(s.readAheadPages * pageSize), &s)
         }
     }
 
     /// GETs for the missing runs of `[from, windowEnd)` inside the source's lazy runs, at
-    /// most `budget` pages in all. Caller holds `lock`.
-    private func prefetchHoles(like header: PageServerHeader, nsPID: Int32, from: UInt64, budget: Int, windowEnd: UInt64) throws {
-        guard let runs = lazyRuns[nsPID], !runs.isEmpty else { return }
+    /// most `budget` pages in all. Caller holds the lock.
+    private func prefetchHoles(like header: PageServerHeader, nsPID: Int32, from: UInt64, budget: Int, windowEnd: UInt64,
+                               _ s: inout State) throws {
+        guard let runs = s.lazyRuns[nsPID], !runs.isEmpty else { return }
         var budget = budget
         var address = from
         // First run ending after `from` (binary search: thousands of GETs, hundreds of runs).
@@ -339,7 +379,7 @@ public final class LazyPageProxy: @unchecked Sendable {
         var index = lo
         func missing(_ a: UInt64) -> Bool {
             let key = Key(ns: nsPID, vaddr: a)
-            return !store.contains(nsPID: nsPID, vaddr: a) && !fetching.contains(key) && !fetched.contains(key)
+            return !store.contains(nsPID: nsPID, vaddr: a) && !s.fetching.contains(key) && !s.fetched.contains(key)
         }
         while budget > 0, index < runs.count, address < windowEnd {
             let run = runs[index]
@@ -353,132 +393,142 @@ public final class LazyPageProxy: @unchecked Sendable {
             let p = Pending(request: request, nsPID: nsPID, vaddr: address, pages: 0)
             p.isPrefetch = true
             p.fetchPages = count
-            for i in 0..<count { fetching.insert(Key(ns: nsPID, vaddr: address + UInt64(i * pageSize))) }
-            inFlight.append(p)
-            stats.prefetchRequests += 1
-            lock.broadcast()
-            try send(request)
+            for i in 0..<count { s.fetching.insert(Key(ns: nsPID, vaddr: address + UInt64(i * pageSize))) }
+            s.inFlight.append(p)
+            s.stats.prefetchRequests += 1
+            changed(&s)
+            try send(request, to: s.upstream!)
             budget -= count
             address = a
         }
     }
 
     private func handleClose(header: PageServerHeader) {
-        lock.lock()
-        let p = Pending(request: header, nsPID: 0, vaddr: 0, pages: 0, isClose: true)
-        queue.append(p)
-        let upstreamDown = upstreamError != nil
-        if upstreamDown {
-            // Everything was delivered; the source can't be told, but it needs nothing.
-            p.ready = true
-            p.data = [0, 0, 0, 0]
-            try? flushLocked()
-            lock.unlock()
-            return
+        let upstream = state.withLock { s -> (any LazyPageUpstream)? in
+            let p = Pending(request: header, nsPID: 0, vaddr: 0, pages: 0, isClose: true)
+            s.queue.append(p)
+            if s.holdingClose && s.upstreamError == nil {
+                // Before the commit CLOSE must not reach the source: it would complete the
+                // dump and kill the source while a rollback may still need it.
+                s.heldClose = p
+                return nil
+            }
+            return forwardClose(p, &s)
         }
-        if holdingClose {
-            // Before the commit CLOSE must not reach the source: it would complete the
-            // dump and kill the source while a rollback may still need it.
-            heldClose = p
-            lock.unlock()
-            return
-        }
-        lock.unlock()
-        forwardClose(p)
+        if let upstream { sendClose(to: upstream) }
     }
 
     /// Keep lazy-pages' CLOSE from the source until `releaseClose()` (the commit).
-    public func holdClose() { lock.lock(); holdingClose = true; lock.unlock() }
+    public func holdClose() { state.withLock { $0.holdingClose = true } }
 
     public func releaseClose() {
-        lock.lock()
-        holdingClose = false
-        let p = heldClose
-        heldClose = nil
-        lock.unlock()
-        if let p { forwardClose(p) }
+        let upstream = state.withLock { s -> (any LazyPageUpstream)? in
+            s.holdingClose = false
+            guard let p = s.heldClose else { return nil }
+            s.heldClose = nil
+            return forwardClose(p, &s)
+        }
+        if let upstream { sendClose(to: upstream) }
     }
 
-    private func forwardClose(_ p: Pending) {
-        lock.lock()
-        if upstreamError != nil {
-            p.ready = true
-            p.data = [0, 0, 0, 0]
-            try? flushLocked()
-            lock.unlock()
-            return
-        }
-        inFlight.append(p)
-        lock.broadcast()
-        lock.unlock()
-        do { try send(.closeRequest) } catch {
-            lock.lock()
-            upstreamError = "\(error)"
-            inFlight.removeAll { $0 === p }
-            p.ready = true
-            p.data = [0, 0, 0, 0]
-            try? flushLocked()
-            lock.unlock()
+    /// Puts CLOSE in flight and returns where to send it (after the lock), or answers it
+    /// at once if the source is gone. Caller holds the lock.
+    private func forwardClose(_ p: Pending, _ s: inout State) -> (any LazyPageUpstream)? {
+        // Everything was delivered; a source we lost can't be told, but it needs nothing.
+        if s.upstreamError != nil { answerClose(p, &s); return nil }
+        s.inFlight.append(p)
+        changed(&s)
+        return s.upstream!
+    }
+
+    private func sendClose(to upstream: any LazyPageUpstream) {
+        do { try send(.closeRequest, to: upstream) } catch {
+            state.withLock { s in
+                s.upstreamError = "\(error)"
+                // lazy-pages sends one CLOSE, queued until it is answered.
+                guard let p = s.queue.first(where: { $0.isClose }) else { try? flush(&s); return }
+                s.inFlight.removeAll { $0 === p }
+                answerClose(p, &s)
+            }
         }
     }
 
-    /// Sends ready replies from the head of the queue. Caller holds `lock`.
-    private func flushLocked() throws {
-        while let head = queue.first {
+    /// Answers CLOSE with 0 without the source. Caller holds the lock.
+    private func answerClose(_ p: Pending, _ s: inout State) {
+        p.ready = true
+        p.data = [0, 0, 0, 0]
+        try? flush(&s)
+    }
+
+    /// Sends ready replies from the head of the queue. Caller holds the lock.
+    private func flush(_ s: inout State) throws {
+        while let head = s.queue.first {
             if head.deferred {
                 // The fetch that held its first page was before it in the queue, so it
                 // is done; wait if a later fetch is getting that page again (the first
                 // one came back short).
-                if fetching.contains(Key(ns: head.nsPID, vaddr: head.vaddr)) { return }
+                if s.fetching.contains(Key(ns: head.nsPID, vaddr: head.vaddr)) { return }
                 head.deferred = false
-                if try !answerLocally(head) { try forward(head) }
+                if try !answerLocally(head, &s) { try forward(head, &s) }
             }
             guard head.ready else { return }
-            queue.removeFirst()
+            s.queue.removeFirst()
             if head.isClose {
-                try writeDown(head.data)
-                completed = true
-                completedAt = DispatchTime.now().uptimeNanoseconds
-                lock.broadcast()
+                try writeDown(head.data, s)
+                s.completed = true
+                s.completedAt = DispatchTime.now().uptimeNanoseconds
+                changed(&s)
                 continue
             }
             guard let reply = head.reply else { throw GodwitError("page proxy: a ready answer without a header") }
-            try writeDown(reply.encode())
-            try writeDown(head.data)
-            for i in 0..<head.pages { delivered.insert(Key(ns: head.nsPID, vaddr: head.vaddr + UInt64(i * pageSize))) }
+            try writeDown(reply.encode(), s)
+            try writeDown(head.data, s)
+            for i in 0..<head.pages { s.delivered.insert(Key(ns: head.nsPID, vaddr: head.vaddr + UInt64(i * pageSize))) }
         }
     }
 
-    /// Caller holds `lock` (replies exist only once lazy-pages is connected).
-    private func writeDown(_ bytes: [UInt8]) throws {
-        guard let downStream else { throw GodwitError("criu lazy-pages is not connected") }
+    /// Caller holds the lock (replies exist only once lazy-pages is connected).
+    private func writeDown(_ bytes: [UInt8], _ s: State) throws {
+        guard let downStream = s.downStream else { throw GodwitError("criu lazy-pages is not connected") }
         try bytes.withUnsafeBytes { try downStream.write($0) }
     }
 
     // MARK: upstream: the source
 
+    private enum Step: Sendable { case wait, exit, read(Fetch) }
+
     private func upstreamLoop() {
         var h = [UInt8](repeating: 0, count: PageServerHeader.size)
         while true {
-            lock.lock()
-            while inFlight.isEmpty && !stopping && !completed && failure == nil { lock.wait() }
-            guard let head = inFlight.first, !stopping, failure == nil else { lock.unlock(); return }
-            lock.unlock()
+            let step = state.withLock { s -> Step in
+                if s.stopping || s.failure != nil { return .exit }
+                guard let p = s.inFlight.first else { return s.completed ? .exit : s.sleep() }
+                return .read(Fetch(isClose: p.isClose, nsPID: p.nsPID, vaddr: p.vaddr, pages: p.pages, fetchPages: p.fetchPages,
+                                   request: p.request, upstream: s.upstream!))
+            }
+            let head: Fetch
+            switch step {
+            case .wait: work.wait(); continue
+            case .exit: return
+            case .read(let fetch): head = fetch
+            }
             do {
                 if head.isClose {
                     var status: Int32 = -1
-                    try withUnsafeMutableBytes(of: &status) { try upstream.receive($0) }
-                    upstream.finish()
-                    lock.lock()
-                    inFlight.removeFirst()
-                    if status != 0 { upstreamError = "the source answered CLOSE with \(status)" }
-                    head.data = [0, 0, 0, 0]
-                    head.ready = true
-                    try flushLocked()
-                    lock.unlock()
+                    try withUnsafeMutableBytes(of: &status) { try head.upstream.receive($0) }
+                    head.upstream.finish()
+                    try state.withLock { [status] s in
+                        // `head`: a CLOSE leaves inFlight elsewhere only if its send failed,
+                        // and then the receive above failed too.
+                        let p = s.inFlight.removeFirst()
+                        if status != 0 { s.upstreamError = "the source answered CLOSE with \(status)" }
+                        p.data = [0, 0, 0, 0]
+                        p.ready = true
+                        try flush(&s)
+                    }
                     return
                 }
-                try h.withUnsafeMutableBytes { try upstream.receive($0) }
+                try h.withUnsafeMutableBytes { try head.upstream.receive($0) }
                 let answer = try PageServerHeader(bytes: h)
                 guard answer.isPresentPages, answer.vaddr == head.vaddr, answer.nsPID == head.nsPID,
                       answer.pages > 0, answer.pages <= head.fetchPages else {
@@ -487,53 +537,51 @@ public final class LazyPageProxy: @unchecked Sendable {
                 }
                 let nr = answer.pages
                 var data = [UInt8](repeating: 0, count: answer.byteCount)
-                try data.withUnsafeMutableBytes { try upstream.receive($0) }
+                try data.withUnsafeMutableBytes { try head.upstream.receive($0) }
                 // Before the lock: the catch below takes it.
                 let reply = try head.request.reply(pages: min(nr, head.pages))
-                lock.lock()
-                inFlight.removeFirst()
-                for i in 0..<head.fetchPages { fetching.remove(Key(ns: head.nsPID, vaddr: head.vaddr + UInt64(i * pageSize))) }
-                stats.pagesFetched += nr
-                let answered = min(nr, head.pages)
-                if answered < head.pages && !head.isPrefetch { stats.shortReplies += 1 }
-                for i in 0..<nr {
-                    let a = head.vaddr + UInt64(i * pageSize)
-                    if !fetched.insert(Key(ns: head.nsPID, vaddr: a)).inserted { stats.pagesFetchedTwice += 1 }
-                    if store.contains(nsPID: head.nsPID, vaddr: a) { stats.fetchedButAlreadyLocal += 1 }
+                try state.withLock { [data] s in
+                    let p = s.inFlight.removeFirst()  // `head`: only this thread removes GETs
+                    for i in 0..<p.fetchPages { s.fetching.remove(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
+                    s.stats.pagesFetched += nr
+                    let answered = min(nr, p.pages)
+                    if answered < p.pages && !p.isPrefetch { s.stats.shortReplies += 1 }
+                    for i in 0..<nr {
+                        let a = p.vaddr + UInt64(i * pageSize)
+                        if !s.fetched.insert(Key(ns: p.nsPID, vaddr: a)).inserted { s.stats.pagesFetchedTwice += 1 }
+                        if store.contains(nsPID: p.nsPID, vaddr: a) { s.stats.fetchedButAlreadyLocal += 1 }
+                    }
+                    do {
+                        try data.withUnsafeBytes { try store.store(nsPID: p.nsPID, vaddr: p.vaddr, count: nr, data: $0) }
+                    } catch {
+                        // Only the "all local" bookkeeping suffers; the reply still goes out.
+                    }
+                    p.data = answered == nr ? data : Array(data[0..<(answered * pageSize)])
+                    p.pages = answered
+                    p.reply = reply
+                    p.ready = true
+                    try flush(&s)
                 }
-                do {
-                    try data.withUnsafeBytes { try store.store(nsPID: head.nsPID, vaddr: head.vaddr, count: nr, data: $0) }
-                } catch {
-                    // Only the "all local" bookkeeping suffers; the reply still goes out.
-                }
-                head.data = answered == nr ? data : Array(data[0..<(answered * pageSize)])
-                head.pages = answered
-                head.reply = reply
-                head.ready = true
-                try flushLocked()
-                lock.unlock()
             } catch {
-                lock.lock()
-                let stop = stopping
-                upstreamError = upstreamError ?? "\(error)"
-                // Prefetches nobody waits for are not a reason to fail; a GET deferred
-                // behind one now asks the source itself (and fails, if it needs it).
-                for p in inFlight where p.isPrefetch {
-                    for i in 0..<p.fetchPages { fetching.remove(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
+                let (stop, needed, deferredFailure) = state.withLock { s -> (Bool, Bool, String?) in
+                    s.upstreamError = s.upstreamError ?? "\(error)"
+                    // Prefetches nobody waits for are not a reason to fail; a GET deferred
+                    // behind one now asks the source itself (and fails, if it needs it).
+                    for p in s.inFlight where p.isPrefetch {
+                        for i in 0..<p.fetchPages { s.fetching.remove(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
+                    }
+                    s.inFlight.removeAll { $0.isPrefetch }
+                    let needed = s.inFlight.contains { !$0.isClose }
+                    var deferredFailure: String?
+                    if !needed, let close = s.inFlight.first(where: { $0.isClose }) {
+                        // Every page was delivered; only the source's goodbye is missing.
+                        s.inFlight.removeAll()
+                        answerClose(close, &s)
+                    } else if !needed {
+                        do { try flush(&s) } catch { deferredFailure = "\(error)" }
+                    }
+                    return (s.stopping, needed, deferredFailure)
                 }
-                inFlight.removeAll { $0.isPrefetch }
-                let needed = inFlight.contains { !$0.isClose }
-                var deferredFailure: String?
-                if !needed, let close = inFlight.first(where: { $0.isClose }) {
-                    // Every page was delivered; only the source's goodbye is missing.
-                    inFlight.removeAll()
-                    close.data = [0, 0, 0, 0]
-                    close.ready = true
-                    try? flushLocked()
-                } else if !needed {
-                    do { try flushLocked() } catch { deferredFailure = "\(error)" }
-                }
-                lock.unlock()
                 if stop { return }
                 if needed {
                     fail("the connection to the source failed while pages were outstanding (\(error))")
@@ -545,7 +593,7 @@ public final class LazyPageProxy: @unchecked Sendable {
         }
     }
 
-    private func send(_ header: PageServerHeader) throws {
+    private func send(_ header: PageServerHeader, to upstream: any LazyPageUpstream) throws {
         try header.encode().withUnsafeBytes { try upstream.send($0) }
     }
 }

@@ -2,12 +2,17 @@ import Checkpoint
 import Foundation
 import GodwitCore
 import Memory
+import Synchronization
 
 /// Where a lazy page proxy gets what it lacks: the source's CRIU page server, spoken to in
 /// CRIU's own page-server protocol over any ordered byte stream (a TCP connection to CRIU
 /// in the local engine; later a relay through the daemons' authenticated TLS channel).
 /// Requests go out as PageServerHeaders; answers come back in request order.
-public protocol LazyPageUpstream: AnyObject {
+///
+/// Sendable because a proxy calls it from several threads at once: `send` from the thread
+/// answering lazy-pages (one at a time, under the proxy's lock, or CLOSE just after it),
+/// `receive` and `finish` from its upstream thread, `abort` from whoever stops the session.
+public protocol LazyPageUpstream: AnyObject, Sendable {
     func send(_ bytes: UnsafeRawBufferPointer) throws
     /// Fills the buffer completely or throws.
     func receive(_ buffer: UnsafeMutableRawBufferPointer) throws
@@ -22,11 +27,18 @@ public protocol LazyPageUpstream: AnyObject {
 /// A TCP connection to CRIU's lazy page server, with SO_LINGER {on, 0} for the whole
 /// session: any end that is not `finish()` (including the kernel closing it when Godwit
 /// dies) is a reset, which CRIU treats as a failed session (see PageServerClient).
-public final class TCPPageServerUpstream: LazyPageUpstream {
+///
+/// Concurrency model: `send` and `receive` are the socket's two directions, each used by
+/// one thread at a time (the proxy's); `finish` and `abort` may come from any thread and
+/// decide the end exactly once under `ended` (a Mutex held across their non-blocking
+/// setsockopt/send(MSG_DONTWAIT)/shutdown, so one end is fully chosen before the other
+/// is considered). Everything else is immutable. `@unchecked` only because `stream` is a
+/// FileDescriptorStream, which is not declared Sendable although all it holds is `let`s
+/// (its fd, whether it owns it, a name): it keeps no state between calls.
+public final class TCPPageServerUpstream: LazyPageUpstream, @unchecked Sendable {
     public let fd: Int32
     private let stream: FileDescriptorStream
-    private let lock = NSLock()
-    private var ended = false
+    private let ended = Mutex(false)
 
     public init(host: String, port: Int) throws {
         let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -49,6 +61,7 @@ public final class TCPPageServerUpstream: LazyPageUpstream {
         }
         fd = s
         stream = Self.stream(s)
+        abortsWithCommand = true
     }
 
     /// Over an already connected stream (the daemons' channel to the source's relay).
@@ -65,7 +78,7 @@ public final class TCPPageServerUpstream: LazyPageUpstream {
 
     /// Over a relay (see PageServerRelay) an abort is the end of the stream, which the
     /// relay turns into a reset; no unknown command (see PageServerClient.abandon).
-    private var abortsWithCommand = true
+    private let abortsWithCommand: Bool
 
     deinit {
         abort()
@@ -79,27 +92,29 @@ public final class TCPPageServerUpstream: LazyPageUpstream {
     }
 
     public func finish() {
-        lock.lock(); defer { lock.unlock() }
-        guard !ended else { return }
-        ended = true
-        var l = linger(l_onoff: 0, l_linger: 0)
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
-        shutdown(fd, Int32(SHUT_WR))
+        ended.withLock { ended in
+            guard !ended else { return }
+            ended = true
+            var l = linger(l_onoff: 0, l_linger: 0)
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+            shutdown(fd, Int32(SHUT_WR))
+        }
     }
 
     public func abort() {
-        lock.lock(); defer { lock.unlock() }
-        guard !ended else { return }
-        ended = true
-        // An unknown command fails CRIU's session whatever follows; SHUT_RD wakes our
-        // reader without sending anything; the close in deinit sends the reset.
-        guard abortsWithCommand else {
-            shutdown(fd, Int32(SHUT_RDWR))
-            return
+        ended.withLock { ended in
+            guard !ended else { return }
+            ended = true
+            // An unknown command fails CRIU's session whatever follows; SHUT_RD wakes our
+            // reader without sending anything; the close in deinit sends the reset.
+            guard abortsWithCommand else {
+                shutdown(fd, Int32(SHUT_RDWR))
+                return
+            }
+            let h = PageServerHeader.abortRequest.encode()
+            _ = h.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            shutdown(fd, Int32(SHUT_RD))
         }
-        let h = PageServerHeader.abortRequest.encode()
-        _ = h.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
-        shutdown(fd, Int32(SHUT_RD))
     }
 }
 

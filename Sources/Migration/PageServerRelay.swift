@@ -1,6 +1,7 @@
 import Checkpoint
 import Foundation
 import GodwitCore
+import Synchronization
 
 /// The source's end of the page channel: relays the destination's page-server session
 /// (arriving through the daemons' authenticated channel) to the local `criu dump
@@ -13,15 +14,27 @@ import GodwitCore
 /// destination's requests (PageServerHeaders; clients send nothing else) for CLOSE, and
 /// ends the CRIU connection with FIN only if CLOSE went through and was answered.
 /// Every other end (the channel broke, the destination daemon died, we abort) is a reset.
-public final class PageServerRelay: @unchecked Sendable {
+///
+/// Concurrency model: two threads, one per direction. The requests thread reads `channel`
+/// and writes `criu`; the answers thread reads `criu` and writes `channel`. What they (and
+/// callers of `abort`, `committed`, `bytesToDestination` on any thread) share is `session`,
+/// behind a Mutex; `end()` decides FIN or reset while holding it (a few non-blocking
+/// setsockopt/shutdown calls), so the decision is taken once and sees the latest
+/// `closeAnswered`. The descriptors are immutable and closed only once both threads are
+/// done (`group`), so no thread ever uses a reused fd.
+public final class PageServerRelay: Sendable {
     public let channel: Int32
     let criu: Int32
-    private let lock = NSLock()
-    private var closeForwarded = false
-    private var closeAnswered = false
-    private var ended = false
+    private struct Session {
+        var closeForwarded = false
+        var closeAnswered = false
+        var ended = false
+        var bytesToDestination: UInt64 = 0
+    }
+    private let session = Mutex(Session())
     private let group = DispatchGroup()
-    public private(set) var bytesToDestination: UInt64 = 0
+    /// What CRIU answered so far (page data and statuses), as relayed to the destination.
+    public var bytesToDestination: UInt64 { session.withLock { $0.bytesToDestination } }
 
     /// Connects to CRIU's page server at `address` (with SO_LINGER {on, 0}) and starts
     /// relaying `channel` (which the relay owns from now on).
@@ -73,7 +86,7 @@ public final class PageServerRelay: @unchecked Sendable {
                 // Something that is not a header would make CRIU misread everything after
                 // it: the session ends here (a reset) instead.
                 guard let header = try? PageServerHeader(bytes: bytes) else { break }
-                if header.isClose { lock.lock(); closeForwarded = true; lock.unlock() }
+                if header.isClose { session.withLock { $0.closeForwarded = true } }
                 guard Self.writeFull(criu, header.encode()) else { break }
             }
             end()
@@ -86,11 +99,11 @@ public final class PageServerRelay: @unchecked Sendable {
                 let n = buffer.withUnsafeMutableBytes { recv(criu, $0.baseAddress, $0.count, 0) }
                 if n < 0 && errno == EINTR { continue }
                 guard n > 0 else { break }
-                lock.lock()
-                bytesToDestination += UInt64(n)
-                // CRIU's only answer after CLOSE is its int32 status.
-                if closeForwarded { closeAnswered = true }
-                lock.unlock()
+                session.withLock { s in
+                    s.bytesToDestination += UInt64(n)
+                    // CRIU's only answer after CLOSE is its int32 status.
+                    if s.closeForwarded { s.closeAnswered = true }
+                }
                 guard Self.writeFull(channel, Array(buffer[0..<n])) else { break }
             }
             // CRIU closed (after CLOSE, or it failed): pass the end on.
@@ -104,22 +117,22 @@ public final class PageServerRelay: @unchecked Sendable {
     /// (shutdown(SHUT_RD) sends nothing: it only wakes our reader; the close after both
     /// threads finish sends the reset, as linger is {on, 0}.)
     private func end() {
-        lock.lock()
-        defer { lock.unlock() }
-        guard !ended else { return }
-        ended = true
-        if closeAnswered {
-            Self.setLinger(criu, resetOnClose: false)
-            shutdown(criu, Int32(SHUT_WR))
-        } else {
-            Self.setLinger(criu, resetOnClose: true)
-            shutdown(criu, Int32(SHUT_RD))
+        session.withLock { s in
+            guard !s.ended else { return }
+            s.ended = true
+            if s.closeAnswered {
+                Self.setLinger(criu, resetOnClose: false)
+                shutdown(criu, Int32(SHUT_WR))
+            } else {
+                Self.setLinger(criu, resetOnClose: true)
+                shutdown(criu, Int32(SHUT_RD))
+            }
+            shutdown(channel, Int32(SHUT_RDWR))
         }
-        shutdown(channel, Int32(SHUT_RDWR))
     }
 
     /// Whether the session ended with an answered CLOSE (the dump completes).
-    public var committed: Bool { lock.lock(); defer { lock.unlock() }; return closeAnswered }
+    public var committed: Bool { session.withLock { $0.closeAnswered } }
 
     /// Fails the session now (the source resumes unless its tasks were killed).
     public func abort() { end() }

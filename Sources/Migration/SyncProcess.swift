@@ -1,5 +1,6 @@
 import Foundation
 import GodwitCore
+import Synchronization
 
 // glibc has these, but their declarations are GNU extensions Swift's Glibc module does not
 // import. Close-on-exec must be atomic: another thread may spawn a process at any moment.
@@ -15,16 +16,22 @@ func accept4(_ fd: Int32, _ address: UnsafeMutableRawPointer?, _ length: UnsafeM
 /// leaks a descriptor into the child. Only stdin, stdout and stderr are inherited (every
 /// other descriptor is closed in the child), so a peer stream fd held elsewhere in the
 /// daemon can never keep a copy open and swallow an EOF.
-final class SyncProcess: @unchecked Sendable {
+///
+/// Concurrency model: a reader thread owns the stderr pipe and appends to `errorText.data`
+/// (a Mutex) until EOF, then signals `errorText.done`. The owner calls `wait`/`poll`/`kill`
+/// (one thread waits; `kill` may come from another); `reaped` is behind a Mutex, which
+/// `poll` and `kill` hold across their non-blocking waitpid/kill, and `wait` does NOT hold
+/// across its blocking waitpid (it records the status afterwards).
+final class SyncProcess: Sendable {
     let pid: pid_t
     let argv: [String]
     private let errorText: ErrorText
     /// Set once reaped (by `poll` or `wait`), so a second look doesn't waitpid a stranger.
-    private var reaped: Int32?
+    private let reaped = Mutex<Int32?>(nil)
 
-    final class ErrorText: @unchecked Sendable {
-        let lock = NSLock()
-        var data = Data()
+    final class ErrorText: Sendable {
+        /// The tail of stderr; the reader thread appends, `wait` reads after `done`.
+        let data = Mutex(Data())
         let done = DispatchSemaphore(value: 0)
     }
 
@@ -74,11 +81,11 @@ final class SyncProcess: @unchecked Sendable {
                 let n = read(readFd, &buffer, buffer.count)
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { break }
-                text.lock.lock()
-                // Keep the tail only: the last lines explain a failure.
-                text.data.append(contentsOf: buffer[0..<n])
-                if text.data.count > 65536 { text.data = text.data.suffix(32768) }
-                text.lock.unlock()
+                text.data.withLock { data in
+                    // Keep the tail only: the last lines explain a failure.
+                    data.append(contentsOf: buffer[0..<n])
+                    if data.count > 65536 { data = data.suffix(32768) }
+                }
             }
             close(readFd)
             text.done.signal()
@@ -89,26 +96,31 @@ final class SyncProcess: @unchecked Sendable {
 
     /// Waits for the child; its exit status (128 + signal when killed) and stderr.
     func wait() -> (status: Int32, stderr: String) {
-        if reaped == nil {
+        if reaped.withLock({ $0 }) == nil {
+            // Blocking: outside the lock, so `kill` can still reach the child meanwhile.
             var raw: Int32 = 0
             while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
-            reaped = Self.decode(raw)
+            let status = Self.decode(raw)
+            reaped.withLock { $0 = status }
         }
         errorText.done.wait()
         errorText.done.signal()
-        return (reaped ?? -1, String(decoding: errorText.data, as: UTF8.self))
+        let stderr = errorText.data.withLock { String(decoding: $0, as: UTF8.self) }
+        return (reaped.withLock { $0 } ?? -1, stderr)
     }
 
     /// Non-blocking: the exit status if the child ended (then reaped; call `wait` for stderr).
     func poll() -> Int32? {
-        if let reaped { return reaped }
-        var raw: Int32 = 0
-        guard waitpid(pid, &raw, WNOHANG) == pid else { return nil }
-        reaped = Self.decode(raw)
-        return reaped
+        reaped.withLock { reaped in
+            if let reaped { return reaped }
+            var raw: Int32 = 0
+            guard waitpid(pid, &raw, WNOHANG) == pid else { return nil }
+            reaped = Self.decode(raw)
+            return reaped
+        }
     }
 
-    func kill() { if reaped == nil { _ = Glibc.kill(pid, SIGKILL) } }
+    func kill() { reaped.withLock { if $0 == nil { _ = Glibc.kill(pid, SIGKILL) } } }
 
     static func decode(_ raw: Int32) -> Int32 {
         (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
@@ -125,6 +137,11 @@ extension String {
 /// Copies bytes between two stream sockets in both directions until both have ended,
 /// passing half-closes on (EOF on one side becomes shutdown(SHUT_WR) on the other). If one
 /// direction fails, both sockets are shut down so the other direction cannot hang.
+///
+/// Concurrency model: `run` starts one pump thread per direction and blocks until both are
+/// done. The pumps share only `outcome` (first failure and byte counts, in a Locked); they
+/// shut the sockets down but never close them: the caller owns both and closes them after
+/// `run` returns.
 enum SocketRelay {
     /// Returns the bytes moved a→b and b→a; throws the first failure.
     static func run(_ a: Int32, _ b: Int32, label: String) throws -> (aToB: Int64, bToA: Int64) {

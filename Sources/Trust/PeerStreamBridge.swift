@@ -8,7 +8,18 @@ import NIOCore
 ///
 /// Backpressure is the NIO "glue" pattern: each side reads only while its partner channel is
 /// writable (below its high-water mark), so at most ~1 MiB per direction sits in user space
-/// whatever the volume streamed. Both channels share one event loop: no locks.
+/// whatever the volume streamed.
+///
+/// Concurrency model: confined to one event loop, the TLS channel's. The local channel is
+/// created on that same loop (`PeerStreamWire.localChannel`), so LocalSideHandler's calls
+/// into the bridge come from it too, and so do the future callbacks and scheduled tasks
+/// that touch the bridge (PeerStream, PeerStreamListener). Every stored property is read
+/// and written only there, hence no locks. The exceptions are `label`, `lineReceived` and
+/// `aborted`, which PeerStream.connect sets on its caller's thread before the handler is
+/// added to a pipeline (adding it goes through the loop, which orders those writes before
+/// any use). `@unchecked Sendable` because NIO hands the handler to escaping @Sendable
+/// closures that run on that loop; entry points called from outside NIO's own handler
+/// callbacks assert that they are on it (debug builds).
 final class PeerStreamBridge: ChannelDuplexHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -113,13 +124,15 @@ final class PeerStreamBridge: ChannelDuplexHandler, @unchecked Sendable {
 
     /// Protocol violation or local failure: tear everything down.
     func fail(_ context: ChannelHandlerContext, _ error: any Error) {
+        context.eventLoop.assertInEventLoop()
         if lastError == nil { lastError = error }
         context.close(promise: nil)
     }
 
     /// Writes one JSON line (header or answer).
     func writeLine<T: Encodable>(_ value: T, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
-        context.writeAndFlush(wrapOutboundOut(PeerStreamWire.encodeLine(value, allocator: context.channel.allocator)))
+        context.eventLoop.assertInEventLoop()
+        return context.writeAndFlush(wrapOutboundOut(PeerStreamWire.encodeLine(value, allocator: context.channel.allocator)))
     }
 
     // MARK: decoding frames from the peer
@@ -171,6 +184,8 @@ final class PeerStreamBridge: ChannelDuplexHandler, @unchecked Sendable {
     // MARK: local side (called by LocalSideHandler on the same event loop)
 
     func attach(local channel: Channel, handler: LocalSideHandler) {
+        channel.eventLoop.assertInEventLoop()
+        context?.eventLoop.assertInEventLoop()
         guard phase != .closed, let context else {
             channel.close(promise: nil)
             return
@@ -187,7 +202,10 @@ final class PeerStreamBridge: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
-    func open() { phase = .open }
+    func open() {
+        context?.eventLoop.assertInEventLoop()
+        phase = .open
+    }
 
     func sendData(_ buffer: ByteBuffer) {
         guard let context, phase == .open, !sentEnd else { return }
@@ -239,6 +257,11 @@ final class PeerStreamBridge: ChannelDuplexHandler, @unchecked Sendable {
 
 /// On the bridge end of the socketpair: forwards what the local user writes as frames, and
 /// applies the glue's backpressure in the other direction.
+///
+/// Concurrency model: runs on the bridge's event loop (the local channel is created on
+/// it); `context` and `pendingRead` are touched only there, by its own callbacks and by
+/// the bridge's `resumeReading` call. `@unchecked Sendable` for the same reason as the
+/// bridge.
 final class LocalSideHandler: ChannelDuplexHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -273,6 +296,7 @@ final class LocalSideHandler: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func resumeReading() {
+        context?.eventLoop.assertInEventLoop()
         guard pendingRead, let context else { return }
         pendingRead = false
         context.read()

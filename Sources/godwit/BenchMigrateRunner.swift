@@ -155,16 +155,22 @@ final class BenchRunner {
         let pid = process.processIdentifier
         let timer = DispatchWorkItem { kill(pid, SIGKILL) }
         DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: timer)
-        let errBox = ErrorOutput()
+        // stderr is read on another thread (a full pipe would stall the child); its bytes
+        // come back through a Locked, read once the group says the reader is done.
+        let errBox = Locked(Data())
         let group = DispatchGroup()
         group.enter()
-        DispatchQueue.global().async { errBox.data = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        DispatchQueue.global().async {
+            let data = err.fileHandleForReading.readDataToEndOfFile()
+            errBox.value = data
+            group.leave()
+        }
         let outData = out.fileHandleForReading.readDataToEndOfFile()
         group.wait()
         process.waitUntilExit()
         timer.cancel()
         return GodwitRun(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                         stderr: String(decoding: errBox.data, as: UTF8.self))
+                         stderr: String(decoding: errBox.value, as: UTF8.self))
     }
 
     @discardableResult
@@ -184,8 +190,6 @@ struct GodwitRun {
     var stderr: String
     var succeeded: Bool { status == 0 }
 }
-
-private final class ErrorOutput: @unchecked Sendable { var data = Data() }
 
 /// The container of one run: launched on h1 with memtouch and the responder, followed to
 /// wherever it moves, deleted at the end.
