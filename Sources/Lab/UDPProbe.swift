@@ -91,7 +91,7 @@ public enum UDPProbe {
                 }
                 lastAnswer = at
             }
-            if probeStopRequested != 0 { break }
+            if probeStopRequested.load(ordering: .relaxed) { break }
         }
         let end = nowMillis()
         var unanswered = false
@@ -104,8 +104,9 @@ public enum UDPProbe {
                               unansweredAtEnd: unanswered, durationMillis: end - start)
     }
 
-    /// SIGTERM handler target (the handler only sets it).
-    nonisolated(unsafe) public static var probeStopRequested: sig_atomic_t = 0
+    /// SIGTERM handler target (the handler only sets it; an atomic store is
+    /// async-signal-safe).
+    public static let probeStopRequested = Atomic<Bool>(false)
 }
 
 /// The probe as a child process of the bench: started in the client's namespace, asked to

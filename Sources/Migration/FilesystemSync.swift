@@ -81,10 +81,11 @@ public enum FilesystemSync {
         defer { close(peer) }
         // The relay on its own thread: rsync's exit is the end of the sync, even when the
         // tunnel it leaves behind (or a dead channel) would keep the relay waiting.
-        nonisolated(unsafe) var relayed: Result<(aToB: Int64, bToA: Int64), Error> = .failure(GodwitError("relay did not run"))
+        let relay = Locked<Result<(aToB: Int64, bToA: Int64), any Error>>(.failure(GodwitError("relay did not run")))
         let relayDone = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
-            relayed = Result { try SocketRelay.run(tunnel, peer, label: "rsync tunnel of \(directory)") }
+            let outcome = Result { try SocketRelay.run(tunnel, peer, label: "rsync tunnel of \(directory)") }
+            relay.withLock { $0 = outcome }
             relayDone.signal()
         }
         let (status, stderr) = rsync.wait()
@@ -93,6 +94,7 @@ public enum FilesystemSync {
             shutdown(peer, Int32(SHUT_RDWR))
             relayDone.wait()
         }
+        let relayed = relay.withLock { $0 }
         let stats = output.text()
         // 24: files vanished between rsync's listing and their transfer. Expected while the
         // container runs (a program replacing a file by rename); the final sync, with every

@@ -32,10 +32,8 @@ public protocol LazyPageUpstream: AnyObject, Sendable {
 /// one thread at a time (the proxy's); `finish` and `abort` may come from any thread and
 /// decide the end exactly once under `ended` (a Mutex held across their non-blocking
 /// setsockopt/send(MSG_DONTWAIT)/shutdown, so one end is fully chosen before the other
-/// is considered). Everything else is immutable. `@unchecked` only because `stream` is a
-/// FileDescriptorStream, which is not declared Sendable although all it holds is `let`s
-/// (its fd, whether it owns it, a name): it keeps no state between calls.
-public final class TCPPageServerUpstream: LazyPageUpstream, @unchecked Sendable {
+/// is considered). Everything else is immutable.
+public final class TCPPageServerUpstream: LazyPageUpstream, Sendable {
     public let fd: Int32
     private let stream: FileDescriptorStream
     private let ended = Mutex(false)

@@ -96,7 +96,7 @@ public protocol ByteSource: AnyObject {
 }
 
 /// A file descriptor as ByteSink/ByteSource (socketpair, pipe, TCP socket).
-public final class FileDescriptorStream: ByteSink, ByteSource {
+public final class FileDescriptorStream: ByteSink, ByteSource, Sendable {
     public let fd: Int32
     private let owns: Bool
     /// What the other end is, for errors ("write to <name>").

@@ -175,7 +175,7 @@ struct UDPProbeCommand: ParsableCommand {
     @Option var maxSeconds: Double = 900
 
     func run() throws {
-        signal(SIGTERM) { _ in UDPProbe.probeStopRequested = 1 }
+        signal(SIGTERM) { _ in UDPProbe.probeStopRequested.store(true, ordering: .relaxed) }
         signal(SIGPIPE, SIG_IGN)
         let result = try UDPProbe.run(address: address, port: port, intervalMicros: max(100, intervalUs), maxSeconds: maxSeconds,
                                       lifeline: STDIN_FILENO) {
