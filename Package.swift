@@ -45,7 +45,7 @@ let package = Package(
         .target(name: "Checkpoint", dependencies: ["GodwitCore"]),
         .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
         .target(name: "Memory", dependencies: ["CGodwit", "GodwitCore", "CXXHash"]),
-        .target(name: "HostCheck", dependencies: ["CGodwit", "GodwitCore", "Checkpoint", "Memory"]),
+        .target(name: "HostCheck", dependencies: ["GodwitCore", "Checkpoint", "Memory"]),
         .target(name: "Lab", dependencies: ["GodwitCore", "Memory"]),
         .target(name: "Runtime", dependencies: ["GodwitCore", "API"]),
         .target(name: "Migration", dependencies: ["CGodwit", "GodwitCore", "API", "Checkpoint", "Memory"]),
