@@ -55,16 +55,19 @@ public final class PreCopySession {
             round += 1
             let scannedAt = DispatchTime.now().uptimeNanoseconds
             let scan = try tracker.scan(attachNew: true)
-            let rate = lastScan.map { Double(scan.dirtyPages) / max(1e-9, Double(scannedAt - $0) / 1e9) }
-            let pause = policy.predictedPause(dirtyPages: scan.dirtyPages).map { $0 * 1000 }
+            // Counted once: DirtyScan sums its ranges on every read, and at stride 4 a
+            // round has one range per page (reading it per chunk made rounds quadratic).
+            let dirtyPages = scan.dirtyPages
+            let rate = lastScan.map { Double(dirtyPages) / max(1e-9, Double(scannedAt - $0) / 1e9) }
+            let pause = policy.predictedPause(dirtyPages: dirtyPages).map { $0 * 1000 }
             let thisRound = round
             let maxRounds = policy.settings.maxRounds
             if let report = roundProgress {
                 sender.onChunk = { pages, bytes in
-                    report(RoundProgress(round: thisRound, maxRounds: maxRounds, pagesSent: pages, dirtyPages: scan.dirtyPages,
+                    report(RoundProgress(round: thisRound, maxRounds: maxRounds, pagesSent: pages, dirtyPages: dirtyPages,
                                          dirtyPagesPerSecond: rate, predictedPauseMillis: pause), bytes)
                 }
-                report(RoundProgress(round: thisRound, maxRounds: maxRounds, pagesSent: 0, dirtyPages: scan.dirtyPages,
+                report(RoundProgress(round: thisRound, maxRounds: maxRounds, pagesSent: 0, dirtyPages: dirtyPages,
                                      dirtyPagesPerSecond: rate, predictedPauseMillis: pause), 0)
             }
             var stats = try sender.sendRound(scan, round: round, tracker: tracker)
