@@ -39,8 +39,8 @@ public enum ConfigKey {
         .init(key: "migration.incremental.memory.tracker", kind: .choice(["auto", "uffd-wp", "soft-dirty", "hashing"]),
               defaultValue: "auto",
               help: "dirty tracker for pre-copy: auto (what `godwit check` found on the source), uffd-wp, soft-dirty or hashing"),
-        .init(key: "migration.postcopy", kind: .boolean, defaultValue: "true",
-              help: "allow post-copy and hybrid moves (false: never risk losing the container mid-move)"),
+        .init(key: "migration.postcopy", kind: .choice(["ask", "true", "false"]), defaultValue: "ask",
+              help: "post-copy and hybrid can lose the container if the link fails after the commit. ask: only when `godwit move --mode` names them; true: `--mode auto` may pick them too; false: never"),
     ]
 
     /// `environment.NAME` keys carry the init's environment; anything else must be defined above.
@@ -135,7 +135,10 @@ public struct ContainerConfig: Codable, Sendable, Equatable {
     public var incrementalIterations: Int { Int(self["migration.incremental.memory.iterations"] ?? "10") ?? 10 }
     public var downtimeTargetMilliseconds: Int { Int(self["migration.incremental.memory.downtime"] ?? "300") ?? 300 }
     public var autoConverge: Bool { self["migration.incremental.memory.autoconverge"] != "false" }
+    /// Post-copy and hybrid may run at all (asked for by `--mode`, or picked by auto).
     public var postCopyAllowed: Bool { self["migration.postcopy"] != "false" }
+    /// `--mode auto` may pick post-copy or hybrid: the container's owner accepted the risk.
+    public var postCopyOptedIn: Bool { self["migration.postcopy"] == "true" }
     /// migration.incremental.memory.tracker: nil for auto (the host check's choice).
     public var forcedTracker: DirtyTrackerKind? { self["migration.incremental.memory.tracker"].flatMap(DirtyTrackerKind.init(rawValue:)) }
 }

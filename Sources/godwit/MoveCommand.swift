@@ -16,7 +16,8 @@ struct MoveCommand: AsyncParsableCommand {
             rounds while the container runs, then freezes and sends only what changed; post-copy \
             restores at once and fetches memory on demand while the rest streams in; hybrid runs \
             pre-copy rounds, then restores lazily from the copied pages; auto (default) picks the \
-            best both hosts support.
+            best both hosts support, and post-copy or hybrid only for a container with \
+            migration.postcopy=true.
 
             Any failure before the destination takes over leaves the container running here. In \
             post-copy, once the destination runs, this host's copy is gone: if the link fails \

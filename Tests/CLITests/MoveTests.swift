@@ -114,7 +114,13 @@ struct MoveTests {
         let lab = try MoveLab()
         defer { lab.tearDown() }
         #expect(try lab.on("h1", ["launch"], ["busybox", "small"]).succeeded)
-        let report = try move(lab, "small", from: "h1", to: "h2", mode: "auto")
+        // Safe by default: a mode that can't lose the container.
+        var report = try move(lab, "small", from: "h1", to: "h2", mode: "auto")
+        #expect(report.mode == .stopAndCopy)
+        #expect(report.modeReason.contains("auto") && report.modeReason.contains("migration.postcopy=true"), "\(report.modeReason)")
+        // The container's owner accepts post-copy's risk: auto picks it.
+        #expect(try lab.on("h2", ["config", "set"], ["small", "migration.postcopy", "true"]).succeeded)
+        report = try move(lab, "small", from: "h2", to: "h1", mode: "auto")
         #expect(report.mode == .postCopy)
         #expect(report.modeReason.contains("auto"))
     }

@@ -93,7 +93,7 @@ struct PreCopyMoveTests {
         defer { lab.tearDown() }
         let workload = try Workload(lab: lab, name: "hy", host: "h1", memoryMiB: 128)
         defer { workload.stop() }
-        try set(lab, "h1", "hy", ["migration.incremental.memory": "true"])
+        try set(lab, "h1", "hy", ["migration.incremental.memory": "true", "migration.postcopy": "true"])
         var report = try move(lab, "hy", from: "h1", to: "h2", mode: "auto")
         try expectMoved(lab, "hy", from: "h1", to: "h2", report)
         #expect(report.mode == .hybrid)

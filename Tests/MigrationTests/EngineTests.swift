@@ -178,10 +178,23 @@ struct EngineTests {
             })
         }
         let all = MigrationStrategy.allCases
-        let big = MovePlanner.Container(memoryBytes: 1 << 30, config: try ContainerConfig(validating: ["migration.incremental.memory": "true"]))
-        let small = MovePlanner.Container(memoryBytes: 1 << 20, config: try ContainerConfig(validating: ["migration.incremental.memory": "true"]))
+        let optedIn = ["migration.incremental.memory": "true", "migration.postcopy": "true"]
+        let big = MovePlanner.Container(memoryBytes: 1 << 30, config: try ContainerConfig(validating: optedIn))
+        let small = MovePlanner.Container(memoryBytes: 1 << 20, config: try ContainerConfig(validating: optedIn))
         #expect(try MovePlanner.plan(requested: nil, source: caps("a", all), destination: caps("b", all), container: big).mode == .hybrid)
         #expect(try MovePlanner.plan(requested: nil, source: caps("a", all), destination: caps("b", all), container: small).mode == .postCopy)
+        // Safe by default: without the opt-in auto never picks a mode that can lose the container.
+        let cautious = MovePlanner.Container(memoryBytes: 1 << 30, config: try ContainerConfig(validating: ["migration.incremental.memory": "true"]))
+        let safe = try MovePlanner.plan(requested: nil, source: caps("a", all), destination: caps("b", all), container: cautious)
+        #expect(safe.mode == .preCopy && safe.reason.contains("migration.postcopy=true"), "\(safe.reason)")
+        let plain = MovePlanner.Container(memoryBytes: 1 << 20, config: ContainerConfig())
+        #expect(try MovePlanner.plan(requested: nil, source: caps("a", all), destination: caps("b", all), container: plain).mode == .stopAndCopy)
+        // Asking for post-copy is opting in; migration.postcopy=false still forbids it.
+        #expect(try MovePlanner.plan(requested: .postCopy, source: caps("a", all), destination: caps("b", all), container: plain).mode == .postCopy)
+        let forbidden = MovePlanner.Container(memoryBytes: 1 << 20, config: try ContainerConfig(validating: ["migration.postcopy": "false"]))
+        #expect(throws: GodwitError.self) {
+            try MovePlanner.plan(requested: .postCopy, source: caps("a", all), destination: caps("b", all), container: forbidden)
+        }
         #expect(try MovePlanner.plan(requested: nil, source: caps("a", all), destination: caps("b", [.stopAndCopy, .preCopy]),
                                      container: big).mode == .preCopy)
         #expect(try MovePlanner.plan(requested: .stopAndCopy, source: caps("a", all), destination: caps("b", all), container: big).mode == .stopAndCopy)

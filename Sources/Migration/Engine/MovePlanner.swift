@@ -30,9 +30,11 @@ public enum MovePlanner {
     /// `auto`, following LXD's meaning of the keys: pre-copy rounds only when
     /// migration.incremental.memory is on (LXD's switch for incremental transfer) and the
     /// container has a lot of memory (small ones move within the downtime target anyway);
-    /// then hybrid when migration.postcopy allows post-copy and both hosts support it, else
-    /// pre-copy. Otherwise post-copy when allowed and supported (its frozen time doesn't
-    /// grow with memory), else stop-and-copy. An explicit `--mode pre-copy` or `hybrid`
+    /// then hybrid when both hosts support it and the container opted in to post-copy
+    /// (migration.postcopy=true), else pre-copy. Otherwise post-copy when opted in and
+    /// supported (its frozen time doesn't grow with memory), else stop-and-copy. Safe by
+    /// default, as QEMU and LXD are: without the opt-in auto never picks a mode that loses
+    /// the container when the link fails after the commit. An explicit `--mode pre-copy` or `hybrid`
     /// runs rounds whatever migration.incremental.memory says: asking for pre-copy is
     /// asking for rounds (their number still follows .goal, .iterations and .downtime).
     public static func plan(requested: MigrationStrategy?, source: PeerCapabilities, destination: PeerCapabilities,
@@ -72,12 +74,16 @@ public enum MovePlanner {
         let memory = container.memoryBytes.map { ByteSize.format($0) } ?? "an unknown amount of memory"
         let large = (container.memoryBytes ?? 0) > threshold
         let sizeText = "the container uses \(memory), " + (large ? "more" : "less") + " than the \(ByteSize.format(threshold)) stop-and-copy moves within migration.incremental.memory.downtime=\(container.config.downtimeTargetMilliseconds) ms at 1 Gbit/s"
-        var candidates: [MigrationStrategy] = [.postCopy, .stopAndCopy]
+        let lazyOK = container.config.postCopyOptedIn
+        var candidates: [MigrationStrategy] = (lazyOK ? [.postCopy] : []) + [.stopAndCopy]
         var refused: [String] = []
         if container.config.incrementalMemory {
-            if large { candidates = [.hybrid, .preCopy] + candidates } else { refused.append("no pre-copy: \(sizeText)") }
+            if large { candidates = (lazyOK ? [.hybrid] : []) + [.preCopy] + candidates } else { refused.append("no pre-copy: \(sizeText)") }
         } else {
             refused.append("no pre-copy: migration.incremental.memory is off")
+        }
+        if !lazyOK {
+            refused.append("no post-copy or hybrid: they can lose the container if the link fails after the commit; set migration.postcopy=true to let auto pick them")
         }
         for mode in candidates {
             if let why = check(mode) { refused.append(why); continue }
@@ -85,11 +91,11 @@ public enum MovePlanner {
             let reason: String
             switch mode {
             case .hybrid:
-                reason = "auto: hybrid, as migration.incremental.memory is on and \(sizeText): pre-copy rounds while it runs, then a lazy restore served from the copied pages; both hosts support it and migration.postcopy allows it"
+                reason = "auto: hybrid, as migration.incremental.memory is on and \(sizeText): pre-copy rounds while it runs, then a lazy restore served from the copied pages; both hosts support it and migration.postcopy=true accepts its risk"
             case .preCopy:
                 reason = "auto: pre-copy, as migration.incremental.memory is on and \(sizeText)" + others
             case .postCopy:
-                reason = "auto: post-copy keeps the frozen time independent of memory size, and both hosts support it" + others
+                reason = "auto: post-copy keeps the frozen time independent of memory size; both hosts support it and migration.postcopy=true accepts its risk" + others
             case .stopAndCopy:
                 reason = "auto: stop-and-copy" + others
             }
