@@ -101,7 +101,8 @@ public struct IncomingMigrationAnswer: Codable, Sendable, Equatable {
 /// What the destination did for `restore`, `commit` and later (`GET /1.0/migrations/{id}`).
 public struct IncomingMigrationStatus: Codable, Sendable, Equatable {
     public var id: String
-    /// receiving, restored, running, done, aborted, lost
+    /// receiving, restoring, restored, fetching (committed, pages still arriving), done,
+    /// aborted, lost
     public var phase: String
     public var pid: Int32?
     public var fetchMillis: Double
@@ -110,6 +111,8 @@ public struct IncomingMigrationStatus: Codable, Sendable, Equatable {
     public var pagesFetched: Int
     public var allLocalAfterCommitMillis: Double?
     public var lost: String?
+    /// Why the destination gave up (phase "aborted"): a failed restore, the source's abort.
+    public var reason: String?
     /// Pre-copy rounds applied to the page store (the final scan's invalidations included).
     public var roundsReceived: Int?
     /// Pages of CRIU's lazy pagemaps (the memory the source's dump left to transfer).

@@ -131,6 +131,9 @@ public final class PageServerRelay: Sendable {
         }
     }
 
+    /// Whether the session is over, whichever way it ended.
+    public var hasEnded: Bool { session.withLock { $0.ended } }
+
     /// Whether the session ended with an answered CLOSE (the dump completes).
     public var committed: Bool { session.withLock { $0.closeAnswered } }
 

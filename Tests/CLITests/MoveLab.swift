@@ -12,9 +12,9 @@ final class MoveLab: @unchecked Sendable {
     /// Daemons this test started itself (restarts): reaped at teardown.
     private var startedDaemons: [pid_t] = []
 
-    init(bandwidth: String? = nil) throws {
+    init(bandwidth: String? = nil, hosts: Int = 2) throws {
         guard geteuid() == 0 else { throw GodwitError("move tests need root") }
-        var argv = ["lab", "up", "--name", name, "--hosts", "2"]
+        var argv = ["lab", "up", "--name", name, "--hosts", String(hosts)]
         if let bandwidth { argv += ["--bandwidth", bandwidth] }
         let up = try godwit(argv)
         guard up.succeeded else {

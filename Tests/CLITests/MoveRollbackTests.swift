@@ -108,16 +108,19 @@ struct MoveRollbackTests {
     }
 
     @Test func aMigrationSecretWorksOnlyForItsOwnMigrationAndNotAfterIt() throws {
-        let lab = try MoveLab()
+        // h3 is trusted by h2 too, but the migration is h1's.
+        let lab = try MoveLab(hosts: 3)
         defer { lab.tearDown() }
         let h1 = lab.stateDirectory("h1")
+        let h3 = lab.stateDirectory("h3")
         let h2Address = try #require(try lab.on("h2", ["info"], ["--format", "json"]).stdout
             .components(separatedBy: "\"https_address\"").dropFirst().first?
             .split(separator: "\"").dropFirst().first.map(String.init))
         let netns = "/run/netns/godwit-\(lab.name)-h1"
-        func curl(_ method: String, _ path: String, _ body: String? = nil) throws -> String {
+        func curl(_ method: String, _ path: String, _ body: String? = nil, as host: String? = nil) throws -> String {
+            let me = host ?? h1
             var argv = ["nsenter", "--net=" + netns, "curl", "-sS", "--max-time", "20", "--insecure",
-                        "--cert", h1 + "/server.crt", "--key", h1 + "/server.key", "-X", method]
+                        "--cert", me + "/server.crt", "--key", me + "/server.key", "-X", method]
             if let body { argv += ["-H", "Content-Type: application/json", "--data", body] }
             return try Command.run(argv + ["https://\(h2Address)\(path)"]).stdout
         }
@@ -146,6 +149,20 @@ struct MoveRollbackTests {
         #expect(try openChannel(port: port, migration: id, secret: secret).contains("\"ok\""))
         #expect(try openChannel(port: port, migration: id, secret: "AAAA" + secret.dropFirst(4)).contains("refused"))
         #expect(try openChannel(port: port, migration: "another", secret: secret).contains("refused"))
+
+        // Another trusted host can't read, restore, commit or abort h1's migration, nor file
+        // a report of a move it did not make.
+        for (method, path) in [("GET", "/1.0/migrations/\(id)"), ("POST", "/1.0/migrations/\(id)/restore"),
+                               ("POST", "/1.0/migrations/\(id)/commit"), ("DELETE", "/1.0/migrations/\(id)")] {
+            let answer = try curl(method, path, as: h3)
+            #expect(answer.contains("belongs to another host"), "\(method) \(path) as h3: \(answer)")
+        }
+        let report = try curl("POST", "/1.0/migrations/reports", """
+            {"container":"ghost","newName":"ghost","source":"h3","destination":"h2","mode":"stop-and-copy","modeReason":"",
+             "outcome":"moved","startedAt":"2026-12-05T00:00:00Z","totalMillis":0,"phases":[]}
+            """, as: h3)
+        #expect(report.contains("no move of 'ghost'"), "\(report)")
+        #expect(try lab.container("h2", "ghost")?.status == .creating, "h3's calls changed nothing")
 
         // The migration ends (the source aborts): the recorded secret is worthless now.
         _ = try curl("DELETE", "/1.0/migrations/\(id)")

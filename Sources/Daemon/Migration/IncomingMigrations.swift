@@ -61,11 +61,22 @@ public final class IncomingMigrations: Sendable {
         }
     }
 
-    func migration(_ id: String) throws -> DestinationEngine {
+    /// The migration `id`, if `caller` (a peer's certificate fingerprint) began it.
+    func migration(_ id: String, caller: String) throws -> DestinationEngine {
         guard let incoming = registry.withLock({ r in r.active[id] ?? r.ended.last { $0.engine.id == id } }) else {
             throw RequestError.notFound(GodwitError("no incoming migration \(id)", hint: "it ended, or this daemon restarted"))
         }
+        guard incoming.peerFingerprint == caller else {
+            throw TrustError.forbidden(GodwitError("migration \(id) belongs to another host"))
+        }
         return incoming.engine
+    }
+
+    /// Whether `caller` moved a container named `name` here (a move that ended).
+    func moved(_ name: String, by caller: String) -> Bool {
+        registry.withLock { r in
+            r.ended.contains { $0.peerFingerprint == caller && $0.engine.request.name == name && $0.engine.outcome.map { if case .moved = $0 { true } else { false } } == true }
+        }
     }
 
     // MARK: begin
@@ -82,6 +93,13 @@ public final class IncomingMigrations: Sendable {
                                                       hint: "import the same image there first (`godwit image import`)"))
         }
         let image = try await context.images.resolve(request.image)
+        // The container's files are its image plus its own changes: the same alias with other
+        // contents here would restore it onto a different filesystem.
+        guard request.imageFingerprint.isEmpty || image.fingerprint == request.imageFingerprint else {
+            throw RequestError.badRequest(GodwitError(
+                "image '\(request.image)' on \(context.options.hostName) is not the container's image (fingerprint \(image.fingerprint.prefix(12)), the container's \(request.imageFingerprint.prefix(12)))",
+                hint: "import the container's image there under another alias, or the same tarball"))
+        }
         let id = UUID().uuidString.lowercased()
         var record = ContainerRecord(name: request.name, image: request.image, imageFingerprint: image.fingerprint,
                                      config: config.values, status: .creating, mac: request.mac)
@@ -100,9 +118,17 @@ public final class IncomingMigrations: Sendable {
             engine.onFinish = { [weak self] outcome in self?.finish(incoming, outcome: outcome) }
             registry.withLock { $0.active[id] = incoming }
             context.events.log("info", "incoming migration \(id): \(request.name) from \(peerName) (\(request.mode.rawValue))")
+            // Silence, not duration: a migration whose source does nothing for this long is
+            // abandoned; one that is committed can't be (the engine refuses).
             Task { [weak self] in
-                try? await Task.sleep(for: Self.abandonAfter)
-                if self != nil { await engine.abort(reason: "the source went silent") }
+                let limit = Double(Self.abandonAfter.components.seconds)
+                while self != nil, engine.outcome == nil, !engine.isCommitted {
+                    if engine.silentSeconds > limit {
+                        await engine.abort(reason: "the source went silent for \(Int(limit)) s")
+                        return
+                    }
+                    try? await Task.sleep(for: .seconds(5))
+                }
             }
             return IncomingMigrationAnswer(id: id, secret: secret.secret, streamPort: port)
         } catch {
@@ -128,20 +154,6 @@ public final class IncomingMigrations: Sendable {
 
     // MARK: restore, commit, abort
 
-    func restore(_ id: String) async throws -> IncomingMigrationStatus {
-        let engine = try migration(id)
-        return try await blocking { try engine.restore() }
-    }
-
-    func commit(_ id: String) async throws -> IncomingMigrationStatus {
-        let engine = try migration(id)
-        return try await blocking { try engine.commitIdempotent() }
-    }
-
-    func abort(_ id: String, reason: String) async {
-        guard let engine = try? migration(id) else { return }
-        await engine.abort(reason: reason)
-    }
 
     private func finish(_ incoming: Incoming, outcome: DestinationEngine.Outcome) {
         let engine = incoming.engine

@@ -100,26 +100,44 @@ public final class MigrationService: Sendable {
             return try APIRoutes.sync(try await self.incoming().begin(body, peerFingerprint: client.fingerprint,
                                                                       peerName: client.name))
         }
+        // Per-migration routes answer only the peer that began the migration: another
+        // trusted host must not restore, commit, abort or read someone else's move.
         router.post("/1.0/migrations/:id/restore") { _, context in
-            try APIRoutes.sync(try await self.incoming().restore(try context.parameters.require("id")))
+            let engine = try self.incoming().migration(try context.parameters.require("id"), caller: try Self.caller(context))
+            return try APIRoutes.sync(try engine.beginRestore())
         }
         router.post("/1.0/migrations/:id/commit") { _, context in
-            try APIRoutes.sync(try await self.incoming().commit(try context.parameters.require("id")))
+            let engine = try self.incoming().migration(try context.parameters.require("id"), caller: try Self.caller(context))
+            return try APIRoutes.sync(try await blocking { try engine.commitIdempotent() })
         }
-        router.post("/1.0/migrations/reports") { request, _ in
-            // The source's final report, so `godwit info` shows the move on this side too.
+        router.post("/1.0/migrations/reports") { request, context in
+            // The source's final report, so `godwit info` shows the move on this side too;
+            // only from the host that moved that container here.
             let report = try await APIRoutes.decode(MoveReport.self, request)
+            guard try self.incoming().moved(report.newName, by: try Self.caller(context)) else {
+                throw TrustError.forbidden(GodwitError("no move of '\(report.newName)' from this host ended here"))
+            }
             self.record(report, direction: "in", peer: report.source, container: report.newName)
             return try APIRoutes.sync([String: String]())
         }
         router.get("/1.0/migrations/:id") { _, context in
-            try APIRoutes.sync(try self.incoming().migration(try context.parameters.require("id")).status())
+            let engine = try self.incoming().migration(try context.parameters.require("id"), caller: try Self.caller(context))
+            engine.touch()
+            return try APIRoutes.sync(engine.status())
         }
         router.delete("/1.0/migrations/:id") { _, context in
-            let id = try context.parameters.require("id")
-            await (try self.incoming()).abort(id, reason: "the source aborted the move")
+            let engine = try self.incoming().migration(try context.parameters.require("id"), caller: try Self.caller(context))
+            await engine.abort(reason: "the source aborted the move")
             return try APIRoutes.sync([String: String]())
         }
+    }
+
+    /// The fingerprint of the trusted host calling.
+    static func caller(_ context: PeerRequestContext) throws -> String {
+        guard let client = context.trustedClient else {
+            throw TrustError.forbidden(GodwitError("moves need a trusted client certificate"))
+        }
+        return client.fingerprint
     }
 
     // MARK: moving out

@@ -32,7 +32,7 @@ struct PeerMigrationTransport: MigrationPeer {
                                         header: PeerStreamHeader(migration: answer.id, secret: answer.secret, channel: channel.rawValue))
         }
 
-        func restore() async throws -> IncomingMigrationStatus { try await client.call(.POST, "/1.0/migrations/\(id)/restore") }
+        func beginRestore() async throws -> IncomingMigrationStatus { try await client.call(.POST, "/1.0/migrations/\(id)/restore") }
         func commit() async throws -> IncomingMigrationStatus { try await client.call(.POST, "/1.0/migrations/\(id)/commit") }
         func status() async throws -> IncomingMigrationStatus { try await client.call(.GET, "/1.0/migrations/\(id)") }
 

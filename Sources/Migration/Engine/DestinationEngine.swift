@@ -104,6 +104,9 @@ public final class DestinationEngine: Sendable {
         var pagesFD: Int32?
         var pushFD: Int32?
         var precopyFD: Int32?
+        /// When the source last did something for this migration (a call, a channel, a
+        /// pre-copy round): what "the source went silent" is measured against.
+        var lastActivity = DispatchTime.now().uptimeNanoseconds
     }
 
     /// Set before the migration starts (by the daemon or a test), read while it runs.
@@ -183,6 +186,7 @@ public final class DestinationEngine: Sendable {
     /// Decides quickly whether `channel` may open now and returns the work to run on the
     /// channel's own thread (which owns the descriptor and closes it when done).
     public func handler(for channel: MigrationChannel) throws -> @Sendable (Int32) -> Void {
+        touch()
         guard let r = receiving() else {
             throw GodwitError("migration \(id) is \(stateName): no \(channel.rawValue) channel now")
         }
@@ -191,7 +195,7 @@ public final class DestinationEngine: Sendable {
             r.transfers.enter()
             let syncDirectory = host.syncDirectory, images = imagesDirectory
             return { fd in
-                defer { r.transfers.leave() }
+                defer { self.touch(); r.transfers.leave() }
                 do {
                     if channel == .rsync {
                         try FilesystemSync.serve(fd: fd, into: syncDirectory)  // closes fd
@@ -222,7 +226,7 @@ public final class DestinationEngine: Sendable {
                 let receiver = PreCopyReceiver(reader: PageRecordReader(source: FileDescriptorStream(fd: fd, owns: false)), store: r.store)
                 do {
                     while let receipt = try receiver.receiveRound() {
-                        self.shared.withLock { $0.roundsReceived += 1 }
+                        self.shared.withLock { $0.roundsReceived += 1; $0.lastActivity = DispatchTime.now().uptimeNanoseconds }
                         // A copy restore rebuilds CRIU's pages images from the store while
                         // the container is frozen: allocate their space now, while it runs.
                         guard stage, receipt.dataPages > 0 else { continue }
@@ -251,7 +255,38 @@ public final class DestinationEngine: Sendable {
         }
     }
 
+    // MARK: activity
+
+    /// The source did something for this migration.
+    public func touch() { shared.withLock { $0.lastActivity = DispatchTime.now().uptimeNanoseconds } }
+
+    /// Seconds since the source last did something.
+    public var silentSeconds: Double {
+        Double(DispatchTime.now().uptimeNanoseconds - shared.withLock { $0.lastActivity }) / 1e9
+    }
+
     // MARK: receiving → restoring → restored
+
+    /// Starts the restore on its own thread and returns at once: a restore that fetches all
+    /// of memory over a slow link takes as long as it takes, which no request timeout may
+    /// bound. The source follows it with `status()` (phase restoring, then restored or
+    /// aborted with the reason).
+    public func beginRestore() throws -> IncomingMigrationStatus {
+        touch()
+        guard receiving() != nil else {
+            throw GodwitError("migration \(id) is \(stateName): nothing to restore")
+        }
+        let started = DispatchSemaphore(value: 0)
+        Thread { [self] in
+            started.signal()
+            _ = try? restore()
+        }.start()
+        _ = started.wait(timeout: .now() + 5)
+        // The state may still read "receiving" for an instant: say what was asked.
+        var status = status()
+        if status.phase == "receiving" { status.phase = "restoring" }
+        return status
+    }
 
     /// Restores from what the channels carried (blocking). The tasks stay stopped.
     public func restore() throws -> IncomingMigrationStatus {
@@ -345,6 +380,7 @@ public final class DestinationEngine: Sendable {
     struct CommitRepeated: Error {}
 
     public func commitIdempotent() throws -> IncomingMigrationStatus {
+        touch()
         do { return try commit() } catch is CommitRepeated { return status() }
     }
 
@@ -416,7 +452,11 @@ public final class DestinationEngine: Sendable {
         } else {
             status.pagesFromStore = figures.pagesFromStore
         }
-        if case .lost(let why)? = outcome { status.lost = status.lost ?? why }
+        switch outcome {
+        case .lost(let why)?: status.lost = status.lost ?? why
+        case .rolledBack(let why)?: status.reason = why
+        default: break
+        }
         return status
     }
 

@@ -81,12 +81,12 @@ public final class LoopbackPeer: MigrationPeer, Sendable {
             return fds[0]
         }
 
-        func restore() async throws -> IncomingMigrationStatus {
+        func beginRestore() async throws -> IncomingMigrationStatus {
             if peer.failRestore {
-                await engine.abort(reason: "injected restore failure")
-                throw GodwitError("restore on \(peer.name) failed: injected")
+                await engine.abort(reason: "restore failed: injected")
+                return engine.status()
             }
-            return try await blocking { try engine.restore() }
+            return try engine.beginRestore()
         }
 
         func commit() async throws -> IncomingMigrationStatus {

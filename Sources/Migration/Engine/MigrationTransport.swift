@@ -37,9 +37,11 @@ public protocol MigrationSession: Sendable {
     /// Opens a data channel; blocking (call it off the cooperative pool). The caller owns
     /// the returned descriptor.
     func open(_ channel: MigrationChannel) throws -> Int32
-    /// Restores from what the channels carried; the restored tasks stay stopped.
-    func restore() async throws -> IncomingMigrationStatus
-    /// The source's tasks are doomed: the destination runs them.
+    /// Starts the restore from what the channels carried and answers at once (phase
+    /// restoring); `status()` follows it to restored (tasks stopped) or aborted.
+    func beginRestore() async throws -> IncomingMigrationStatus
+    /// The source's tasks are doomed: the destination runs them. Idempotent: asked again
+    /// after a lost answer, it answers with the status.
     func commit() async throws -> IncomingMigrationStatus
     func status() async throws -> IncomingMigrationStatus
     /// Before the commit: the destination removes everything it has of this migration.

@@ -357,7 +357,7 @@ public actor SourceEngine {
         }
         defer { watcher?.cancel() }
         let restored: IncomingMigrationStatus = try await step(lazily ? "restore (lazy)" : "memory + restore", expected: expected) {
-            let status = try await session.restore()
+            let status = try await followRestore(session, relay: relay)
             return (status, lazily ? 0 : relay.bytesToDestination)
         }
         memory.lazyPages = restored.lazyPages
@@ -372,6 +372,52 @@ public actor SourceEngine {
         return restoring
     }
 
+    /// How long the destination may show no progress (no status change, no byte through
+    /// the relay, no answer) before the source gives up. Progress, not duration: a restore
+    /// that fetches 1 GiB over 100 Mbit/s takes 90 s and must not be cut at any fixed time.
+    public static let stallSeconds = 120.0
+
+    /// Starts the destination's restore and follows it until the tasks are restored (stopped).
+    private func followRestore(_ session: any MigrationSession, relay: PageServerRelay) async throws -> IncomingMigrationStatus {
+        var status = try await session.beginRestore()
+        var lastChange = Self.now()
+        var lastBytes = relay.bytesToDestination
+        var lastPhase = status.phase
+        var lastError: String?
+        while status.phase == "receiving" || status.phase == "restoring" {
+            try await Task.sleep(for: .milliseconds(100))
+            do {
+                status = try await session.status()
+                lastError = nil
+            } catch {
+                lastError = (error as? GodwitError)?.message ?? "\(error)"
+            }
+            let bytes = relay.bytesToDestination
+            if bytes != lastBytes || status.phase != lastPhase {
+                lastChange = Self.now()
+                lastBytes = bytes
+                lastPhase = status.phase
+            }
+            // The page channel is the restore's lifeline: once it broke (the destination or
+            // the link went), no status answer can make the restore succeed.
+            if relay.hasEnded, !relay.committed, status.phase != "restored" {
+                // A failed restore closes the channel itself: its reason beats "broke".
+                if let last = try? await session.status(), last.phase == "aborted" { status = last; break }
+                throw GodwitError("the page channel to \(peer.name) broke during the restore"
+                                  + (lastError.map { " (\($0))" } ?? ""))
+            }
+            if Double(Self.now() - lastChange) / 1e9 > Self.stallSeconds {
+                throw GodwitError("the restore on \(peer.name) made no progress for \(Int(Self.stallSeconds)) s"
+                                  + (lastError.map { " (last error: \($0))" } ?? ""))
+            }
+        }
+        guard status.phase == "restored" else {
+            throw GodwitError("restore on \(peer.name) failed: \(status.reason ?? status.phase)",
+                              hint: "the destination keeps CRIU's log in its migrations directory until its next start")
+        }
+        return status
+    }
+
     // MARK: restoring → committed
 
     private func commit(_ restoring: Restoring) async throws -> Committed {
@@ -383,12 +429,56 @@ public actor SourceEngine {
         enter(.committed(committed))
         doomedTasks = try host.doom()
         let t = Self.now()
-        let status = try await restoring.frozen.transferring.session.commit()
+        let status = try await confirmCommit(restoring.frozen.transferring.session)
         phases.append(MovePhase(name: "commit", millis: millis(since: t)))
         report.frozenMillis = Double(Self.now() - restoring.frozen.frozenAt) / 1e6
         progress.note("running on \(peer.name)")
         lastStatus = status
         return committed
+    }
+
+    /// How long the source keeps asking a destination it can't reach to commit, after its
+    /// own tasks are doomed. Past it the container is reported lost (it may still run there:
+    /// the report says to look).
+    public static let commitGraceSeconds = 300.0
+
+    /// Past the point of no return: the destination must run the container. One lost request
+    /// must not lose it, nor may `godwit operation cancel`: the commit is asked again (it is
+    /// idempotent) and confirmed by a status query, in a task the move's cancellation does
+    /// not reach. Only the destination saying it no longer holds the container, or the
+    /// grace period passing without an answer, ends it as a failure.
+    private func confirmCommit(_ session: any MigrationSession) async throws -> IncomingMigrationStatus {
+        let peerName = peer.name
+        return try await Task.detached { () throws -> IncomingMigrationStatus in
+            let start = SourceEngine.now()
+            var wait = 0.25
+            var lastError = "no answer"
+            while true {
+                do {
+                    let status = try await session.commit()
+                    if ["fetching", "done"].contains(status.phase) { return status }
+                    lastError = "the destination answered \(status.phase)"
+                } catch {
+                    lastError = (error as? GodwitError)?.message ?? "\(error)"
+                }
+                // Did it take effect although the answer was lost?
+                if let status = try? await session.status() {
+                    switch status.phase {
+                    case "fetching", "done":
+                        return status
+                    case "aborted", "lost":
+                        throw GodwitError("\(peerName) no longer holds the container: \(status.lost ?? status.reason ?? status.phase)")
+                    default:
+                        break
+                    }
+                }
+                if Double(SourceEngine.now() - start) / 1e9 > SourceEngine.commitGraceSeconds {
+                    throw GodwitError("\(peerName) did not confirm the commit within \(Int(SourceEngine.commitGraceSeconds)) s: \(lastError)")
+                }
+                try? await Task.sleep(for: .seconds(wait))
+                wait = min(wait * 2, 5)
+            }
+        }.value
     }
 
     private var lastStatus: IncomingMigrationStatus?
@@ -407,10 +497,29 @@ public actor SourceEngine {
             phase = "background page transfer"
             let expected = UInt64(status.lazyPages ?? 0) * systemPageSize
             progress.begin("pages to \(peer.name)", expected: expected > 0 ? expected : nil)
+            // Lack of progress ends the wait, not its length; a status query that fails now
+            // and then (a busy or briefly unreachable destination) is asked again.
+            var lastChange = Self.now()
+            var lastBytes = relay.bytesToDestination
+            var lastError: String?
             while status.phase == "fetching" || status.phase == "restored" {
-                try await Task.sleep(for: .milliseconds(100))
-                progress.advance(relay.bytesToDestination, expected: expected > 0 ? expected : nil)
-                status = try await session.status()
+                try? await Task.sleep(for: .milliseconds(100))
+                let bytes = relay.bytesToDestination
+                progress.advance(bytes, expected: expected > 0 ? expected : nil)
+                do {
+                    status = try await session.status()
+                    lastError = nil
+                } catch {
+                    lastError = (error as? GodwitError)?.message ?? "\(error)"
+                }
+                if bytes != lastBytes || lastError == nil && status.phase != "fetching" { lastChange = Self.now(); lastBytes = bytes }
+                if Double(Self.now() - lastChange) / 1e9 > Self.stallSeconds, let lastError {
+                    throw GodwitError("\(peer.name) stopped answering while pages were still arriving: \(lastError)")
+                }
+            }
+            // Only "done" is a move; anything else means the destination no longer runs it.
+            guard status.phase == "done" else {
+                throw GodwitError("the container was lost after its commit: \(status.lost ?? status.reason ?? status.phase)")
             }
             phases.append(MovePhase(name: "background page transfer", millis: millis(since: t), bytes: relay.bytesToDestination))
             if let push = pushSender, let pushed = await blocking({ push.wait(timeout: 30) }) {
