@@ -57,7 +57,7 @@ final class LabDestinationHost: DestinationHost, @unchecked Sendable {
 }
 
 /// What one engine move in the lab produced.
-struct EngineMove {
+struct EngineMove: Sendable {
     let peer: LoopbackPeer
     let destination: LabDestinationHost
     let result: Result<MoveReport, Error>

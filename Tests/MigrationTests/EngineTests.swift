@@ -105,6 +105,44 @@ struct EngineTests {
         lab.expectRolledBack(container, move)
     }
 
+    /// Past the point of no return one lost request or answer must not lose the container,
+    /// nor may cancelling the move: the commit is asked again and confirmed by a status query.
+    @Test(arguments: [MigrationStrategy.stopAndCopy, .postCopy])
+    func aLostCommitOrACancelAtTheCommitStillMoves(_ strategy: MigrationStrategy) async throws {
+        let lab = try MigrationLab()
+        defer { lab.cleanUp() }
+        let tag = "lc" + String(strategy.rawValue.prefix(4))
+        let container = try lab.start(try lab.spec(tag, writer: ["16", "32", "8", "4000", "0"]))
+        waitRunning(container)
+        let cancelled = Locked(false)
+        let moving = Locked<Task<EngineMove, Error>?>(nil)
+        let handed = HandOff((lab, container))
+        let task = Task {
+            let (lab, container) = handed.value
+            return try await lab.engineMove(container, strategy: strategy, tag: tag) { peer in
+                peer.commitFaults = [.lostRequest, .lostAnswer]
+                peer.onCommitRequest = {
+                    // The user gives up on the move just as the source asks for the commit.
+                    moving.withLock { $0 }?.cancel()
+                    cancelled.value = true
+                }
+            }
+        }
+        moving.withLock { $0 = task }
+        let move = try await task.value
+        #expect(cancelled.value, "the move was cancelled at the commit")
+        let report = try move.result.get()
+        #expect(report.outcome == "moved", "\(move.failureReport?.reason ?? "")")
+        #expect(move.engine?.stateName == "done")
+        let dst = lab.destinationCgroup(for: container)
+        let dstRoot = move.destination.rootfs.path
+        let restored = MigrationLab.processes(of: dst)
+        #expect(restored.count == 1)
+        let at = MigrationLab.counter(rootfs: dstRoot, nsPID: 1)
+        #expect(eventually(10) { MigrationLab.counter(rootfs: dstRoot, nsPID: 1) > at + 2 }, "it runs on the destination")
+        #expect(eventually(10) { !container.initProcess.isAlive }, "and only there")
+    }
+
     /// The destination fails its restore: the source rolls back.
     @Test func destinationRestoreFailureRollsBack() async throws {
         let lab = try MigrationLab()

@@ -19,9 +19,19 @@ public final class LoopbackPeer: MigrationPeer, Sendable {
     private let directory: String
     private let collected = Mutex<(engines: [DestinationEngine], reports: [MoveReport])>(([], []))
 
+    /// How a commit request can get lost on the way.
+    public enum CommitFault: Sendable {
+        /// The request never arrives.
+        case lostRequest
+        /// The destination commits, the answer never arrives.
+        case lostAnswer
+    }
+
     private struct Settings {
         var beforeDestinationCommit: (@Sendable () -> Void)?
         var failRestore = false
+        var commitFaults: [CommitFault] = []
+        var onCommitRequest: (@Sendable () -> Void)?
         var onEngine: (@Sendable (DestinationEngine) -> Void)?
     }
     private let settings = Mutex(Settings())
@@ -37,6 +47,18 @@ public final class LoopbackPeer: MigrationPeer, Sendable {
         get { settings.withLock { $0.failRestore } }
         set { settings.withLock { $0.failRestore = newValue } }
     }
+    /// Test faults for the next commit requests, in order (one is used per request).
+    public var commitFaults: [CommitFault] {
+        get { settings.withLock { $0.commitFaults } }
+        set { settings.withLock { $0.commitFaults = newValue } }
+    }
+
+    /// Called on every commit request the source sends, before any fault.
+    public var onCommitRequest: (@Sendable () -> Void)? {
+        get { settings.withLock { $0.onCommitRequest } }
+        set { settings.withLock { $0.onCommitRequest = newValue } }
+    }
+
     /// Called with each destination engine as it is created (tests set its hooks).
     public var onEngine: (@Sendable (DestinationEngine) -> Void)? {
         get { settings.withLock { $0.onEngine } }
@@ -90,8 +112,15 @@ public final class LoopbackPeer: MigrationPeer, Sendable {
         }
 
         func commit() async throws -> IncomingMigrationStatus {
+            let (fault, onRequest) = peer.settings.withLock { s -> (CommitFault?, (@Sendable () -> Void)?) in
+                (s.commitFaults.isEmpty ? nil : s.commitFaults.removeFirst(), s.onCommitRequest)
+            }
+            onRequest?()
+            if case .lostRequest? = fault { throw GodwitError("injected: the commit request was lost") }
             peer.beforeDestinationCommit?()
-            return try await blocking { try engine.commitIdempotent() }
+            let status = try await blocking { try engine.commitIdempotent() }
+            if case .lostAnswer? = fault { throw GodwitError("injected: the commit's answer was lost") }
+            return status
         }
 
         func status() async throws -> IncomingMigrationStatus { engine.status() }

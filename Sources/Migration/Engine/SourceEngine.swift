@@ -130,8 +130,12 @@ public actor SourceEngine {
             tracker = t
             let frozen = try await freeze(transferring, tracker: t, precopy: writer, channel: channel)
             let restoring = try await restore(frozen)
-            let committed = try await commit(restoring)
-            try await finish(committed)
+            // From the doom on, cancelling the move (`godwit operation cancel`) can't stop
+            // it: the container only lives on if the destination runs it.
+            try await Task.detached { [self] in
+                let committed = try await commit(restoring)
+                try await finish(committed)
+            }.value
             enter(.moved)
         } catch {
             return try await fail(error)
