@@ -132,6 +132,10 @@ public enum GodwitDaemon {
         let adoption = try await context.containers.adopt()
         func names(_ list: [String]) -> String { list.isEmpty ? "none" : list.joined(separator: ", ") }
         logger.info("adopted running containers: \(names(adoption.adopted)); found stopped: \(names(adoption.stopped)); removed half-created: \(names(adoption.removed))")
+        // Moves out of here that the previous daemon left half-done: from their journals.
+        if let driver = driver as? any MigrationDriver {
+            await MoveRecovery.run(context, driver: driver)
+        }
 
         let socket = options.socket.path
         let app = Application(

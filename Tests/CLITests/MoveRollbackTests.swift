@@ -61,6 +61,44 @@ struct MoveRollbackTests {
         try expectNothing(of: "web", on: "h2", in: lab)
     }
 
+    /// The source daemon dies while CRIU holds the container frozen and before anyone
+    /// connected to its page server (which would hold it frozen for ever). The next daemon
+    /// finds the move's journal: it ends the old CRIU, thaws the container and has the
+    /// destination drop its copy.
+    @Test func aSourceDaemonKilledWhileFrozenThawsTheContainerAtRestart() throws {
+        let lab = try MoveLab()
+        defer { lab.tearDown() }
+        let workload = try MoveTests.Workload(lab: lab, name: "web", host: "h1", memoryMiB: 32, tcp: false)
+        defer { workload.stop() }
+        // The fault: the source's engine stops for a minute once the container is frozen.
+        let argv = try lab.killDaemon("h1")
+        try lab.startDaemon("h1", argv: ["env", "GODWIT_FAULT=pause:frozen:60"] + argv)
+        let (move, _) = try startMove(lab, ["web", "h2:", "--mode", "stop-and-copy"])
+        let journal = lab.stateDirectory("h1") + "/containers/web/move-journal.json"
+        try #require(waitUntil(60) { FileManager.default.fileExists(atPath: journal) }, "the move never froze the container")
+        // CRIU freezes and starts its page server; the engine then sits in the fault.
+        try #require(waitUntil(30) {
+            let pids = lab.processes("h1", "web")
+            return !pids.isEmpty && pids.allSatisfy { pid in
+                let state = HostEnvironment.read("/proc/\(pid)/stat")?.split(separator: ")").last?.split(separator: " ").first
+                return state == "t" || state == "T" || state == "D"
+            } || HostEnvironment.read("/sys/fs/cgroup/freezer/godwit-\(lab.name)-h1/web/freezer.state") == "FROZEN"
+        }, "the container never stopped")
+        _ = try lab.killDaemon("h1")
+        move.waitUntilExit()
+        #expect(move.terminationStatus != 0)
+        try lab.startDaemon("h1", argv: argv)
+
+        #expect(waitUntil(30) { !FileManager.default.fileExists(atPath: journal) }, "the journal was not resolved")
+        let info = try #require(try lab.container("h1", "web"))
+        #expect(info.status == .running)
+        try workload.expectHealthy(on: "h1")
+        #expect(waitUntil(30) { (try? lab.container("h2", "web")) == nil }, "the destination kept its copy")
+        try expectNothing(of: "web", on: "h2", in: lab)
+        let history = try lab.on("h1", ["info"], ["web"])
+        #expect(history.succeeded)
+    }
+
     @Test func aFailedRestoreOnTheDestinationRollsBackWithCRIUsReason() throws {
         let lab = try MoveLab()
         defer { lab.tearDown() }

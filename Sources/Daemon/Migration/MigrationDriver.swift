@@ -19,6 +19,8 @@ public struct MigrationSourceSide: Sendable {
 /// hosts. Only the real runtime does; a daemon whose driver doesn't conform refuses moves.
 public protocol MigrationDriver: ContainerDriver {
     func migrationSource(_ spec: DriverSpec, init: ProcessIdentity) throws -> MigrationSourceSide
+    /// The container's cgroup, whatever state its processes are in (recovery after a crash).
+    func migrationCgroup(_ spec: DriverSpec) throws -> Cgroup
     /// Creates the incoming container's directory and returns where the filesystem sync
     /// writes (mounted nothing yet: the sync writes into an overlay's upper directory).
     func prepareIncoming(_ spec: DriverSpec) throws -> String
@@ -39,6 +41,10 @@ extension RuntimeDriver: MigrationDriver {
         return MigrationSourceSide(cgroup: container.cgroup, initPID: container.initPID,
                                    syncDirectory: rootfs.kind == .overlay ? rootfs.upperPath : rootfs.path,
                                    criu: try CRIU.locate(setting: criuSetting))
+    }
+
+    public func migrationCgroup(_ spec: DriverSpec) throws -> Cgroup {
+        runtime.cgroup(for: try containerSpec(spec).name)
     }
 
     public func prepareIncoming(_ spec: DriverSpec) throws -> String {

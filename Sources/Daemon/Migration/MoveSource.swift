@@ -28,7 +28,8 @@ struct MoveSource {
             spawnHelper: GodwitPaths.sibling("godwit-spawn"), config: ContainerConfig(record.config),
             image: record.image, imageFingerprint: record.imageFingerprint, ipv4: record.ipv4, mac: record.mac)
         let service = self.service
-        let host = ContainerSourceHost(hostName: context.options.hostName, container: container) {
+        let host = ContainerSourceHost(hostName: context.options.hostName, container: container,
+                                       journalPath: MoveRecovery.journalPath(context, record.name)) {
             (try service.capabilities(), try service.hostTracker())
         }
         let handle = self.handle
@@ -38,7 +39,9 @@ struct MoveSource {
         }
         let client = try trust.client(for: request.target)
         let peer = PeerMigrationTransport(client: client, trust: trust)
-        let engine = SourceEngine(host: host, peer: peer, request: request, progress: progress)
+        // GODWIT_FAULT: fault injection for end-to-end tests (SourceHooks(fault:)).
+        let engine = SourceEngine(host: host, peer: peer, request: request, progress: progress,
+                                  hooks: SourceHooks(fault: ProcessInfo.processInfo.environment["GODWIT_FAULT"]))
         let report: MoveReport
         do {
             report = try await engine.run()

@@ -143,6 +143,7 @@ public actor SourceEngine {
         report.totalMillis = millis(since: t0)
         report.phases = phases
         report.memory = report.memory ?? (memory.tracker != nil ? memory : nil)
+        host.journal(nil)
         await session?.deliver(report)
         await session?.close()
         return report
@@ -171,7 +172,7 @@ public actor SourceEngine {
         revert.add("destination: remove its copy") { await session.abort(reason: "the source rolled the move back") }
         let t = Transferring(session: session, behaviour: strategy.behaviour)
         enter(.transferring(t))
-        try hooks.check(.transferring)
+        try await hooks.reach(.transferring)
 
         // The files, while the container runs.
         try await step("filesystem sync") {
@@ -236,6 +237,10 @@ public actor SourceEngine {
             var options = DumpOptions(pid: c.initPID, imagesDirectory: c.imagesDirectory)
             options.freezerCgroup = c.cgroup.directory(for: "freezer")
             options.lazyPages = PageServerAddress(address: "127.0.0.1", port: try PageServerClient.freePort())
+            // Before CRIU freezes anything: a daemon that dies from here on finds this at its
+            // next start and thaws the container (SourceRecovery).
+            host.journal(SourceJournal(migrationID: t.session.id, peer: peer.name, container: c.name, phase: .frozen,
+                                       initPID: c.initPID, imagesDirectory: c.imagesDirectory))
             let d = try LazyDump(criu: c.criu, options: options)
             let relayConnected = relayFlag
             revert.add("source: fail the page session, resume the container") {
@@ -271,7 +276,7 @@ public actor SourceEngine {
         }
         let frozen = Frozen(transferring: t, dump: dump, frozenAt: freezeAt)
         enter(.frozen(frozen))
-        try hooks.check(.frozen)
+        try await hooks.reach(.frozen)
 
         // The final scan (race-free: CRIU holds the tasks) tells the destination which
         // stored pages changed since they were sent. Pre-copy sends their contents right
@@ -349,7 +354,7 @@ public actor SourceEngine {
         }
         let restoring = Restoring(frozen: frozen, relay: relay)
         enter(.restoring(restoring))
-        try hooks.check(.restoring)
+        try await hooks.reach(.restoring)
         // Stop-and-copy and pre-copy: the destination fetches all it lacks now; the bytes
         // it pulls through the relay are this phase's progress.
         let expected = lazily ? nil : host.memoryBytes()
@@ -372,7 +377,7 @@ public actor SourceEngine {
             memory.pagesFromStore = restored.pagesFromStore
         }
         phases.append(MovePhase(name: "destination: criu restore", millis: restored.restoreMillis))
-        try hooks.check(.beforeCommit)
+        try await hooks.reach(.beforeCommit)
         return restoring
     }
 
@@ -431,6 +436,9 @@ public actor SourceEngine {
         revert.disarm()
         let committed = Committed(restoring: restoring)
         enter(.committed(committed))
+        let c = host.container
+        host.journal(SourceJournal(migrationID: restoring.frozen.transferring.session.id, peer: peer.name, container: c.name,
+                                   phase: .doomed, initPID: c.initPID, imagesDirectory: c.imagesDirectory))
         doomedTasks = try host.doom()
         let t = Self.now()
         let status = try await confirmCommit(restoring.frozen.transferring.session)
@@ -566,6 +574,7 @@ public actor SourceEngine {
         report.totalMillis = millis(since: t0)
         report.phases = phases
         failureReport = report
+        host.journal(nil)
         await session?.close()
         let failure = (error as? GodwitError) ?? GodwitError.wrap(error, doing: "moving \(host.container.name)")
         throw failure.with("host", host.hostName).with("phase", phase).with("outcome", committed
@@ -575,14 +584,32 @@ public actor SourceEngine {
 }
 
 /// Where a test can make the source fail, to prove the rollback from every state.
+///
+/// Also the daemon's fault injection for end-to-end tests: `GODWIT_FAULT=fail:frozen` or
+/// `pause:frozen:30` in godwitd's environment (see `SourceHooks(fault:)`).
 public struct SourceHooks: Sendable {
     public enum Point: String, Sendable, CaseIterable { case transferring, frozen, restoring, beforeCommit }
     public var failAt: Point?
+    /// Sleep this long on reaching `pauseAt` (a window for a test to kill the daemon).
+    public var pauseAt: Point?
+    public var pauseSeconds = 0.0
     public var onReach: (@Sendable (Point) -> Void)?
     public init(failAt: Point? = nil) { self.failAt = failAt }
 
-    func check(_ point: Point) throws {
+    /// "fail:POINT" or "pause:POINT:SECONDS"; anything else is no fault.
+    public init(fault: String?) {
+        let words = (fault ?? "").split(separator: ":").map(String.init)
+        guard words.count >= 2, let point = Point(rawValue: words[1]) else { return }
+        if words[0] == "fail" { failAt = point }
+        if words[0] == "pause", words.count == 3, let seconds = Double(words[2]), seconds.isFinite, seconds >= 0, seconds <= 3600 {
+            pauseAt = point
+            pauseSeconds = seconds
+        }
+    }
+
+    func reach(_ point: Point) async throws {
         onReach?(point)
         if failAt == point { throw GodwitError("injected failure at \(point.rawValue)") }
+        if pauseAt == point { try? await Task.sleep(for: .seconds(pauseSeconds)) }
     }
 }

@@ -24,6 +24,8 @@ public protocol SourceHost: Sendable {
     func doom() throws -> Int
     /// After a failed dump: the container runs as before (thawed, network unlocked).
     func resume()
+    /// Persists where a move stands (nil: no move), for the next daemon if this one dies.
+    func journal(_ entry: SourceJournal?)
 }
 
 /// The source container: where its processes, files and CRIU are.
@@ -64,9 +66,17 @@ public struct ContainerSourceHost: SourceHost {
     public let container: SourceContainer
     private let check: @Sendable () async throws -> (PeerCapabilities, DirtyTrackerKind?)
 
-    public init(hostName: String, container: SourceContainer,
+    /// Where the move's journal is kept (nil: nowhere, as in the engine tests).
+    public let journalPath: String?
+
+    public init(hostName: String, container: SourceContainer, journalPath: String? = nil,
                 check: @escaping @Sendable () async throws -> (PeerCapabilities, DirtyTrackerKind?)) {
-        self.hostName = hostName; self.container = container; self.check = check
+        self.hostName = hostName; self.container = container; self.journalPath = journalPath; self.check = check
+    }
+
+    public func journal(_ entry: SourceJournal?) {
+        guard let journalPath else { return }
+        if let entry { try? entry.write(to: journalPath) } else { try? FileManager.default.removeItem(atPath: journalPath) }
     }
 
     public func capabilities() async throws -> PeerCapabilities { try await check().0 }

@@ -1,0 +1,73 @@
+import API
+import Foundation
+import GodwitCore
+import Migration
+
+/// At start-up: moves out of this host that a previous daemon left half-done (it died
+/// between the freeze and the end) are finished from their journal, by the engine's
+/// `SourceRecovery`: a container the old daemon froze runs again here and the destination
+/// drops its copy; one whose tasks were already doomed is this host's no longer (the
+/// destination runs it), or reported lost.
+enum MoveRecovery {
+    static func journalPath(_ context: DaemonContext, _ name: String) -> String {
+        context.options.stateDir.appendingPathComponent("containers/\(name)/move-journal.json").path
+    }
+
+    static func run(_ context: DaemonContext, driver: any MigrationDriver) async {
+        guard let records = try? context.store.containers() else { return }
+        for record in records {
+            let path = journalPath(context, record.name)
+            guard let entry = SourceJournal.read(path) else { continue }
+            let outcome = await recover(entry, record: record, context: context, driver: driver)
+            try? FileManager.default.removeItem(atPath: path)
+            let word: String
+            switch outcome {
+            case .rolledBack:
+                word = "rolled-back"
+                context.events.log("warning", "move of \(record.name) to \(entry.peer) was interrupted by a daemon restart: rolled back, it runs here")
+            case .moved:
+                word = "moved"
+                await removeMovedContainer(record, context: context, driver: driver, peer: entry.peer)
+            case .lost(let why):
+                word = "lost"
+                context.events.log("error", "move of \(record.name) to \(entry.peer) was interrupted by a daemon restart: the container is lost: \(why)")
+                _ = try? context.store.updateContainer(record.name) { $0.status = .stopped; $0.initProcess = nil }
+            }
+            _ = try? context.store.recordMigration(MigrationRecord(
+                id: nil, container: record.name, direction: "out", peer: entry.peer, strategy: "", status: word,
+                startedAt: Date(), finishedAt: Date(), downtimeMilliseconds: nil,
+                details: ["recovered": "the daemon restarted in the \(entry.phase.rawValue) phase"]))
+        }
+    }
+
+    private static func recover(_ entry: SourceJournal, record: ContainerRecord, context: DaemonContext,
+                                driver: any MigrationDriver) async -> SourceRecovery.Outcome {
+        let spec = context.containers.spec(record)
+        guard let cgroup = try? driver.migrationCgroup(spec) else {
+            return entry.phase == .frozen ? .rolledBack : .lost("the container's cgroup is gone")
+        }
+        let client = try? context.trust?.client(for: entry.peer)
+        defer { if let client { Task { try? await client.shutdown() } } }
+        let id = entry.migrationID
+        let destination = SourceRecovery.Destination(
+            status: {
+                let status: IncomingMigrationStatus? = try? await client?.call(.GET, "/1.0/migrations/\(id)")
+                return status?.phase
+            },
+            commit: {
+                let status: IncomingMigrationStatus? = try? await client?.call(.POST, "/1.0/migrations/\(id)/commit")
+                return status?.phase
+            },
+            abort: { _ = try? await client?.send(.DELETE, "/1.0/migrations/\(id)", timeout: .seconds(30)) })
+        return await SourceRecovery.recover(entry, cgroup: cgroup, destination: destination)
+    }
+
+    private static func removeMovedContainer(_ record: ContainerRecord, context: DaemonContext, driver: any MigrationDriver,
+                                             peer: String) async {
+        let spec = context.containers.spec(record)
+        try? await driver.destroy(spec)
+        try? FileManager.default.removeItem(at: spec.directory)
+        try? context.store.deleteContainer(record.name)
+        context.events.lifecycle("container-migrated", container: record.name, context: ["to": peer])
+    }
+}
