@@ -99,6 +99,31 @@ struct MoveRollbackTests {
         #expect(history.succeeded)
     }
 
+    /// The destination daemon dies while a post-copy container runs there with pages still
+    /// on the source: its page server died with it, so the kernel would hand the container
+    /// zero pages. The next daemon kills it and says it is lost: never silently corrupted.
+    @Test func aDestinationDaemonKilledDuringPostCopyNeverLeavesItRunningOnMissingPages() throws {
+        let lab = try MoveLab(bandwidth: "20mbit")
+        defer { lab.tearDown() }
+        let workload = try MoveTests.Workload(lab: lab, name: "web", host: "h1", memoryMiB: 64, tcp: false)
+        defer { workload.stop() }
+        let (move, errors) = try startMove(lab, ["web", "h2:", "--mode", "post-copy"])
+        // Committed: the container runs on h2 while its memory streams in (about 25 s).
+        let pending = lab.stateDirectory("h2") + "/containers/web/pages-pending"
+        try #require(waitUntil(60) { FileManager.default.fileExists(atPath: pending) }, "the move never committed")
+        let argv = try lab.killDaemon("h2")
+        move.waitUntilExit()
+        let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(move.terminationStatus != 0, "a move whose destination died mid-fetch can't have succeeded")
+        #expect(stderr.contains("lost"), "\(stderr)")
+        try lab.startDaemon("h2", argv: argv)
+        let info = try #require(try lab.container("h2", "web"))
+        #expect(info.status == .stopped, "it must not run on missing pages")
+        #expect(lab.processes("h2", "web").isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: pending))
+        #expect(try lab.container("h1", "web") == nil || lab.processes("h1", "web").isEmpty, "the source never runs it again")
+    }
+
     @Test func aFailedRestoreOnTheDestinationRollsBackWithCRIUsReason() throws {
         let lab = try MoveLab()
         defer { lab.tearDown() }

@@ -54,6 +54,7 @@ final class LabDestinationHost: DestinationHost, @unchecked Sendable {
         lock.withLock { discardedValue = true }
     }
     func markLost(_ why: String) { lock.withLock { lostValue = why } }
+    func pagesPending(_ pending: Bool) {}
 }
 
 /// What one engine move in the lab produced.

@@ -229,6 +229,15 @@ final class DaemonDestinationHost: DestinationHost, Sendable {
         try? context.store.deleteContainer(name)
     }
 
+    func pagesPending(_ pending: Bool) {
+        let path = MoveRecovery.pagesPendingPath(context, name)
+        if pending {
+            FileManager.default.createFile(atPath: path, contents: Data(), attributes: [.posixPermissions: 0o600])
+        } else {
+            try? FileManager.default.removeItem(atPath: path)
+        }
+    }
+
     func markLost(_ why: String) {
         _ = try? context.store.updateContainer(name) { $0.status = .stopped; $0.initProcess = nil }
     }

@@ -13,8 +13,27 @@ enum MoveRecovery {
         context.options.stateDir.appendingPathComponent("containers/\(name)/move-journal.json").path
     }
 
+    /// Marks a container restored lazily whose memory is not all here yet.
+    static func pagesPendingPath(_ context: DaemonContext, _ name: String) -> String {
+        context.options.stateDir.appendingPathComponent("containers/\(name)/pages-pending").path
+    }
+
     static func run(_ context: DaemonContext, driver: any MigrationDriver) async {
         guard let records = try? context.store.containers() else { return }
+        // Moves into here: a container that ran while pages were still on the source lost
+        // its page server with the old daemon; the kernel hands it zero pages for whatever
+        // is missing. It must not run on: killed, and said so.
+        for record in records where FileManager.default.fileExists(atPath: pagesPendingPath(context, record.name)) {
+            let spec = context.containers.spec(record)
+            if let cgroup = try? driver.migrationCgroup(spec) { try? cgroup.kill() }
+            _ = try? context.store.updateContainer(record.name) { $0.status = .stopped; $0.initProcess = nil }
+            try? FileManager.default.removeItem(atPath: pagesPendingPath(context, record.name))
+            context.events.log("error", "container \(record.name) is lost: the daemon restarted while its memory was still arriving from its source; it was killed rather than run on missing pages")
+            _ = try? context.store.recordMigration(MigrationRecord(
+                id: nil, container: record.name, direction: "in", peer: "", strategy: "", status: "lost",
+                startedAt: Date(), finishedAt: Date(), downtimeMilliseconds: nil,
+                details: ["recovered": "the daemon restarted while pages were still arriving"]))
+        }
         for record in records {
             let path = journalPath(context, record.name)
             guard let entry = SourceJournal.read(path) else { continue }

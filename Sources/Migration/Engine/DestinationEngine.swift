@@ -21,6 +21,11 @@ public protocol DestinationHost: Sendable {
     func discard() async
     /// After the commit the container could not be kept (its memory never arrived).
     func markLost(_ why: String)
+    /// Persists that the container runs while some of its memory is still on the source
+    /// (true from just before a lazy commit until every page arrived): a daemon that dies
+    /// in between leaves its successor this mark, and it kills the container rather than
+    /// let it run on pages that will never come.
+    func pagesPending(_ pending: Bool)
 }
 
 /// The destination's half of a move: it receives the data channels, restores (tasks left
@@ -133,7 +138,8 @@ public final class DestinationEngine: Sendable {
     private let settings = Mutex(Settings())
     private let progress: ProgressReporter
 
-    /// How long a lazy restore may take to get every page after the commit.
+    /// How long a lazy restore may go without any page arriving after the commit before the
+    /// container is given up (progress, not duration: a slow link only takes longer).
     public var allLocalTimeout: TimeInterval {
         get { settings.withLock { $0.allLocalTimeout } }
         set { settings.withLock { $0.allLocalTimeout = newValue } }
@@ -346,6 +352,8 @@ public final class DestinationEngine: Sendable {
                 throw GodwitError("migration \(id) is \(s.state.name): nothing restored to commit")
             }
         }
+        let lazy = restored.method.kind == .lazy
+        if lazy { host.pagesPending(true) }
         do {
             try restored.method.commit()
             try host.adopt(pid: restored.pid)
@@ -354,6 +362,7 @@ public final class DestinationEngine: Sendable {
             restored.method.abort()
             let why = "the commit failed on \(host.hostName): \((error as? GodwitError)?.message ?? "\(error)")"
             host.markLost(why)
+            if lazy { host.pagesPending(false) }
             end(.lost(why))
             throw GodwitError(why)
         }
@@ -367,8 +376,10 @@ public final class DestinationEngine: Sendable {
                 let figures = await blocking { restored.method.waitUntilLocal(timeout: self.allLocalTimeout) }
                 if let lost = figures.lost {
                     host.markLost(lost)
+                    host.pagesPending(false)
                     end(.lost(lost))
                 } else {
+                    host.pagesPending(false)
                     end(.moved)
                 }
             }

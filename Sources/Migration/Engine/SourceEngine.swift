@@ -525,7 +525,10 @@ public actor SourceEngine {
                     lastError = (error as? GodwitError)?.message ?? "\(error)"
                 }
                 if bytes != lastBytes || lastError == nil && status.phase != "fetching" { lastChange = Self.now(); lastBytes = bytes }
-                if Double(Self.now() - lastChange) / 1e9 > Self.stallSeconds, let lastError {
+                // With the page channel gone nothing more can come from here: only the
+                // destination's last word is awaited, for a shorter while.
+                let limit = relay.hasEnded ? Self.stallSeconds / 4 : Self.stallSeconds
+                if Double(Self.now() - lastChange) / 1e9 > limit, let lastError {
                     throw GodwitError("\(peer.name) stopped answering while pages were still arriving: \(lastError)")
                 }
             }
