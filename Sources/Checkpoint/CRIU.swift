@@ -26,6 +26,10 @@ public struct DumpOptions: Sendable {
     public var leaveRunning = false
     /// Lazy (post-copy) dump: memory stays on the source and is served by CRIU's page server.
     public var lazyPages: PageServerAddress?
+    /// Lazy dump over a connection made beforehand (`PageServerConnection`): this process's
+    /// descriptor of CRIU's end, handed to CRIU as `--ps-socket`; CRIU then never listens,
+    /// and `lazyPages` is not needed.
+    public var lazyPagesSocket: Int32?
     /// Stop-and-copy straight to a remote `criu page-server` instead of local files.
     public var pageServer: PageServerAddress?
     /// A descriptor CRIU inherits and writes one byte to once its page server listens
@@ -98,7 +102,11 @@ public struct CRIU: Sendable {
         if o.manageCgroups { args.append("--manage-cgroups=full") }
         if let freezer = o.freezerCgroup { args += ["--freeze-cgroup", freezer] }
         if o.leaveRunning { args.append("--leave-running") }
-        if let lazy = o.lazyPages { args += ["--lazy-pages", "--address", lazy.address, "--port", String(lazy.port)] }
+        if o.lazyPagesSocket != nil {
+            args += ["--lazy-pages", "--ps-socket", String(CRIUProcess.pageServerFD)]
+        } else if let lazy = o.lazyPages {
+            args += ["--lazy-pages", "--address", lazy.address, "--port", String(lazy.port)]
+        }
         if let server = o.pageServer { args += ["--page-server", "--address", server.address, "--port", String(server.port)] }
         if let fd = o.statusFD { args += ["--status-fd", String(fd)] }
         return args
@@ -155,8 +163,8 @@ public struct CRIU: Sendable {
 
     /// Starts CRIU in the background with a status pipe on `CRIUProcess.statusFD`: `args`
     /// must pass that number to `--status-fd`.
-    func start(_ args: [String]) throws -> CRIUProcess {
-        try CRIUProcess(launcher + [binary.path] + args)
+    func start(_ args: [String], pageServerSocket: Int32? = nil) throws -> CRIUProcess {
+        try CRIUProcess(launcher + [binary.path] + args, pageServerSocket: pageServerSocket)
     }
 
     private func run(_ args: [String], directory: String, log: String, phase: String) throws -> CRIURun {

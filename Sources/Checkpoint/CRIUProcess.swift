@@ -21,6 +21,8 @@ private func spawnAddCloseFrom(_ actions: UnsafeMutablePointer<posix_spawn_file_
 final class CRIUProcess: Sendable {
     /// The descriptor number `--status-fd` names in CRIU.
     static let statusFD: Int32 = 3
+    /// The descriptor number `--ps-socket` names in CRIU, when a connection is handed over.
+    public static let pageServerFD: Int32 = 4
 
     enum Readiness: Equatable, Sendable {
         /// CRIU wrote its status byte.
@@ -43,7 +45,7 @@ final class CRIUProcess: Sendable {
         var outcome: Readiness?
     }
 
-    init(_ argv: [String]) throws {
+    init(_ argv: [String], pageServerSocket: Int32? = nil) throws {
         precondition(!argv.isEmpty)
         let executable = try Command.resolve(argv[0])
         var fds: [Int32] = [-1, -1]
@@ -66,9 +68,15 @@ final class CRIUProcess: Sendable {
         if failed == 0 { failed = posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0) }
         if failed == 0 { failed = posix_spawn_file_actions_adddup2(&actions, 1, 2) }
         if failed == 0 { failed = posix_spawn_file_actions_adddup2(&actions, writeEnd, Self.statusFD) }
+        // dup2 clears close-on-exec on the copy; the source number must not be the target's.
+        if failed == 0, let socket = pageServerSocket {
+            precondition(socket != Self.pageServerFD && socket != Self.statusFD && writeEnd != Self.pageServerFD)
+            failed = posix_spawn_file_actions_adddup2(&actions, socket, Self.pageServerFD)
+        }
         // An inherited descriptor would be an "external" file to CRIU, and one that held
         // a stream's end open would swallow that stream's EOF.
-        if failed == 0 { failed = spawnAddCloseFrom(&actions, Self.statusFD + 1) }
+        let firstClosed = pageServerSocket == nil ? Self.statusFD + 1 : Self.pageServerFD + 1
+        if failed == 0 { failed = spawnAddCloseFrom(&actions, firstClosed) }
         guard failed == 0 else {
             close(fds[0])
             close(writeEnd)

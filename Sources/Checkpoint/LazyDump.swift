@@ -8,13 +8,15 @@ import GodwitCore
 public final class LazyDump: Sendable {
     /// What CRIU was run with; `statusFD` is always set (LazyDump owns that descriptor).
     public let options: DumpOptions
-    public let address: PageServerAddress
+    /// Where CRIU listens (nil when it was handed a connection: `options.lazyPagesSocket`).
+    public let address: PageServerAddress?
     public let logPath: String
     private let process: CRIUProcess
     public let startedAt = Date()
 
     public init(criu: CRIU, options: DumpOptions) throws {
-        guard let address = options.lazyPages else { preconditionFailure("LazyDump needs options.lazyPages") }
+        precondition(options.lazyPages != nil || options.lazyPagesSocket != nil, "LazyDump needs a page-server address or connection")
+        let address = options.lazyPagesSocket == nil ? options.lazyPages : nil
         var options = options
         options.statusFD = CRIUProcess.statusFD
         self.options = options
@@ -22,7 +24,10 @@ public final class LazyDump: Sendable {
         try FileManager.default.createDirectory(atPath: options.imagesDirectory, withIntermediateDirectories: true)
         logPath = options.imagesDirectory + "/dump.log"
         try? FileManager.default.removeItem(atPath: logPath)
-        process = try criu.start(criu.dumpArguments(options))
+        // CRIU's end is CRIU's alone once it started (or never will be): it must not be held
+        // open here, or CRIU's exit would not end the connection.
+        defer { if let socket = options.lazyPagesSocket { close(socket) } }
+        process = try criu.start(criu.dumpArguments(options), pageServerSocket: options.lazyPagesSocket)
     }
 
     public var isRunning: Bool { process.isRunning }

@@ -50,6 +50,18 @@ public final class PageServerRelay: Sendable {
         }
     }
 
+    /// Relays `channel` to CRIU over a connection made before the dump (`PageServerConnection`,
+    /// our end, already resetting on close); the relay owns both descriptors from now on.
+    public init(channel: Int32, connected criu: Int32) {
+        self.criu = criu
+        self.channel = channel
+        start()
+        group.notify(queue: .global()) { [criu, channel] in
+            close(criu)
+            close(channel)
+        }
+    }
+
     static func connect(_ address: PageServerAddress) throws -> Int32 {
         let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard s >= 0 else { throw GodwitError.errno("socket") }

@@ -23,6 +23,15 @@ import Testing
         #expect(criu.dumpArguments(options).joined(separator: " ").contains("--lazy-pages --address 127.0.0.1 --port 27000"))
     }
 
+    @Test func lazyDumpOverAHandedConnectionNeverListens() {
+        var options = DumpOptions(pid: 1, imagesDirectory: "/d")
+        options.lazyPages = PageServerAddress(address: "127.0.0.1", port: 27000)
+        options.lazyPagesSocket = 9
+        let args = criu.dumpArguments(options).joined(separator: " ")
+        #expect(args.contains("--lazy-pages --ps-socket \(CRIUProcess.pageServerFD)"), "\(args)")
+        #expect(!args.contains("--address") && !args.contains("--port"), "\(args)")
+    }
+
     @Test func statusFDIsPassedOnlyWhenSet() {
         var options = DumpOptions(pid: 1, imagesDirectory: "/d")
         options.lazyPages = PageServerAddress(address: "127.0.0.1", port: 27000)

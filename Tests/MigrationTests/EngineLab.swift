@@ -185,6 +185,31 @@ final class Lines: @unchecked Sendable {
     var all: [String] { lock.withLock { lines } }
 }
 
+/// TCP sockets in LISTEN state held by the CRIU processes working on `imagesDirectory`: a
+/// lazy dump's page server must have none (it is handed its connection).
+func criuListeningSockets(imagesDirectory: String) -> Int {
+    var inodes = Set<String>()
+    for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int(name) != nil {
+        guard let cmdline = HostEnvironment.readBytes("/proc/\(name)/cmdline") else { continue }
+        let args = cmdline.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        guard args.contains(imagesDirectory), args.contains("dump") else { continue }
+        for fd in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(name)/fd")) ?? [] {
+            if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(name)/fd/\(fd)"),
+               target.hasPrefix("socket:[") {
+                inodes.insert(String(target.dropFirst(8).dropLast()))
+            }
+        }
+    }
+    var listening = 0
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in (HostEnvironment.read(table) ?? "").split(separator: "\n").dropFirst() {
+            let f = line.split(separator: " ")
+            if f.count > 9, f[3] == "0A", inodes.contains(String(f[9])) { listening += 1 }
+        }
+    }
+    return listening
+}
+
 /// A sink that counts and drops: pre-copy rounds without a destination (the keys tests).
 final class DiscardSink: ByteSink {
     private(set) var bytes: UInt64 = 0

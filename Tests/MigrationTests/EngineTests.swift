@@ -49,11 +49,19 @@ struct EngineTests {
         waitRunning(container)
         let order = CommitOrder()
         let dst = lab.destinationCgroup(for: container)
-        let move = try await lab.engineMove(container, strategy: strategy, tag: tag, config: Self.keys) { peer in
+        // While CRIU holds the container, nothing on the host can reach its page server.
+        let listeners = Locked<Int?>(nil)
+        var hooks = SourceHooks()
+        let images = lab.imagesRoot + "/src-" + tag
+        hooks.onReach = { point in
+            if point == .frozen { listeners.value = criuListeningSockets(imagesDirectory: images) }
+        }
+        let move = try await lab.engineMove(container, strategy: strategy, tag: tag, config: Self.keys, hooks: hooks) { peer in
             peer.beforeDestinationCommit = { order.record(source: container.cgroup, destination: dst) }
         }
         let report = try move.result.get()
         #expect(report.mode == strategy && report.outcome == "moved")
+        #expect(listeners.value == 0, "CRIU's page server listened on \(listeners.value ?? -1) socket(s)")
         #expect(move.stateName == "moved")
         let seen = try #require(order.observation, "the destination was asked to commit")
         #expect(move.doomedTasks == 2)

@@ -62,6 +62,8 @@ public actor SourceEngine {
     public struct Frozen: Sendable {
         public var transferring: Transferring
         public var dump: LazyDump
+        /// The page-server connection CRIU was handed (it never listens).
+        public var connection: PageServerConnection
         public var frozenAt: UInt64
     }
 
@@ -236,18 +238,27 @@ public actor SourceEngine {
         let dump = try await step("checkpoint") { () -> (LazyDump, UInt64) in
             var options = DumpOptions(pid: c.initPID, imagesDirectory: c.imagesDirectory)
             options.freezerCgroup = c.cgroup.directory(for: "freezer")
-            options.lazyPages = PageServerAddress(address: "127.0.0.1", port: try PageServerClient.freePort())
+            let connection = try PageServerConnection.make()
+            options.lazyPagesSocket = connection.criu
+            pageServer = connection
             // Before CRIU freezes anything: a daemon that dies from here on finds this at its
             // next start and thaws the container (SourceRecovery).
             host.journal(SourceJournal(migrationID: t.session.id, peer: peer.name, container: c.name, phase: .frozen,
                                        initPID: c.initPID, imagesDirectory: c.imagesDirectory))
-            let d = try LazyDump(criu: c.criu, options: options)
             let relayConnected = relayFlag
+            let d: LazyDump
+            do {
+                d = try LazyDump(criu: c.criu, options: options)
+            } catch {
+                close(connection.ours)
+                throw error
+            }
             revert.add("source: fail the page session, resume the container") {
                 await blocking {
-                    if d.isRunning, !relayConnected.value, let address = d.options.lazyPages,
-                       let probe = try? PageServerClient(host: address.address, port: address.port) {
-                        probe.abandon()  // nobody connected: fail the session so CRIU resumes
+                    // Until the relay takes the connection over, failing the session is ours.
+                    if !relayConnected.value {
+                        PageServerConnection.abandon(connection.ours)
+                        close(connection.ours)
                     }
                     if d.waitForExit(timeout: 30) == nil { d.kill() }
                     host.resume()
@@ -274,7 +285,7 @@ public actor SourceEngine {
             try await blocking { try d.waitUntilServing() }
             return (d, 0)
         }
-        let frozen = Frozen(transferring: t, dump: dump, frozenAt: freezeAt)
+        let frozen = Frozen(transferring: t, dump: dump, connection: pageServer!, frozenAt: freezeAt)
         enter(.frozen(frozen))
         try await hooks.reach(.frozen)
 
@@ -327,6 +338,8 @@ public actor SourceEngine {
     }
 
     private var pushSender: PushSender?
+    /// The dump's page-server connection, from the checkpoint on.
+    private var pageServer: PageServerConnection?
     /// Whether the relay connected to CRIU's page server (else the dump's undo connects
     /// once and abandons, so that CRIU fails the dump and resumes the source).
     private let relayFlag = Locked(false)
@@ -344,7 +357,7 @@ public actor SourceEngine {
         let session = frozen.transferring.session
         let lazily = frozen.transferring.behaviour.restore == .lazy
         let pageChannel = try await blocking { try session.open(.pages) }
-        let relay = try PageServerRelay(channel: pageChannel, pageServer: frozen.dump.options.lazyPages!)
+        let relay = PageServerRelay(channel: pageChannel, connected: frozen.connection.ours)
         relayFlag.value = true
         // Newest first: the relay resets (CRIU fails the dump) after the destination's copy
         // went, and before the dump's own undo waits for CRIU to exit.
