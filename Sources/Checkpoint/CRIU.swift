@@ -20,6 +20,10 @@ public struct DumpOptions: Sendable {
     public var imagesDirectory: String
     /// Established TCP connections are checkpointed (repair mode) instead of refused.
     public var tcpEstablished = true
+    /// A listening socket with connections the server has not accepted yet no longer fails
+    /// the dump (`inet: In-flight connection`, which any server under load hits): CRIU
+    /// leaves them out and the restored listener starts with an empty queue.
+    public var skipInFlight = true
     /// Freeze through the container's freezer cgroup: all tasks at once, new forks included.
     public var freezerCgroup: String?
     public var manageCgroups = true
@@ -95,6 +99,7 @@ public struct CRIU: Sendable {
         var args = ["dump", "-t", String(o.pid), "-D", o.imagesDirectory, "-o", logFile,
                     "--network-lock", CRIUNetworkLock.backend]
         if o.tcpEstablished { args.append("--tcp-established") }
+        if o.skipInFlight { args.append("--skip-in-flight") }
         if o.manageCgroups { args.append("--manage-cgroups=full") }
         if let freezer = o.freezerCgroup { args += ["--freeze-cgroup", freezer] }
         if o.leaveRunning { args.append("--leave-running") }
