@@ -24,6 +24,9 @@ public struct DumpOptions: Sendable {
     /// the dump (`inet: In-flight connection`, which any server under load hits): CRIU
     /// leaves them out and the restored listener starts with an empty queue.
     public var skipInFlight = true
+    /// Before CRIU starts, how long servers get to accept what they queued while new
+    /// connection attempts wait (ListenQueueDrain); nil: CRIU freezes them as they are.
+    public var acceptQueueDrain: TimeInterval? = 0.5
     /// Freeze through the container's freezer cgroup: all tasks at once, new forks included.
     public var freezerCgroup: String?
     public var manageCgroups = true
@@ -128,6 +131,8 @@ public struct CRIU: Sendable {
     @discardableResult
     public func dump(_ options: DumpOptions) throws -> CRIURun {
         try FileManager.default.createDirectory(atPath: options.imagesDirectory, withIntermediateDirectories: true)
+        let drain = options.acceptQueueDrain.flatMap { ListenQueueDrain.begin(pid: options.pid, timeout: $0) }
+        defer { drain?.end() }
         return try run(dumpArguments(options), directory: options.imagesDirectory, log: "dump.log", phase: "dump")
     }
 
