@@ -130,10 +130,13 @@ public struct CRIU: Sendable {
 
     @discardableResult
     public func dump(_ options: DumpOptions) throws -> CRIURun {
-        try FileManager.default.createDirectory(atPath: options.imagesDirectory, withIntermediateDirectories: true)
+        try OwnerOnly.directory(options.imagesDirectory)
         let drain = options.acceptQueueDrain.flatMap { ListenQueueDrain.begin(pid: options.pid, timeout: $0) }
         defer { drain?.end() }
-        return try run(dumpArguments(options), directory: options.imagesDirectory, log: "dump.log", phase: "dump")
+        let run = try run(dumpArguments(options), directory: options.imagesDirectory, log: "dump.log", phase: "dump")
+        // A stateful stop keeps these until the next start.
+        OwnerOnly.restrictFiles(in: options.imagesDirectory)
+        return run
     }
 
     /// Restores and returns the container init's host PID.

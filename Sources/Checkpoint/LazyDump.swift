@@ -21,7 +21,7 @@ public final class LazyDump: Sendable {
         options.statusFD = CRIUProcess.statusFD
         self.options = options
         self.address = address
-        try FileManager.default.createDirectory(atPath: options.imagesDirectory, withIntermediateDirectories: true)
+        try OwnerOnly.directory(options.imagesDirectory)
         logPath = options.imagesDirectory + "/dump.log"
         try? FileManager.default.removeItem(atPath: logPath)
         let drain = options.acceptQueueDrain.flatMap { ListenQueueDrain.begin(pid: options.pid, timeout: $0) }
