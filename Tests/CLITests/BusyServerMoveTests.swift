@@ -7,7 +7,7 @@ import Testing
 /// fails. Clients open a new connection per request, so connections are always being set
 /// up when CRIU freezes the server; before `--skip-in-flight` every such dump failed
 /// ("inet: In-flight connection"), and with it alone the connections CRIU skipped hung
-/// their clients (see ListenQueueDrain).
+/// their clients (see ListenQueueDrain). Each restore also keeps the rootfs nosuid,nodev.
 @Suite(.serialized, .enabled(if: geteuid() == 0, "needs root"))
 struct BusyServerMoveTests {
     static let modes = ["stop-and-copy", "pre-copy", "post-copy", "hybrid"]
@@ -57,6 +57,13 @@ struct BusyServerMoveTests {
                 #expect(try lab.container(to, "web")?.status == .running)
                 #expect(try lab.container(to, "web")?.ipv4 == ip, "the address changed")
                 moves.append(Move(mode: mode, start: start, end: end, frozenMillis: report.frozenMillis))
+                // CRIU restored into a nosuid,nodev overlay, and the container's / kept both.
+                let rootfs = lab.stateDirectory(to) + "/containers/web/rootfs"
+                let host = StatePermissionsTests.mountOptions(at: rootfs, in: HostEnvironment.read("/proc/self/mountinfo") ?? "")
+                let inside = StatePermissionsTests.mountOptions(at: "/", in: try lab.sh(to, "web", "cat /proc/self/mountinfo").stdout)
+                for options in [host, inside] {
+                    #expect(options.map { $0.contains("nosuid") && $0.contains("nodev") } == true, "rootfs on \(to): \(options ?? [])")
+                }
                 // The destination serves new connections before the next move freezes it.
                 #expect(waitUntil(30) { served(after: end) >= 50 }, "no requests served on \(to) after the \(mode) move")
             }
