@@ -20,6 +20,13 @@ public struct DumpOptions: Sendable {
     public var imagesDirectory: String
     /// Established TCP connections are checkpointed (repair mode) instead of refused.
     public var tcpEstablished = true
+    /// A listening socket with connections the server has not accepted yet no longer fails
+    /// the dump (`inet: In-flight connection`, which any server under load hits): CRIU
+    /// leaves them out and the restored listener starts with an empty queue.
+    public var skipInFlight = true
+    /// Before CRIU starts, how long servers get to accept what they queued while new
+    /// connection attempts wait (ListenQueueDrain); nil: CRIU freezes them as they are.
+    public var acceptQueueDrain: TimeInterval? = 0.5
     /// Freeze through the container's freezer cgroup: all tasks at once, new forks included.
     public var freezerCgroup: String?
     public var manageCgroups = true
@@ -99,6 +106,7 @@ public struct CRIU: Sendable {
         var args = ["dump", "-t", String(o.pid), "-D", o.imagesDirectory, "-o", logFile,
                     "--network-lock", CRIUNetworkLock.backend]
         if o.tcpEstablished { args.append("--tcp-established") }
+        if o.skipInFlight { args.append("--skip-in-flight") }
         if o.manageCgroups { args.append("--manage-cgroups=full") }
         if let freezer = o.freezerCgroup { args += ["--freeze-cgroup", freezer] }
         if o.leaveRunning { args.append("--leave-running") }
@@ -130,8 +138,13 @@ public struct CRIU: Sendable {
 
     @discardableResult
     public func dump(_ options: DumpOptions) throws -> CRIURun {
-        try FileManager.default.createDirectory(atPath: options.imagesDirectory, withIntermediateDirectories: true)
-        return try run(dumpArguments(options), directory: options.imagesDirectory, log: "dump.log", phase: "dump")
+        try OwnerOnly.directory(options.imagesDirectory)
+        let drain = options.acceptQueueDrain.flatMap { ListenQueueDrain.begin(pid: options.pid, timeout: $0) }
+        defer { drain?.end() }
+        let run = try run(dumpArguments(options), directory: options.imagesDirectory, log: "dump.log", phase: "dump")
+        // A stateful stop keeps these until the next start.
+        OwnerOnly.restrictFiles(in: options.imagesDirectory)
+        return run
     }
 
     /// Restores and returns the container init's host PID.

@@ -16,6 +16,9 @@ public enum CRIUNetworkLock {
     /// that case (see docs/migration.md). Only tables CRIU names CRIU-* are touched.
     /// Best effort: a namespace that is gone or an nft that fails leaves nothing to do.
     public static func removeLeftover(initPID: pid_t) {
+        // Godwit's own filter from before the dump, in this namespace: the container must
+        // take new connections again as soon as it runs.
+        ListenQueueDrain.removeLeftover(initPID: initPID)
         let netns = ["nsenter", "--net=/proc/\(initPID)/ns/net"]
         guard let list = try? Command.run(netns + ["nft", "list", "tables"]), list.succeeded else { return }
         for table in leftoverTables(inListing: list.stdout) {

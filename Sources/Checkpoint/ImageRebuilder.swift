@@ -172,7 +172,8 @@ public struct ImageRebuilder {
             if staged { _ = ftruncate(output, off_t(stats.bytesWritten - bytesBefore)) }
             // Both files are replaced only once both are complete.
             let mapPath = item.path + ".rebuilt"
-            guard FileManager.default.createFile(atPath: mapPath, contents: image.encoded()) else {
+            guard FileManager.default.createFile(atPath: mapPath, contents: image.encoded(),
+                                                 attributes: [.posixPermissions: Int(OwnerOnly.fileMode)]) else {
                 throw GodwitError("cannot write \(mapPath)")
             }
             guard rename(newPath, pagesPath) == 0, rename(mapPath, item.path) == 0 else {
@@ -189,7 +190,7 @@ public struct ImageRebuilder {
     /// need (an estimate: the destination's page count for it plus some slack). Unused
     /// staging files are removed by `removeStaging`.
     public static func prepareStaging(directory: String, id: Int32, bytes: UInt64) throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try OwnerOnly.directory(directory)
         let path = stagingPath(directory: directory, id: id)
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw GodwitError.errno("create \(path)") }

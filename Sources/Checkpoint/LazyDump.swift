@@ -12,6 +12,8 @@ public final class LazyDump: Sendable {
     public let address: PageServerAddress?
     public let logPath: String
     private let process: CRIUProcess
+    /// Ends once CRIU serves: its network lock has long been in place by then.
+    private let drain: ListenQueueDrain?
     public let startedAt = Date()
 
     public init(criu: CRIU, options: DumpOptions) throws {
@@ -21,14 +23,23 @@ public final class LazyDump: Sendable {
         options.statusFD = CRIUProcess.statusFD
         self.options = options
         self.address = address
-        try FileManager.default.createDirectory(atPath: options.imagesDirectory, withIntermediateDirectories: true)
+        try OwnerOnly.directory(options.imagesDirectory)
         logPath = options.imagesDirectory + "/dump.log"
         try? FileManager.default.removeItem(atPath: logPath)
         // CRIU's end is CRIU's alone once it started (or never will be): it must not be held
         // open here, or CRIU's exit would not end the connection.
         defer { if let socket = options.lazyPagesSocket { close(socket) } }
-        process = try criu.start(criu.dumpArguments(options), pageServerSocket: options.lazyPagesSocket)
+        let drain = options.acceptQueueDrain.flatMap { ListenQueueDrain.begin(pid: options.pid, timeout: $0) }
+        do {
+            process = try criu.start(criu.dumpArguments(options), pageServerSocket: options.lazyPagesSocket)
+        } catch {
+            drain?.end()
+            throw error
+        }
+        self.drain = drain
     }
+
+    deinit { drain?.end() }
 
     public var isRunning: Bool { process.isRunning }
     public var exitStatus: Int32? { process.exitStatus }
@@ -37,6 +48,7 @@ public final class LazyDump: Sendable {
     /// is written (cr_lazy_mem_dump → cr_page_server → run_tcp_server → status_ready in
     /// CRIU 4.2). Throws with CRIU's first error if the dump ends instead, or on timeout.
     public func waitUntilServing(timeout: TimeInterval = 60) throws {
+        defer { drain?.end() }
         switch process.waitUntilReady(timeout: timeout) {
         case .ready where process.isRunning:
             return
@@ -59,7 +71,10 @@ public final class LazyDump: Sendable {
     /// Last resort for cleanup: SIGKILL the CRIU process (the kernel detaches its ptrace
     /// stops; the caller thaws the cgroup). Only used once its page server is serving,
     /// when no parasite code is left inside the tasks.
-    public func kill() { process.kill() }
+    public func kill() {
+        process.kill()
+        drain?.end()
+    }
 
     public var stats: CRIUStats? { try? CRIUStats.read(directory: options.imagesDirectory) }
 }

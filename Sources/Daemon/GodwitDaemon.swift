@@ -105,10 +105,12 @@ public enum GodwitDaemon {
         log.logLevel = .info
         let logger = log
         let fm = FileManager.default
+        // Root only: nothing under the state directory is for anyone else (the socket is
+        // 0600 too), and the containers don't need a path through it once pivoted.
         for dir in [options.stateDir, options.stateDir.appendingPathComponent("images"),
                     options.stateDir.appendingPathComponent("containers")] {
             do {
-                try fm.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
+                try OwnerOnly.directory(dir.path)
             } catch {
                 throw GodwitError("cannot create \(dir.path): \(error.localizedDescription)",
                                   hint: "run godwitd as root or choose a writable --state-dir")
@@ -127,6 +129,9 @@ public enum GodwitDaemon {
                                 addresses: https.isUnspecified ? [] : [https.host])
         }
         let context = try DaemonContext(options: options, store: store, driver: driver, trust: trust)
+        // Incoming moves' images and pages go here. Made after the context, whose incoming
+        // side empties it of what an earlier daemon left.
+        try OwnerOnly.directory(options.stateDir.appendingPathComponent("migrations").path)
         try context.operations.failInterrupted()
         try store.pruneOperations(olderThan: Date().addingTimeInterval(-7 * 86400))
         let adoption = try await context.containers.adopt()

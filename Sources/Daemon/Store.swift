@@ -96,6 +96,12 @@ public final class Store: Sendable {
 
     public init(path: String) throws {
         do {
+            // Root only, also for databases an older daemon created world-readable. SQLite
+            // gives its journal the database's mode; one left by a crash keeps its own.
+            try OwnerOnly.file(path)
+            for suffix in ["-journal", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
+                try OwnerOnly.file(path + suffix)
+            }
             var configuration = Configuration()
             configuration.busyMode = .timeout(5)
             db = try DatabaseQueue(path: path, configuration: configuration)

@@ -65,7 +65,10 @@ extension FilesystemSync {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let rsync = try SyncProcess(server, stdin: fd, stdout: fd)
         let (status, stderr) = rsync.wait()
-        guard status == 0 else {
+        // The sender tells its receiver about files that vanished while it ran, and both
+        // exit 24; the source accepts that for a sync while the container runs (push), so
+        // must this side, or a file replaced by rename fails the whole move.
+        guard status == 0 || status == FilesystemSync.vanishedFiles else {
             throw GodwitError("rsync --server into \(directory) failed (exit \(status)): \(stderr.lastLine)",
                               hint: "the source's rsync error, if any, says more")
         }

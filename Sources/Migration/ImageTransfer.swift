@@ -31,9 +31,10 @@ public enum ImageTransfer {
     }
 
     /// Receives into `directory` (created); returns the bytes of file contents received.
+    /// Root only: the images hold the container's state, its memory among it.
     @discardableResult
     public static func receive(from fd: Int32, into directory: String) throws -> UInt64 {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try OwnerOnly.directory(directory)
         var total: UInt64 = 0
         while true {
             let nameLength = Int(try readInteger(fd, as: UInt32.self))
@@ -46,10 +47,9 @@ public enum ImageTransfer {
             let size = Int(try readInteger(fd, as: UInt64.self))
             guard size < 64 << 30 else { throw GodwitError("image transfer: file \(name) claims \(size) bytes") }
             let path = directory + "/" + name
-            guard FileManager.default.createFile(atPath: path, contents: nil),
-                  let handle = FileHandle(forWritingAtPath: path) else {
-                throw GodwitError("cannot create \(path)")
-            }
+            let file = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, OwnerOnly.fileMode)
+            guard file >= 0 else { throw GodwitError.errno("create \(path)") }
+            let handle = FileHandle(fileDescriptor: file, closeOnDealloc: true)
             defer { try? handle.close() }
             var left = size
             while left > 0 {

@@ -44,7 +44,8 @@ public final class PageStore {
         let base = FileManager.default.isWritableFile(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
         let dir = directory ?? base + "/godwit-pages-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
         if FileManager.default.fileExists(atPath: dir) { try FileManager.default.removeItem(atPath: dir) }
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        // Root only: container memory, possibly in world-writable /dev/shm.
+        try OwnerOnly.directory(dir)
         self.directory = dir
     }
 

@@ -37,7 +37,11 @@ public struct RootFS: Codable, Sendable, Equatable {
             for dir in [path, upperPath, workPath] { try fm.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             guard !isMounted else { return }
             let options = "lowerdir=\(image),upperdir=\(upperPath),workdir=\(workPath)"
-            guard mount("overlay", path, "overlay", 0, options) == 0 else {
+            // No setuid binaries and no device nodes from the image or the container's own
+            // files: what runs as root inside gains nothing over the host through them. The
+            // container's /dev is a tmpfs of its own (godwit-spawn), and the bind of this
+            // mount that becomes its / keeps both flags, also when CRIU restores into it.
+            guard mount("overlay", path, "overlay", UInt(MS_NOSUID | MS_NODEV), options) == 0 else {
                 throw GodwitError.errno("mount overlay on \(path)",
                                         hint: "is \(directory) on a filesystem overlay accepts as upper (ext4, xfs, tmpfs)? else use copy")
             }

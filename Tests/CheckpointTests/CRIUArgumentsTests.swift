@@ -17,6 +17,17 @@ import Testing
         #expect(!args.contains("--lazy-pages"))
     }
 
+    @Test func dumpSkipsConnectionsNotYetAcceptedUnlessTold() {
+        var options = DumpOptions(pid: 42, imagesDirectory: "/tmp/img")
+        #expect(criu.dumpArguments(options).filter { $0 == "--skip-in-flight" }.count == 1)
+        options.lazyPages = PageServerAddress(address: "127.0.0.1", port: 27000)
+        #expect(criu.dumpArguments(options).contains("--skip-in-flight"), "lazy dumps serve busy servers too")
+        options.skipInFlight = false
+        #expect(!criu.dumpArguments(options).contains("--skip-in-flight"))
+        // Only the dump decides what to leave out; a restore has no queue to skip.
+        #expect(!criu.restoreArguments(RestoreOptions(imagesDirectory: "/d", rootfs: "/r", pidFile: "/p")).contains("--skip-in-flight"))
+    }
+
     @Test func lazyDumpNamesItsPageServer() {
         var options = DumpOptions(pid: 1, imagesDirectory: "/d")
         options.lazyPages = PageServerAddress(address: "127.0.0.1", port: 27000)

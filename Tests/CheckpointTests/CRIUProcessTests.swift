@@ -1,4 +1,5 @@
 import Foundation
+import GodwitCore
 import Testing
 @testable import Checkpoint
 
@@ -50,9 +51,15 @@ import Testing
         defer { close(leaky[0]); close(leaky[1]) }
         let p = try CRIUProcess(["sleep", "10"])
         defer { p.kill() }
-        // posix_spawn returns after the exec: what the child holds now is what it inherited.
-        let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(p.pid)/fd")
-        #expect(Set(fds) == ["0", "1", "2", "3"])
+        // posix_spawn returns once the exec began; the child's startup may still hold a file
+        // of its own for a moment (seen: fd 4 on a locale file while `sleep` called
+        // setlocale). An inherited descriptor stays: wait for the set to settle.
+        var fds: Set<String> = []
+        let settled = poll(timeout: 5) {
+            fds = Set((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(p.pid)/fd")) ?? [])
+            return fds == ["0", "1", "2", "3"]
+        }
+        #expect(settled, "the child holds \(fds.sorted())")
         #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(p.pid)/fd/0")) == "/dev/null")
     }
 }

@@ -35,6 +35,25 @@ import Testing
         #expect(try store.insertContainer(record("c"), addresses: plan).ipv4 == "10.0.0.2")
     }
 
+    @Test func theDatabaseIsRootOnlyAlsoWhenAnOlderDaemonMadeItReadable() throws {
+        let dir = try TempDir("store")
+        func mode(_ path: String) -> mode_t {
+            var info = stat()
+            return lstat(path, &info) == 0 ? info.st_mode & 0o777 : 0
+        }
+        let fresh = dir.url.appendingPathComponent("fresh.db").path
+        _ = try Store(path: fresh)
+        #expect(mode(fresh) == 0o600)
+        let old = dir.url.appendingPathComponent("old.db").path
+        _ = try Store(path: old)
+        chmod(old, 0o644)
+        _ = FileManager.default.createFile(atPath: old + "-journal", contents: nil, attributes: [.posixPermissions: 0o644])
+        let store = try Store(path: old)
+        #expect(mode(old) == 0o600 && mode(old + "-journal") == 0o600)
+        _ = try store.insertContainer(record("a"), addresses: nil)
+        #expect(try store.container("a") != nil, "the database still works")
+    }
+
     @Test func duplicateNamesAreConflicts() throws {
         let store = try Store()
         _ = try store.insertContainer(record("a"), addresses: nil)

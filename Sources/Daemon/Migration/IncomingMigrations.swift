@@ -44,6 +44,7 @@ public final class IncomingMigrations: Sendable {
         root = context.options.stateDir.appendingPathComponent("migrations")
         // Whatever a previous daemon left here belongs to moves that can't resume.
         try? FileManager.default.removeItem(at: root)
+        try? OwnerOnly.directory(root.path)
     }
 
     /// The data-channel listener, started on first use (port chosen by the kernel).

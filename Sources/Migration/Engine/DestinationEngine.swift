@@ -167,7 +167,7 @@ public final class DestinationEngine: Sendable {
                 progress: ProgressReporter = .silent) throws {
         self.id = id; self.request = request; self.host = host; self.directory = directory; self.progress = progress
         behaviour = request.mode.behaviour
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try OwnerOnly.directory(directory)
         shared = Mutex(Shared(state: .receiving(Receiving(store: try PageStore(directory: directory + "/pages")))))
     }
 

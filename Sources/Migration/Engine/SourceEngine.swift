@@ -248,7 +248,9 @@ public actor SourceEngine {
             let relayConnected = relayFlag
             let d: LazyDump
             do {
-                d = try LazyDump(criu: c.criu, options: options)
+                // Off the cooperative pool: starting the dump waits for the accept queues to drain.
+                let dumpOptions = options
+                d = try await blocking { try LazyDump(criu: c.criu, options: dumpOptions) }
             } catch {
                 close(connection.ours)
                 throw error
