@@ -82,21 +82,7 @@ final class CRIUProcess: Sendable {
             close(writeEnd)
             throw GodwitError.errno("posix_spawn file actions for CRIU", failed)
         }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // Foundation ignores SIGPIPE and blocks signals in threads; CRIU gets the defaults,
-        // so that SIGTERM and SIGKILL from a cleanup act as they should.
-        var none = sigset_t(), all = sigset_t()
-        sigemptyset(&none)
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attributes, &none)
-        posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var cArgs = argv.map { strdup($0) } + [nil]
-        defer { for arg in cArgs { free(arg) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, &attributes, &cArgs, environ)
+        let (rc, pid) = spawnWithDefaultSignals(executable, argv, &actions)
         // Only CRIU may hold the write end: its exit must close the pipe.
         close(writeEnd)
         guard rc == 0 else {

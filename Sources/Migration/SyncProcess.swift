@@ -51,20 +51,8 @@ final class SyncProcess: Sendable {
         }
         posix_spawn_file_actions_adddup2(&actions, pipeFds[1], 2)
         _ = spawnAddCloseFrom(&actions, 3)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // Foundation ignores SIGPIPE; rsync expects the default disposition and mask.
-        var none = sigset_t(), all = sigset_t()
-        sigemptyset(&none)
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attributes, &none)
-        posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var cArgs = argv.map { strdup($0) } + [nil]
-        defer { for arg in cArgs { free(arg) } }
-        var pid: pid_t = 0
-        let status = posix_spawn(&pid, executable, &actions, &attributes, &cArgs, environ)
+        // rsync expects the default signal disposition and mask.
+        let (status, pid) = spawnWithDefaultSignals(executable, argv, &actions)
         close(pipeFds[1])
         guard status == 0 else {
             close(pipeFds[0])
