@@ -101,7 +101,7 @@ public enum PeerStream {
     static func answerReceived(_ line: Substring, bridge: PeerStreamBridge, context: ChannelHandlerContext,
                                result: EventLoopPromise<Int32>, remote: Remote,
                                annotate: @escaping (GodwitError) -> GodwitError) {
-        guard let answer = try? JSONDecoder().decode(PeerStreamAnswer.self, from: Data(line.utf8)) else {
+        guard let answer = PeerStreamAnswer.parse(line) else {
             result.fail(annotate(GodwitError("remote '\(remote.name)' answered something that is not a peer stream answer: \(line.prefix(100))")))
             return context.close(promise: nil)
         }
