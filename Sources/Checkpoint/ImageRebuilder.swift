@@ -49,6 +49,13 @@ public struct PagemapImage: Sendable, Equatable {
     /// overflow, and an entry can't name more pages than this host could ever hold.
     public init(data: Data, name: String = "pagemap image") throws {
         guard data.count >= 8 else { throw GodwitError("CRIU pagemap image \(name) is too short (\(data.count) bytes)") }
+        // `encoded()` writes the 8 magic bytes back as they came: only with the common magic
+        // first does ImageFile skip both, so that what is written back reads the same.
+        let first = data.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
+        guard first == ImageFile.commonMagic else {
+            throw GodwitError("\(name) is not a CRIU pagemap image (magic 0x\(String(first, radix: 16)))",
+                              hint: "the images are corrupt, or were not written by CRIU 4.2")
+        }
         let image = try ImageFile(data: data, name: name)
         guard let head = image.entries.first else { throw GodwitError("CRIU pagemap image \(name) has no head") }
         magic = [UInt8](data.prefix(8))
@@ -266,6 +273,7 @@ public struct ImageRebuilder {
             let n = offset < 0 ? write(fd, buffer.baseAddress! + done, buffer.count - done)
                                : op(fd, buffer.baseAddress! + done, buffer.count - done, offset + off_t(done))
             if n < 0 && errno == EINTR { continue }
+            if n == 0 { throw GodwitError("\(what): the file ends \(buffer.count - done) bytes early") }
             guard n > 0 else { throw GodwitError.errno(what) }
             done += n
         }

@@ -85,6 +85,11 @@ import Testing
         Self.expectError(Self.image([head, Self.entry(vaddr: 0, pages: HostMemory.pages),
                                      Self.entry(vaddr: 0, pages: 1)]), "more than this host's memory")
         Self.expectError(Data([1, 2, 3]), "too short")
+        // Found by the fuzzer: without the common magic, the entries were read from another
+        // offset than the one the rebuilt image is written with.
+        var noMagic = Self.image([head, Self.entry(vaddr: 0x1000, pages: 1)])
+        noMagic.replaceSubrange(0..<4, with: Array("ring".utf8))
+        Self.expectError(noMagic, "not a CRIU pagemap image (magic 0x676e6972)")
     }
 
     @Test func theLastPageOfTheAddressSpaceIsFine() throws {
