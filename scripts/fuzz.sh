@@ -63,6 +63,7 @@ build_modules() {
     echo "fuzz: building GodwitCore (instrumented)"
     swiftc "${SWIFTFLAGS[@]}" -module-name GodwitCore -emit-module -emit-module-path "$MODULES/GodwitCore.swiftmodule" \
       -wmo -c -o "$MODULES/GodwitCore.o" "${core[@]}"
+    touch "$MODULES/GodwitCore.o"  # swiftc keeps an unchanged object's old time
   fi
   local shim=(Sources/CGodwit/*.c) memory=(Sources/Memory/*.swift)
   if stale "$MODULES/Memory.o" "${memory[@]}" "${shim[@]}" Sources/CGodwit/include/*.h "$MODULES/GodwitCore.o"; then
@@ -76,6 +77,7 @@ build_modules() {
     done
     swiftc "${SWIFTFLAGS[@]}" -module-name Memory -emit-module -emit-module-path "$MODULES/Memory.swiftmodule" \
       -I "$MODULES" -I "$MODULES/CGodwit" -I Sources/CXXHash -wmo -c -o "$MODULES/Memory.o" "${memory[@]}"
+    touch "$MODULES/Memory.o"
   fi
 }
 
