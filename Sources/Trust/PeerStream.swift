@@ -50,6 +50,10 @@ public enum PeerStream {
         let sslContext: NIOSSLContext
         let host: String
         do {
+            // The port comes from the remote's answer: out of range, NIO would trap on it.
+            guard (1...65535).contains(port) else {
+                throw GodwitError("remote '\(remote.name)' named data port \(port), which is not a TCP port")
+            }
             host = try Self.host(of: remote)
             sslContext = try NIOSSLContext(configuration: try MutualTLS.clientConfiguration(
                 identity: identity, pinnedCertificatePEM: remote.certificatePEM))

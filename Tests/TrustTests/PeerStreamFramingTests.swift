@@ -84,4 +84,29 @@ import Testing
         var decoder = PeerStreamFrameDecoder()
         #expect((try? [UInt8]().withUnsafeBytes { try decoder.step($0) }) == .prefix(0))
     }
+
+    /// Through a real listener: a header whose fields are not short words is refused with
+    /// the reason, before authorize sees it.
+    @Test func aListenerRefusesMalformedHeaderFields() async throws {
+        let pair = try await PeerStreamPair()
+        defer { Task { await pair.stop() } }
+        let error = await #expect(throws: GodwitError.self) {
+            _ = try await pair.open(channel: "rsync\n{\"ok\":true}")
+        }
+        #expect(error?.message.contains("refused the stream: malformed peer stream header: field 'channel'") == true, "\(String(describing: error))")
+        #expect(pair.headers.withLockedValue { $0.isEmpty })
+    }
+
+    /// The data port comes from the remote's answer to `POST /1.0/migrations`.
+    @Test func aDataPortOutsideTCPsRangeIsAnError() async throws {
+        let pair = try await PeerStreamPair()
+        defer { Task { await pair.stop() } }
+        for port in [0, -1, 65_536, Int.max] {
+            let error = await #expect(throws: GodwitError.self) {
+                _ = try await PeerStream.open(remote: pair.remote, identity: pair.client, port: port,
+                                              header: PeerStreamHeader(migration: "m1", secret: "s", channel: "rsync"))
+            }
+            #expect(error?.message.contains("named data port \(port), which is not a TCP port") == true, "\(String(describing: error))")
+        }
+    }
 }
