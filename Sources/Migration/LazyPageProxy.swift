@@ -56,6 +56,10 @@ public final class LazyPageProxy: @unchecked Sendable {
     /// A read-ahead becomes one GET: no more pages than a page-server header may name.
     private static func clamped(_ pages: Int) -> Int { min(max(0, pages), PageServerHeader.maxPages) }
     public static let remoteFaultReadAheadPages = 16
+    /// Most pages one reply carries. lazy-pages asks for at most 1024 and takes a short
+    /// reply by asking for the rest, so a larger GET (anyone on 127.0.0.1 can connect
+    /// first) costs no more than 4 MiB of buffer instead of up to 4 GiB.
+    static let maxReplyPages = 1024
     /// The pages the source serves (its pagemap's lazy entries), per ns pid, sorted. With
     /// them the read-ahead also fills the HOLES of its window: a workload that faults on
     /// every 2nd or 4th page leaves single missing pages behind, and lazy-pages then asks
@@ -308,7 +312,7 @@ public final class LazyPageProxy: @unchecked Sendable {
     /// Answers `p` with the held prefix of its pages, if any. Caller holds the lock.
     private func answerLocally(_ p: Pending, _ s: inout State) throws -> Bool {
         var held = 0
-        while held < p.pages, store.contains(nsPID: p.nsPID, vaddr: p.vaddr + UInt64(held * pageSize)) { held += 1 }
+        while held < min(p.pages, Self.maxReplyPages), store.contains(nsPID: p.nsPID, vaddr: p.vaddr + UInt64(held * pageSize)) { held += 1 }
         guard held > 0 else { return false }
         p.data = [UInt8](repeating: 0, count: held * pageSize)
         _ = try p.data.withUnsafeMutableBytes { try store.read(nsPID: p.nsPID, vaddr: p.vaddr, count: held, into: $0) }
@@ -331,14 +335,15 @@ public final class LazyPageProxy: @unchecked Sendable {
         // Read-ahead stops at the end of the address space: a GET near the top must not
         // make the window's addresses wrap (the request itself was checked not to).
         let room = Int(clamping: PageArithmetic.pagesBeforeEnd(of: p.vaddr, pageSize: UInt64(pageSize)))
-        let limit = min(room, background ? max(p.pages, s.readAheadPages) : max(p.pages, s.faultReadAheadPages))
+        let asked = min(p.pages, Self.maxReplyPages)
+        let limit = min(room, background ? max(asked, s.readAheadPages) : max(asked, s.faultReadAheadPages))
         var missing = 0
         while missing < limit {
             let key = Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(missing * pageSize))
             if store.contains(nsPID: key.ns, vaddr: key.vaddr) || s.fetching.contains(key) { break }
             missing += 1
         }
-        p.pages = min(p.pages, missing)
+        p.pages = min(asked, missing)
         p.fetchPages = missing
         for i in 0..<missing { s.fetching.insert(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
         let request = try p.request.asGet(pages: missing)

@@ -182,4 +182,26 @@ import Testing
         #expect(upstream.gets.map(\.pages) == [1, 3], "read-ahead up to the last page, not past it")
         #expect(proxy.upstreamFailure == nil)
     }
+
+    /// A GET for more than lazy-pages ever asks gets a short reply, so one request can't
+    /// make the proxy buffer gigabytes (it used to size the reply by the request).
+    @Test func aHugeGetGetsAShortReply() throws {
+        let store = try PageStore()
+        defer { store.destroy() }
+        let upstream = FakePageServer(delayMicros: 0)
+        let proxy = try LazyPageProxy(store: store, upstream: upstream)
+        proxy.readAheadPages = LazyPageProxy.remoteReadAheadPages
+        proxy.start()
+        defer { proxy.stop() }
+        let tests = LazyPageProxyTests()
+        let client = try tests.connect(proxy.port)
+        try tests.get(client, nsPID: 4, vaddr: 0x10_0000, pages: 1 << 20, pad: 9)
+        let reply = try tests.reply(client)
+        #expect(reply.vaddr == 0x10_0000 && reply.pages == LazyPageProxy.maxReplyPages && reply.pad == 9)
+        #expect(upstream.gets.map(\.pages) == [LazyPageProxy.maxReplyPages])
+        // The rest, asked again, is answered the same way.
+        let next = 0x10_0000 + UInt64(LazyPageProxy.maxReplyPages) * page
+        try tests.get(client, nsPID: 4, vaddr: next, pages: 1 << 20, pad: 10)
+        #expect(try tests.reply(client).pages == LazyPageProxy.maxReplyPages)
+    }
 }
