@@ -6,7 +6,7 @@ SWIFT ?= swift
 BUILD_DIR := .build/debug
 GODWIT := $(BUILD_DIR)/godwit
 
-.PHONY: all setup build test demo bench clean distclean
+.PHONY: all setup build test demo bench fuzz clean distclean
 
 all: build
 
@@ -31,6 +31,12 @@ bench: build
 	$(GODWIT) bench link
 	$(GODWIT) bench track --quick
 	$(GODWIT) bench migrate --quick
+
+# libFuzzer targets (Fuzz/, scripts/fuzz.sh): hostile peer and client input, FUZZ_SECONDS
+# each; not part of `make test`. Crash inputs land in .build/fuzz/artifacts/.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
 
 clean:
 	rm -rf .build

@@ -68,7 +68,11 @@ public enum ConfigKey {
         }
         switch definition.kind {
         case .bytes:
-            guard let bytes = ByteSize.parse(value), bytes > 0 else { throw bad("a size such as 256MiB, 1GiB or 1048576") }
+            let bytes: UInt64
+            do throws(ByteSize.ParseError) { bytes = try ByteSize.parseChecked(value) } catch {
+                throw bad(error == .tooLarge ? "a size of at most \(ByteSize.maximum) bytes (8 EiB)" : "a size such as 256MiB, 1GiB or 1048576")
+            }
+            guard bytes > 0 else { throw bad("a size such as 256MiB, 1GiB or 1048576") }
             return String(bytes)
         case .integer(let range):
             guard let n = Int(value), range.contains(n) else { throw bad("an integer in \(range.lowerBound)...\(range.upperBound)") }
@@ -78,7 +82,11 @@ public enum ConfigKey {
             guard let n = Int(digits), range.contains(n) else { throw bad("milliseconds in \(range.lowerBound)...\(range.upperBound)") }
             return String(n)
         case .cpus:
-            guard let n = Double(value), n > 0, n <= 1024 else { throw bad("a positive number of CPUs such as 0.5 or 2") }
+            // The cgroup quota is 1 ms per 100 ms period at least: 0.01 CPU. `n.isFinite`
+            // also refuses "nan" and "inf", which Double(String) accepts.
+            guard let n = Double(value), n.isFinite, n >= 0.01, n <= 1024 else {
+                throw bad("a number of CPUs from 0.01 to 1024, such as 0.5 or 2")
+            }
             return value
         case .boolean:
             switch value.lowercased() {
@@ -145,7 +153,18 @@ public struct ContainerConfig: Codable, Sendable, Equatable {
 
 /// Sizes as users write them: binary (KiB, MiB, GiB) and decimal (kB, MB, GB) units.
 public enum ByteSize {
-    public static func parse(_ text: String) -> UInt64? {
+    /// The largest size accepted: cgroup v1 and v2 read limits as signed 64-bit numbers.
+    public static let maximum = UInt64(Int64.max)
+
+    public enum ParseError: Error, Equatable {
+        case notASize, tooLarge
+    }
+
+    public static func parse(_ text: String) -> UInt64? { try? parseChecked(text) }
+
+    /// Like `parse`, but says whether the text was no size at all or a size too large to
+    /// hold: "1e20GiB" is a number, and converting it unchecked would trap.
+    public static func parseChecked(_ text: String) throws(ParseError) -> UInt64 {
         let units: [(String, UInt64)] = [
             ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40),
             ("kB", 1_000), ("KB", 1_000), ("MB", 1_000_000), ("GB", 1_000_000_000), ("TB", 1_000_000_000_000),
@@ -154,10 +173,20 @@ public enum ByteSize {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         for (suffix, factor) in units where trimmed.hasSuffix(suffix) {
             let number = trimmed.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)
-            guard let value = Double(number), value >= 0 else { return nil }
-            return UInt64(value * Double(factor))
+            // Double(String) also takes "nan", "inf" and hex floats: only finite numbers count.
+            guard let value = Double(number), value.isFinite, value >= 0 else { throw .notASize }
+            let bytes = value * Double(factor)
+            // Double(maximum) rounds up to 2^63, so compare strictly: anything below fits.
+            guard bytes < Double(maximum) else { throw .tooLarge }
+            return UInt64(bytes)
         }
-        return UInt64(trimmed)
+        if let bytes = UInt64(trimmed) {
+            guard bytes <= maximum else { throw .tooLarge }
+            return bytes
+        }
+        // All digits but no UInt64: too many of them.
+        if !trimmed.isEmpty, trimmed.allSatisfy({ $0.isASCII && $0.isNumber }) { throw .tooLarge }
+        throw .notASize
     }
 
     public static func format(_ bytes: UInt64) -> String {

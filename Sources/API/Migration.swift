@@ -231,3 +231,95 @@ public struct MoveReport: Codable, Sendable, Equatable {
 
     public var totalBytes: UInt64 { phases.reduce(0) { $0 + $1.bytes } }
 }
+
+// MARK: figures from the peer
+
+// The two daemons of a move send each other figures (the destination its status, the source
+// its final report) that the receiver converts and multiplies: `Int64(frozenMillis)` for
+// the history, `lazyPages * page size` for progress. A number out of range would trap the
+// receiving daemon there, so they are checked as they are decoded: a misbehaving peer gets
+// a 400 (or its answer is refused), never a dead daemon.
+enum PeerFigures {
+    /// ~31 years in milliseconds; far below what Int64 holds.
+    static let maxMillis = 1e12
+    /// Pages (or page-like counts) of one container: 2^40 pages are 4 PiB.
+    static let maxCount = 1 << 40
+
+    static func millis<K: CodingKey>(_ value: Double?, _ key: K, _ c: KeyedDecodingContainer<K>) throws -> Double? {
+        guard let value else { return nil }
+        guard value.isFinite, value >= 0, value <= maxMillis else {
+            throw DecodingError.dataCorruptedError(forKey: key, in: c, debugDescription: "\(value) ms is not a duration from 0 to \(maxMillis)")
+        }
+        return value
+    }
+
+    static func count<K: CodingKey>(_ value: Int?, _ key: K, _ c: KeyedDecodingContainer<K>) throws -> Int? {
+        guard let value else { return nil }
+        guard value >= 0, value <= maxCount else {
+            throw DecodingError.dataCorruptedError(forKey: key, in: c, debugDescription: "\(value) is not a count from 0 to 2^40")
+        }
+        return value
+    }
+}
+
+extension IncomingMigrationStatus {
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func millis(_ key: CodingKeys) throws -> Double? { try PeerFigures.millis(c.decodeIfPresent(Double.self, forKey: key), key, c) }
+        func count(_ key: CodingKeys) throws -> Int? { try PeerFigures.count(c.decodeIfPresent(Int.self, forKey: key), key, c) }
+        func required<T>(_ value: T?, _ key: CodingKeys) throws -> T {
+            guard let value else { throw DecodingError.keyNotFound(key, .init(codingPath: c.codingPath, debugDescription: "missing")) }
+            return value
+        }
+        id = try c.decode(String.self, forKey: .id)
+        phase = try c.decode(String.self, forKey: .phase)
+        pid = try c.decodeIfPresent(Int32.self, forKey: .pid)
+        fetchMillis = try required(millis(.fetchMillis), .fetchMillis)
+        rebuildMillis = try required(millis(.rebuildMillis), .rebuildMillis)
+        restoreMillis = try required(millis(.restoreMillis), .restoreMillis)
+        pagesFetched = try required(count(.pagesFetched), .pagesFetched)
+        allLocalAfterCommitMillis = try millis(.allLocalAfterCommitMillis)
+        lost = try c.decodeIfPresent(String.self, forKey: .lost)
+        roundsReceived = try count(.roundsReceived)
+        lazyPages = try count(.lazyPages)
+        pagesFromStore = try count(.pagesFromStore)
+        pagesServedLocally = try count(.pagesServedLocally)
+        pagesPushed = try count(.pagesPushed)
+        pagesFetchedOnFault = try count(.pagesFetchedOnFault)
+        pagesFetchedTwice = try count(.pagesFetchedTwice)
+        pagesRequestedTwice = try count(.pagesRequestedTwice)
+    }
+}
+
+extension MoveReport {
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func millis(_ key: CodingKeys) throws -> Double? { try PeerFigures.millis(c.decodeIfPresent(Double.self, forKey: key), key, c) }
+        container = try c.decode(String.self, forKey: .container)
+        newName = try c.decode(String.self, forKey: .newName)
+        source = try c.decode(String.self, forKey: .source)
+        destination = try c.decode(String.self, forKey: .destination)
+        mode = try c.decode(MigrationStrategy.self, forKey: .mode)
+        modeReason = try c.decode(String.self, forKey: .modeReason)
+        outcome = try c.decode(String.self, forKey: .outcome)
+        reason = try c.decodeIfPresent(String.self, forKey: .reason)
+        failedPhase = try c.decodeIfPresent(String.self, forKey: .failedPhase)
+        startedAt = try c.decode(Date.self, forKey: .startedAt)
+        guard let total = try millis(.totalMillis) else {
+            throw DecodingError.keyNotFound(CodingKeys.totalMillis, .init(codingPath: c.codingPath, debugDescription: "missing"))
+        }
+        totalMillis = total
+        frozenMillis = try millis(.frozenMillis)
+        allLocalMillis = try millis(.allLocalMillis)
+        phases = try c.decode([MovePhase].self, forKey: .phases)
+        rounds = try c.decodeIfPresent([MoveRound].self, forKey: .rounds)
+        memory = try c.decodeIfPresent(MoveMemoryFigures.self, forKey: .memory)
+        // `totalBytes` sums the phases.
+        guard phases.reduce((0 as UInt64, false), { sum, p in
+            let (s, o) = sum.0.addingReportingOverflow(p.bytes)
+            return (s, sum.1 || o)
+        }).1 == false else {
+            throw DecodingError.dataCorruptedError(forKey: .phases, in: c, debugDescription: "the phases' bytes add up past 2^64")
+        }
+    }
+}

@@ -44,31 +44,41 @@ public struct ProtobufMessage {
     public var varints: [Int: UInt64] = [:]
     public var messages: [Int: Data] = [:]
 
+    /// Image files come from the source host: every length and varint is checked against
+    /// the bytes there are, never converted with a trapping initializer.
     public init(_ data: Data) throws {
         let bytes = [UInt8](data)
         var i = 0
         func varint() throws -> UInt64 {
             var value: UInt64 = 0, shift: UInt64 = 0
             while true {
-                guard i < bytes.count, shift < 64 else { throw GodwitError("malformed protobuf varint") }
+                guard i < bytes.count else { throw GodwitError("malformed protobuf: a varint runs past the end") }
                 let b = bytes[i]; i += 1
+                // The 10th byte holds bit 63 only; anything more does not fit 64 bits.
+                if shift == 63, b > 1 { throw GodwitError("malformed protobuf: a varint does not fit 64 bits") }
                 value |= UInt64(b & 0x7f) << shift
                 if b & 0x80 == 0 { return value }
                 shift += 7
             }
+        }
+        func skip(_ count: Int) throws {
+            guard count <= bytes.count - i else { throw GodwitError("malformed protobuf: a fixed-size field runs past the end") }
+            i += count
         }
         while i < bytes.count {
             let key = try varint()
             let field = Int(key >> 3)
             switch key & 7 {
             case 0: varints[field] = try varint()
-            case 1: i += 8
-            case 5: i += 4
+            case 1: try skip(8)
+            case 5: try skip(4)
             case 2:
-                let length = Int(try varint())
-                guard i + length <= bytes.count else { throw GodwitError("malformed protobuf length") }
-                messages[field] = Data(bytes[i ..< i + length])
-                i += length
+                let length = try varint()
+                guard length <= UInt64(bytes.count - i) else {
+                    throw GodwitError("malformed protobuf: a field of \(length) bytes with \(bytes.count - i) left")
+                }
+                messages[field] = Data(bytes[i ..< i + Int(length)])
+                i += Int(length)
             default: throw GodwitError("unsupported protobuf wire type \(key & 7)")
             }
         }

@@ -38,21 +38,60 @@ public struct PagemapImage: Sendable, Equatable {
     }
 
     public init(path: String) throws {
-        guard let data = FileManager.default.contents(atPath: path), data.count >= 8 else {
+        guard let data = FileManager.default.contents(atPath: path) else {
             throw GodwitError("cannot read CRIU pagemap image \(path)")
         }
-        let image = try ImageFile(data: data, name: path)
-        guard let head = image.entries.first else { throw GodwitError("CRIU pagemap image \(path) has no head") }
+        try self.init(data: data, name: path)
+    }
+
+    /// The images come from the source host: every field is range-checked, so that what the
+    /// rebuild and the page proxy compute from an entry (`vaddr + pages * page size`) can't
+    /// overflow, and an entry can't name more pages than this host could ever hold.
+    public init(data: Data, name: String = "pagemap image") throws {
+        guard data.count >= 8 else { throw GodwitError("CRIU pagemap image \(name) is too short (\(data.count) bytes)") }
+        // `encoded()` writes the 8 magic bytes back as they came: only with the common magic
+        // first does ImageFile skip both, so that what is written back reads the same.
+        let first = data.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
+        guard first == ImageFile.commonMagic else {
+            throw GodwitError("\(name) is not a CRIU pagemap image (magic 0x\(String(first, radix: 16)))",
+                              hint: "the images are corrupt, or were not written by CRIU 4.2")
+        }
+        let image = try ImageFile(data: data, name: name)
+        guard let head = image.entries.first else { throw GodwitError("CRIU pagemap image \(name) has no head") }
         magic = [UInt8](data.prefix(8))
-        pagesID = UInt32(try ProtobufMessage(head).varints[1] ?? 0)
-        entries = try image.entries.dropFirst().map { raw in
+        let rawID = try ProtobufMessage(head).varints[1] ?? 0
+        guard let id = UInt32(exactly: rawID) else { throw GodwitError("CRIU pagemap image \(name): pages_id \(rawID) is not a u32") }
+        pagesID = id
+        let pageSize = UInt64(PageServerHeader.pageSize)
+        var total: UInt64 = 0
+        entries = try image.entries.dropFirst().enumerated().map { index, raw in
+            func bad(_ why: String) -> GodwitError {
+                GodwitError("CRIU pagemap image \(name), entry \(index + 1): \(why)",
+                            hint: "the images are corrupt, or were not written by CRIU 4.2")
+            }
             let m = try ProtobufMessage(raw)
-            var flags = PagemapFlags(rawValue: UInt32(m.varints[4] ?? 0))
+            let vaddr = m.varints[1] ?? 0
+            let count = m.varints[5] ?? m.varints[2] ?? 0
+            guard let rawFlags = UInt32(exactly: m.varints[4] ?? 0) else { throw bad("flags \(m.varints[4] ?? 0) are not a u32") }
+            var flags = PagemapFlags(rawValue: rawFlags)
             // Images from before the flags field: in_parent=true meant PE_PARENT, else present.
             if m.varints[4] == nil { flags = (m.varints[3] ?? 0) != 0 ? .parent : .present }
-            return PagemapEntry(vaddr: m.varints[1] ?? 0, pages: Int(m.varints[5] ?? m.varints[2] ?? 0), flags: flags)
+            guard PageArithmetic.isAligned(vaddr, pageSize: pageSize) else {
+                throw bad("address 0x\(String(vaddr, radix: 16)) is not page aligned")
+            }
+            guard PageArithmetic.end(of: vaddr, pages: count, pageSize: pageSize) != nil else {
+                throw bad("\(count) pages at 0x\(String(vaddr, radix: 16)) run past the end of the address space")
+            }
+            total += count  // cannot wrap: each count is below 2^52 (checked above)
+            guard total <= HostMemory.pages else {
+                throw bad("\(total) pages in all, more than this host's memory and swap hold (\(HostMemory.pages) pages)")
+            }
+            return PagemapEntry(vaddr: vaddr, pages: Int(count), flags: flags)
         }
     }
+
+    /// Pages named by all entries (each image is bounded by `HostMemory.pages`).
+    public var totalPages: Int { entries.reduce(0) { $0 + $1.pages } }
 
     public func encoded() -> Data {
         var out = Data(magic)
@@ -117,8 +156,21 @@ public struct ImageRebuilder {
 
     /// The lazy entries, per process: what the destination must supply.
     public func lazyEntries() throws -> [(id: Int32, entries: [PagemapEntry])] {
-        try PagemapImage.list(directory: directory).map { item in
-            (item.id, try PagemapImage(path: item.path).entries.filter { $0.flags.contains(.lazy) && !$0.flags.contains(.present) })
+        var total = 0
+        return try PagemapImage.list(directory: directory).map { item in
+            let image = try PagemapImage(path: item.path)
+            total += image.totalPages
+            try Self.checkTotal(total)
+            return (item.id, image.entries.filter { $0.flags.contains(.lazy) && !$0.flags.contains(.present) })
+        }
+    }
+
+    /// Each image is bounded on its own; a directory of many must be too, before the
+    /// restore fetches (or the rebuild writes) what they name.
+    static func checkTotal(_ pages: Int) throws {
+        guard UInt64(pages) <= HostMemory.pages else {
+            throw GodwitError("the CRIU images name \(pages) pages, more than this host's memory and swap hold (\(HostMemory.pages) pages)",
+                              hint: "the images are corrupt, or the container does not fit this host")
         }
     }
 
@@ -128,8 +180,16 @@ public struct ImageRebuilder {
         let chunkPages = 256
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkPages * pageSize, alignment: 4096)
         defer { buffer.deallocate() }
-        for item in try PagemapImage.list(directory: directory) {
-            var image = try PagemapImage(path: item.path)
+        // All images are read (and their total checked) before anything is written.
+        var total = 0
+        let images = try PagemapImage.list(directory: directory).map { item in
+            let image = try PagemapImage(path: item.path)
+            total += image.totalPages
+            try Self.checkTotal(total)
+            return (id: item.id, path: item.path, image: image)
+        }
+        for item in images {
+            var image = item.image
             let bytesBefore = stats.bytesWritten
             let pagesPath = directory + "/pages-\(image.pagesID).img"
             let newPath = pagesPath + ".rebuilt"
@@ -190,12 +250,13 @@ public struct ImageRebuilder {
     /// need (an estimate: the destination's page count for it plus some slack). Unused
     /// staging files are removed by `removeStaging`.
     public static func prepareStaging(directory: String, id: Int32, bytes: UInt64) throws {
+        guard let length = off_t(exactly: bytes) else { throw GodwitError("cannot stage \(bytes) bytes of pages: too large") }
         try OwnerOnly.directory(directory)
         let path = stagingPath(directory: directory, id: id)
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw GodwitError.errno("create \(path)") }
         defer { close(fd) }
-        let rc = posix_fallocate(fd, 0, off_t(bytes))
+        let rc = posix_fallocate(fd, 0, length)
         guard rc == 0 else { throw GodwitError.errno("posix_fallocate \(path)", rc) }
     }
 
@@ -213,6 +274,7 @@ public struct ImageRebuilder {
             let n = offset < 0 ? write(fd, buffer.baseAddress! + done, buffer.count - done)
                                : op(fd, buffer.baseAddress! + done, buffer.count - done, offset + off_t(done))
             if n < 0 && errno == EINTR { continue }
+            if n == 0 { throw GodwitError("\(what): the file ends \(buffer.count - done) bytes early") }
             guard n > 0 else { throw GodwitError.errno(what) }
             done += n
         }

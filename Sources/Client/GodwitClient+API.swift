@@ -61,7 +61,7 @@ extension GodwitClient {
 
     /// nil timeout: as long as it takes.
     public func wait(_ id: String, timeout: Double?) async throws -> OperationInfo {
-        let query = timeout.map { "?timeout=\($0)" } ?? ""
+        let query = timeout.map { "?timeout=" + Self.escapeQueryValue("\($0)") } ?? ""
         return try await call(.GET, "/1.0/operations/\(Self.escape(id))/wait" + query, timeout: .hours(24 * 365))
     }
 

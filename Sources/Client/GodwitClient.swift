@@ -124,6 +124,13 @@ public struct GodwitClient: Sendable {
         allowed.remove(charactersIn: "/?#")
         return component.addingPercentEncoding(withAllowedCharacters: allowed) ?? component
     }
+
+    /// "1e+17" must arrive as itself: a bare '+' in a query may be read as a space.
+    static func escapeQueryValue(_ value: String) -> String {
+        var allowed = CharacterSet.urlQueryAllowed
+        allowed.remove(charactersIn: "+&=#")
+        return value.addingPercentEncoding(withAllowedCharacters: allowed) ?? value
+    }
 }
 
 extension GodwitError {

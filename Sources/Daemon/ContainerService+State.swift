@@ -13,7 +13,7 @@ extension ContainerService {
         if put.stateful && ![.stop, .restart].contains(put.action) {
             throw RequestError.badRequest(GodwitError("--stateful only applies to stop and restart"))
         }
-        let timeout = put.timeout < 0 ? defaultStopTimeout : .seconds(put.timeout)
+        let timeout = try RequestError.validating { try WaitTimeout.check(seconds: put.timeout) } ?? defaultStopTimeout
         switch put.action {
         case .start:
             guard record.status == .stopped else { throw wrongState("`godwit restart \(name)` restarts it") }

@@ -100,8 +100,7 @@ public struct APIRoutes: Sendable {
         }
         router.get("/1.0/operations/:id/wait") { request, context in
             // LXD: timeout=-1 (or absent) waits for as long as it takes.
-            let seconds = request.uri.queryParameters.get("timeout").flatMap { Double($0) } ?? -1
-            let timeout: Duration? = seconds < 0 ? nil : .milliseconds(Int64(seconds * 1000))
+            let timeout = try RequestError.validating { try WaitTimeout.parse(request.uri.queryParameters.get("timeout")) }
             return try Self.sync(await operations.wait(try context.parameters.require("id"), timeout: timeout))
         }
         router.delete("/1.0/operations/:id") { _, context in

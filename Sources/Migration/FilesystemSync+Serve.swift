@@ -37,7 +37,7 @@ extension FilesystemSync {
             if option.hasPrefix("--") {
                 // --timeout=N (an I/O timeout, seconds) is the one option with a value.
                 let isTimeout = option.hasPrefix("--timeout=") && !option.dropFirst(10).isEmpty
-                    && option.dropFirst(10).allSatisfy(\.isNumber)
+                    && option.dropFirst(10).allSatisfy { $0.isASCII && $0.isNumber }  // not "½" or "٣"
                 guard isTimeout || allowedLongOptions.contains(option) else { throw refuse("option \(option) is not allowed") }
             } else {
                 // rsync's compact server flags: "-logDtpHAXre.iLsfxCIvu" (letters, one '.'

@@ -1,5 +1,6 @@
 import Foundation
 import GodwitCore
+import Memory
 
 /// Sends the files of a CRIU images directory (flat: CRIU writes no subdirectories) over a
 /// byte stream, and receives them on the other side. Frames: u32 name length, name, u64
@@ -30,35 +31,77 @@ public enum ImageTransfer {
         return total
     }
 
+    /// What a receiver accepts. CRIU writes a handful of files per process (the page
+    /// store caps processes at 4096) and its largest is one process's pages image.
+    public struct Limits: Sendable, Equatable {
+        public var files: Int
+        public var fileBytes: UInt64
+        public var totalBytes: UInt64
+        public init(files: Int = 65_536, fileBytes: UInt64 = 64 << 30, totalBytes: UInt64? = nil) {
+            self.files = files
+            self.fileBytes = fileBytes
+            // Images hold the container's memory (tmpfs included), which must fit this
+            // host's memory and swap, plus some metadata.
+            let memory = HostMemory.pages * systemPageSize  // pages <= UInt64.max / page size
+            self.totalBytes = totalBytes ?? (memory > UInt64.max - (1 << 30) ? UInt64.max : memory + (1 << 30))
+        }
+    }
+
     /// Receives into `directory` (created); returns the bytes of file contents received.
-    /// Root only: the images hold the container's state, its memory among it.
+    /// Everything about the stream is the peer's word: names are checked to stay in the
+    /// directory, sizes and counts against `limits`, before anything is written. Root only:
+    /// the images hold the container's state, its memory among it.
     @discardableResult
-    public static func receive(from fd: Int32, into directory: String) throws -> UInt64 {
+    public static func receive(from fd: Int32, into directory: String, limits: Limits = Limits()) throws -> UInt64 {
         try OwnerOnly.directory(directory)
         var total: UInt64 = 0
+        var names = Set<String>()
         while true {
-            let nameLength = Int(try readInteger(fd, as: UInt32.self))
+            let nameLength = try readInteger(fd, as: UInt32.self)
             if nameLength == 0 { return total }
-            guard nameLength <= 255 else { throw GodwitError("image transfer: file name of \(nameLength) bytes") }
-            let name = String(decoding: try read(fd, count: nameLength), as: UTF8.self)
-            guard !name.contains("/"), name != ".", name != ".." else {
-                throw GodwitError("image transfer: refused file name '\(name)'")
+            let name = try checkedName(try read(fd, count: try checkedNameLength(nameLength)))
+            guard names.insert(name).inserted else { throw GodwitError("image transfer: file \(name) sent twice") }
+            guard names.count <= limits.files else {
+                throw GodwitError("image transfer: more than \(limits.files) files", hint: "the source is misbehaving")
             }
-            let size = Int(try readInteger(fd, as: UInt64.self))
-            guard size < 64 << 30 else { throw GodwitError("image transfer: file \(name) claims \(size) bytes") }
+            let size = try readInteger(fd, as: UInt64.self)
+            guard size <= limits.fileBytes else {
+                throw GodwitError("image transfer: file \(name) claims \(size) bytes (at most \(limits.fileBytes))")
+            }
+            guard size <= limits.totalBytes - total else {
+                throw GodwitError("image transfer: more than \(limits.totalBytes) bytes in all (this host's memory and swap)",
+                                  hint: "the container does not fit this host; or the source is misbehaving")
+            }
             let path = directory + "/" + name
             let file = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, OwnerOnly.fileMode)
             guard file >= 0 else { throw GodwitError.errno("create \(path)") }
             let handle = FileHandle(fileDescriptor: file, closeOnDealloc: true)
             defer { try? handle.close() }
-            var left = size
+            var left = Int(size)  // <= fileBytes, far below Int.max
             while left > 0 {
                 let chunk = try read(fd, count: min(left, 1 << 20))
                 try handle.write(contentsOf: chunk)
                 left -= chunk.count
             }
-            total += UInt64(size)
+            total += size
         }
+    }
+
+    static func checkedNameLength(_ length: UInt32) throws -> Int {
+        guard length <= 255 else { throw GodwitError("image transfer: file name of \(length) bytes (at most 255)") }
+        return Int(length)
+    }
+
+    /// One plain file name inside the images directory: valid UTF-8, no path separator, no
+    /// NUL (the kernel would cut the path there), not "." or "..".
+    static func checkedName(_ bytes: Data) throws -> String {
+        guard let name = String(validating: bytes, as: UTF8.self) else {
+            throw GodwitError("image transfer: a file name that is not UTF-8")
+        }
+        guard !name.isEmpty, !name.contains("/"), !name.contains("\0"), name != ".", name != ".." else {
+            throw GodwitError("image transfer: refused file name '\(name.debugDescription.dropFirst().dropLast())'")
+        }
+        return name
     }
 
     static func append<T: FixedWidthInteger>(_ value: T, to data: inout Data) {

@@ -42,7 +42,7 @@ public final class LazyPageProxy: @unchecked Sendable {
     /// daemons' TLS channel and the source's relay a round trip costs several times
     /// CRIU's direct TCP one. 0 = fetch exactly what was asked. Faults (1-page GETs) are
     /// enlarged only by `faultReadAheadPages`. Set before `start()`.
-    public var readAheadPages: Int { get { state.withLock { $0.readAheadPages } } set { state.withLock { $0.readAheadPages = newValue } } }
+    public var readAheadPages: Int { get { state.withLock { $0.readAheadPages } } set { state.withLock { $0.readAheadPages = Self.clamped(newValue) } } }
     /// What a destination uses when the source is reached through the daemons' channel:
     /// 1 MiB, ~8 ms on a 1 Gbit/s link (what a page fault may wait behind it).
     public static let remoteReadAheadPages = 256
@@ -52,8 +52,14 @@ public final class LazyPageProxy: @unchecked Sendable {
     /// every page it touches, and each fault carves one page out of the source's page
     /// pipe, whose lookups grow slower the more it is cut up. 16 pages (64 KiB) add about
     /// half a millisecond to a fault at 1 Gbit/s. 0 = fetch exactly what was asked.
-    public var faultReadAheadPages: Int { get { state.withLock { $0.faultReadAheadPages } } set { state.withLock { $0.faultReadAheadPages = newValue } } }
+    public var faultReadAheadPages: Int { get { state.withLock { $0.faultReadAheadPages } } set { state.withLock { $0.faultReadAheadPages = Self.clamped(newValue) } } }
+    /// A read-ahead becomes one GET: no more pages than a page-server header may name.
+    private static func clamped(_ pages: Int) -> Int { min(max(0, pages), PageServerHeader.maxPages) }
     public static let remoteFaultReadAheadPages = 16
+    /// Most pages one reply carries. lazy-pages asks for at most 1024 and takes a short
+    /// reply by asking for the rest, so a larger GET (anyone on 127.0.0.1 can connect
+    /// first) costs no more than 4 MiB of buffer instead of up to 4 GiB.
+    static let maxReplyPages = 1024
     /// The pages the source serves (its pagemap's lazy entries), per ns pid, sorted. With
     /// them the read-ahead also fills the HOLES of its window: a workload that faults on
     /// every 2nd or 4th page leaves single missing pages behind, and lazy-pages then asks
@@ -134,26 +140,7 @@ public final class LazyPageProxy: @unchecked Sendable {
     public init(store: PageStore, upstream: LazyPageUpstream? = nil, host: String = "127.0.0.1") throws {
         self.store = store
         state = Mutex(State(upstream: upstream))
-        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard s >= 0 else { throw GodwitError.errno("socket") }
-        var one: Int32 = 1
-        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        inet_pton(AF_INET, host, &addr.sin_addr)
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(s, $0, len) == 0 && listen(s, 1) == 0 && getsockname(s, $0, &len) == 0
-            }
-        }
-        guard ok else {
-            let e = GodwitError.errno("page proxy listen on \(host)")
-            Glibc.close(s)
-            throw e
-        }
-        listenFD = s
-        port = Int(UInt16(bigEndian: addr.sin_port))
+        (listenFD, port) = try TCPListener.open(host: host, what: "page proxy")
     }
 
     deinit {
@@ -325,7 +312,7 @@ public final class LazyPageProxy: @unchecked Sendable {
     /// Answers `p` with the held prefix of its pages, if any. Caller holds the lock.
     private func answerLocally(_ p: Pending, _ s: inout State) throws -> Bool {
         var held = 0
-        while held < p.pages, store.contains(nsPID: p.nsPID, vaddr: p.vaddr + UInt64(held * pageSize)) { held += 1 }
+        while held < min(p.pages, Self.maxReplyPages), store.contains(nsPID: p.nsPID, vaddr: p.vaddr + UInt64(held * pageSize)) { held += 1 }
         guard held > 0 else { return false }
         p.data = [UInt8](repeating: 0, count: held * pageSize)
         _ = try p.data.withUnsafeMutableBytes { try store.read(nsPID: p.nsPID, vaddr: p.vaddr, count: held, into: $0) }
@@ -345,14 +332,18 @@ public final class LazyPageProxy: @unchecked Sendable {
             throw GodwitError("page \(p.nsPID):0x\(String(p.vaddr, radix: 16)) is needed from the source, whose connection failed (\(upstreamError))")
         }
         let background = p.pages > 1  // faults ask for one page
-        let limit = background ? max(p.pages, s.readAheadPages) : max(p.pages, s.faultReadAheadPages)
+        // Read-ahead stops at the end of the address space: a GET near the top must not
+        // make the window's addresses wrap (the request itself was checked not to).
+        let room = Int(clamping: PageArithmetic.pagesBeforeEnd(of: p.vaddr, pageSize: UInt64(pageSize)))
+        let asked = min(p.pages, Self.maxReplyPages)
+        let limit = min(room, background ? max(asked, s.readAheadPages) : max(asked, s.faultReadAheadPages))
         var missing = 0
         while missing < limit {
             let key = Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(missing * pageSize))
             if store.contains(nsPID: key.ns, vaddr: key.vaddr) || s.fetching.contains(key) { break }
             missing += 1
         }
-        p.pages = min(p.pages, missing)
+        p.pages = min(asked, missing)
         p.fetchPages = missing
         for i in 0..<missing { s.fetching.insert(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
         let request = try p.request.asGet(pages: missing)
@@ -361,8 +352,9 @@ public final class LazyPageProxy: @unchecked Sendable {
         changed(&s)
         try send(request, to: s.upstream!)
         if background, s.readAheadPages > missing {
+            let windowEnd = PageArithmetic.end(of: p.vaddr, pages: UInt64(s.readAheadPages), pageSize: UInt64(pageSize)) ?? UInt64.max
             try prefetchHoles(like: p.request, nsPID: p.nsPID, from: p.vaddr + UInt64(missing * pageSize), budget: s.readAheadPages - missing,
-                              windowEnd: p.vaddr + UInt64(s.readAheadPages * pageSize), &s)
+                              windowEnd: windowEnd, &s)
         }
     }
 
@@ -381,14 +373,19 @@ public final class LazyPageProxy: @unchecked Sendable {
             let key = Key(ns: nsPID, vaddr: a)
             return !store.contains(nsPID: nsPID, vaddr: a) && !s.fetching.contains(key) && !s.fetched.contains(key)
         }
+        // Steps never wrap: past the last page there is nothing to fetch.
+        func after(_ a: UInt64) -> UInt64? {
+            let (next, wrapped) = a.addingReportingOverflow(UInt64(pageSize))
+            return wrapped ? nil : next
+        }
         while budget > 0, index < runs.count, address < windowEnd {
             let run = runs[index]
             if address < run.lowerBound { address = run.lowerBound; continue }
             if address >= run.upperBound { index += 1; continue }
-            guard missing(address) else { address += UInt64(pageSize); continue }
+            guard missing(address) else { guard let next = after(address) else { return }; address = next; continue }
             var count = 0
-            var a = address
-            while count < budget, a < run.upperBound, a < windowEnd, missing(a) { count += 1; a += UInt64(pageSize) }
+            var a: UInt64? = address
+            while count < budget, let at = a, at < run.upperBound, at < windowEnd, missing(at) { count += 1; a = after(at) }
             let request = try header.asGet(pages: count, vaddr: address)
             let p = Pending(request: request, nsPID: nsPID, vaddr: address, pages: 0)
             p.isPrefetch = true
@@ -399,7 +396,8 @@ public final class LazyPageProxy: @unchecked Sendable {
             changed(&s)
             try send(request, to: s.upstream!)
             budget -= count
-            address = a
+            guard let next = a else { return }
+            address = next
         }
     }
 

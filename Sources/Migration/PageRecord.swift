@@ -58,7 +58,11 @@ public struct PageRecord: Sendable, Equatable {
         self.payload = payload
     }
 
-    public var range: Range<UInt64> { vaddr..<(vaddr + UInt64(pageCount) * systemPageSize) }
+    /// The pages the record covers. A record read from the wire is checked not to wrap
+    /// (`PageRecordReader`); one built by hand that would is clamped at the last address.
+    public var range: Range<UInt64> {
+        vaddr..<(PageArithmetic.end(of: vaddr, pages: UInt64(pageCount), pageSize: systemPageSize) ?? UInt64.max)
+    }
 
     static func header(kind: Kind, nsPID: pid_t, vaddr: UInt64, pageCount: UInt32, round: UInt32) -> [UInt8] {
         var h = [UInt8](repeating: 0, count: headerSize)
@@ -161,7 +165,9 @@ public final class PageRecordWriter {
 
     public func write(_ kind: PageRecord.Kind, nsPID: pid_t = 0, vaddr: UInt64 = 0, pageCount: UInt32 = 0,
                       round: UInt32, payload: UnsafeRawBufferPointer? = nil) throws {
-        precondition(kind != .pages || payload?.count == Int(pageCount) * Int(systemPageSize), "payload size")
+        guard kind != .pages || payload?.count == Int(pageCount) * Int(systemPageSize) else {
+            throw GodwitError("page stream: a pages record of \(pageCount) pages with \(payload?.count ?? 0) bytes of payload")
+        }
         let h = PageRecord.header(kind: kind, nsPID: nsPID, vaddr: vaddr, pageCount: pageCount, round: round)
         let empty = UnsafeRawBufferPointer(start: nil, count: 0)
         try h.withUnsafeBytes { hb in
@@ -198,9 +204,7 @@ public final class PageRecordReader {
             throw GodwitError("page stream: unknown record (kind \(rawKind), version \(version))",
                               hint: "both hosts must run the same Godwit version")
         }
-        if kind == .pages, count == 0 || count > UInt32(PageRecord.maxPages) {
-            throw GodwitError("page stream: a pages record claims \(count) pages")
-        }
+        try Self.check(kind: kind, nsPID: nsPID, vaddr: vaddr, count: count)
         var payload = [UInt8](repeating: 0, count: kind == .pages ? Int(count) * Int(systemPageSize) : 0)
         if !payload.isEmpty {
             guard try payload.withUnsafeMutableBytes({ try source.readFull($0) }) else {
@@ -218,5 +222,32 @@ public final class PageRecordReader {
         }
         bytesRead += UInt64(h.count + payload.count + 8)
         return PageRecord(kind: kind, nsPID: nsPID, vaddr: vaddr, pageCount: count, round: round, payload: payload)
+    }
+
+    /// The bounds the page store relies on, checked before any payload is read: a record
+    /// names a real process, page-aligned pages that don't run past the end of the address
+    /// space, and (pages and zero pages, which the store indexes one by one) at most
+    /// `maxPages` of them, which is all a sender ever puts in one. Drops may be long: the
+    /// store walks the smaller of the range and what it holds.
+    static func check(kind: PageRecord.Kind, nsPID: Int32, vaddr: UInt64, count: UInt32) throws {
+        switch kind {
+        case .roundStart, .roundEnd:
+            return
+        case .forgetProcess:
+            guard nsPID > 0 else { throw GodwitError("page stream: a \(kind) record for process \(nsPID)") }
+            return
+        case .pages, .zero, .drop:
+            break
+        }
+        guard nsPID > 0 else { throw GodwitError("page stream: a \(kind) record for process \(nsPID)") }
+        if kind != .drop, count == 0 || count > UInt32(PageRecord.maxPages) {
+            throw GodwitError("page stream: a \(kind) record claims \(count) pages (1 to \(PageRecord.maxPages) allowed)")
+        }
+        guard PageArithmetic.isAligned(vaddr, pageSize: systemPageSize) else {
+            throw GodwitError("page stream: a \(kind) record at 0x\(String(vaddr, radix: 16)), not page aligned")
+        }
+        guard PageArithmetic.end(of: vaddr, pages: UInt64(count), pageSize: systemPageSize) != nil else {
+            throw GodwitError("page stream: a \(kind) record of \(count) pages at 0x\(String(vaddr, radix: 16)) runs past the end of the address space")
+        }
     }
 }

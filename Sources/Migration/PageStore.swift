@@ -29,6 +29,23 @@ public final class PageStore {
 
     private var processes: [pid_t: ProcessPages] = [:]
     private let pageSize = Int(systemPageSize)
+    /// Pages held (data + zero) across processes, kept up to date for the bound below.
+    private var heldPages = 0
+
+    /// What a peer can make the store hold. Every process costs an open file and every page
+    /// ~40 bytes of index, and one 32-byte zero record names up to 256 pages: without
+    /// bounds a peer could exhaust the daemon's descriptors or memory at line rate.
+    public struct Limits: Sendable, Equatable {
+        /// Processes held at once (forgotten ones don't count).
+        public var processes: Int
+        /// Pages held at once: a container with more could not be restored on this host.
+        public var pages: Int
+        public init(processes: Int = 4096, pages: Int = Int(clamping: HostMemory.pages)) {
+            self.processes = processes
+            self.pages = pages
+        }
+    }
+    public let limits: Limits
 
     public struct Counts: Sendable, Equatable {
         /// Pages held (data + zero).
@@ -40,7 +57,8 @@ public final class PageStore {
     }
 
     /// Makes (or empties) `directory`. nil: a fresh directory under /dev/shm (or /tmp).
-    public init(directory: String? = nil) throws {
+    public init(directory: String? = nil, limits: Limits = Limits()) throws {
+        self.limits = limits
         let base = FileManager.default.isWritableFile(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
         let dir = directory ?? base + "/godwit-pages-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
         if FileManager.default.fileExists(atPath: dir) { try FileManager.default.removeItem(atPath: dir) }
@@ -52,6 +70,7 @@ public final class PageStore {
     /// Deletes the files. The store is unusable afterwards.
     public func destroy() {
         processes = [:]
+        heldPages = 0
         try? FileManager.default.removeItem(atPath: directory)
     }
 
@@ -73,6 +92,11 @@ public final class PageStore {
 
     private func pages(_ nsPID: pid_t) throws -> ProcessPages {
         if let p = processes[nsPID] { return p }
+        guard nsPID > 0 else { throw GodwitError("page store: no process has pid \(nsPID)") }
+        guard processes.count < limits.processes else {
+            throw GodwitError("page store: the source sent pages of more than \(limits.processes) processes",
+                              hint: "a container with that many processes can't be moved; or the source is misbehaving")
+        }
         let path = directory + "/\(nsPID).pages"
         let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw GodwitError.errno("open \(path)", hint: "is the page store directory writable and not full?") }
@@ -81,9 +105,26 @@ public final class PageStore {
         return p
     }
 
+    /// Checks a run of pages before it touches the index: a count that fits the data, an
+    /// address range that doesn't wrap, and room under `limits.pages` even if every page is
+    /// new (a run re-sent to the same addresses near the limit is refused too: fine, since
+    /// the limit is what this host could restore anyway).
+    private func checkRun(nsPID: pid_t, vaddr: UInt64, count: Int) throws {
+        guard count >= 0, PageArithmetic.end(of: vaddr, pages: UInt64(count), pageSize: systemPageSize) != nil else {
+            throw GodwitError("page store: \(count) pages at 0x\(String(vaddr, radix: 16)) of process \(nsPID) run past the end of the address space")
+        }
+        guard count <= limits.pages - heldPages else {
+            throw GodwitError("page store: more than \(limits.pages) pages (this host's memory and swap)",
+                              hint: "the container does not fit this host; or the source is misbehaving")
+        }
+    }
+
     /// Stores `count` pages at `vaddr` from `data` (count * page size bytes).
     public func store(nsPID: pid_t, vaddr: UInt64, count: Int, data: UnsafeRawBufferPointer) throws {
-        precondition(data.count == count * pageSize)
+        try checkRun(nsPID: nsPID, vaddr: vaddr, count: count)
+        guard data.count == count * pageSize else {
+            throw GodwitError("page store: \(count) pages with \(data.count) bytes of data")
+        }
         let p = try pages(nsPID)
         var slots = [Int32](repeating: 0, count: count)
         for i in 0..<count {
@@ -92,7 +133,7 @@ public final class PageStore {
                 slots[i] = slot
             } else {
                 let slot = p.free.popLast() ?? { defer { p.slots += 1 }; return p.slots }()
-                p.index[address] = slot
+                if p.index.updateValue(slot, forKey: address) == nil { heldPages += 1 }
                 slots[i] = slot
             }
         }
@@ -116,11 +157,15 @@ public final class PageStore {
 
     /// Records `count` zero pages at `vaddr` (no data written; their slots are freed).
     public func storeZero(nsPID: pid_t, vaddr: UInt64, count: Int) throws {
+        try checkRun(nsPID: nsPID, vaddr: vaddr, count: count)
         let p = try pages(nsPID)
         for i in 0..<count {
             let address = vaddr + UInt64(i * pageSize)
-            if let slot = p.index[address], slot != Self.zeroSlot { p.free.append(slot) }
-            p.index[address] = Self.zeroSlot
+            if let slot = p.index.updateValue(Self.zeroSlot, forKey: address) {
+                if slot != Self.zeroSlot { p.free.append(slot) }
+            } else {
+                heldPages += 1
+            }
         }
     }
 
@@ -130,12 +175,21 @@ public final class PageStore {
         // Walk whichever is smaller: the range's pages or the index.
         let pagesInRange = Int((range.upperBound - range.lowerBound) / systemPageSize)
         if pagesInRange <= p.index.count {
-            for address in stride(from: range.lowerBound, to: range.upperBound, by: pageSize) {
-                if let slot = p.index.removeValue(forKey: address), slot != Self.zeroSlot { p.free.append(slot) }
+            // Not stride(): its step past the last page would trap at the top of the address space.
+            var address = range.lowerBound
+            while address < range.upperBound {
+                if let slot = p.index.removeValue(forKey: address) {
+                    heldPages -= 1
+                    if slot != Self.zeroSlot { p.free.append(slot) }
+                }
+                let (next, wrapped) = address.addingReportingOverflow(systemPageSize)
+                if wrapped { break }
+                address = next
             }
         } else {
             for (address, slot) in p.index where range.contains(address) {
                 p.index[address] = nil
+                heldPages -= 1
                 if slot != Self.zeroSlot { p.free.append(slot) }
             }
         }
@@ -143,7 +197,8 @@ public final class PageStore {
 
     /// Forgets a whole process.
     public func forget(nsPID: pid_t) {
-        guard processes.removeValue(forKey: nsPID) != nil else { return }
+        guard let p = processes.removeValue(forKey: nsPID) else { return }
+        heldPages -= p.index.count
         try? FileManager.default.removeItem(atPath: directory + "/\(nsPID).pages")
     }
 
@@ -155,7 +210,10 @@ public final class PageStore {
     /// Copies pages [vaddr, vaddr+count) into `buffer` where held; returns which were held
     /// (a page not held leaves its part of the buffer untouched).
     public func read(nsPID: pid_t, vaddr: UInt64, count: Int, into buffer: UnsafeMutableRawBufferPointer) throws -> [Bool] {
-        precondition(buffer.count >= count * pageSize)
+        guard count >= 0, count <= buffer.count / pageSize,
+              PageArithmetic.end(of: vaddr, pages: UInt64(count), pageSize: systemPageSize) != nil else {
+            throw GodwitError("page store: cannot read \(count) pages at 0x\(String(vaddr, radix: 16)) into \(buffer.count) bytes")
+        }
         guard let p = processes[nsPID] else { return [Bool](repeating: false, count: count) }
         var held = [Bool](repeating: false, count: count)
         var slots = [Int32](repeating: Self.zeroSlot, count: count)

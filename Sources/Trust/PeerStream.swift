@@ -50,6 +50,10 @@ public enum PeerStream {
         let sslContext: NIOSSLContext
         let host: String
         do {
+            // The port comes from the remote's answer: out of range, NIO would trap on it.
+            guard (1...65535).contains(port) else {
+                throw GodwitError("remote '\(remote.name)' named data port \(port), which is not a TCP port")
+            }
             host = try Self.host(of: remote)
             sslContext = try NIOSSLContext(configuration: try MutualTLS.clientConfiguration(
                 identity: identity, pinnedCertificatePEM: remote.certificatePEM))
@@ -101,7 +105,7 @@ public enum PeerStream {
     static func answerReceived(_ line: Substring, bridge: PeerStreamBridge, context: ChannelHandlerContext,
                                result: EventLoopPromise<Int32>, remote: Remote,
                                annotate: @escaping (GodwitError) -> GodwitError) {
-        guard let answer = try? JSONDecoder().decode(PeerStreamAnswer.self, from: Data(line.utf8)) else {
+        guard let answer = PeerStreamAnswer.parse(line) else {
             result.fail(annotate(GodwitError("remote '\(remote.name)' answered something that is not a peer stream answer: \(line.prefix(100))")))
             return context.close(promise: nil)
         }

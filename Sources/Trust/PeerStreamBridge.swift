@@ -41,9 +41,8 @@ final class PeerStreamBridge: ChannelDuplexHandler, @unchecked Sendable {
     private weak var localHandler: LocalSideHandler?
     /// Frame bytes that arrived before the local channel existed (at most one read's worth).
     private var held: [ByteBuffer] = []
-    private var prefix = ByteBuffer()
-    private var remaining = 0
-    private var receivedEnd = false
+    private var frames = PeerStreamFrameDecoder()
+    private var receivedEnd: Bool { frames.ended }
     private var sentEnd = false
     private var endWritten = false
     private var localOutputDone = false
@@ -65,21 +64,15 @@ final class PeerStreamBridge: ChannelDuplexHandler, @unchecked Sendable {
             return
         case .line:
             line.writeBuffer(&buffer)
-            guard let newline = line.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
-                if line.readableBytes > PeerStreamWire.maxHeaderLength {
-                    fail(context, GodwitError("\(label): first line longer than \(PeerStreamWire.maxHeaderLength) bytes"))
-                }
-                return
+            let found: (line: String, consumed: Int)?
+            do { found = try line.withUnsafeReadableBytes { try PeerStreamFraming.firstLine(in: $0) } } catch {
+                return fail(context, labelled(error))
             }
-            let length = newline - line.readerIndex
-            guard length <= PeerStreamWire.maxHeaderLength, let text = line.readString(length: length) else {
-                fail(context, GodwitError("\(label): first line longer than \(PeerStreamWire.maxHeaderLength) bytes"))
-                return
-            }
-            line.moveReaderIndex(forwardBy: 1)
+            guard let found else { return }
+            line.moveReaderIndex(forwardBy: found.consumed)
             if line.readableBytes > 0 { held.append(line) }
             line = ByteBuffer()
-            lineReceived(self, context, Substring(text))
+            lineReceived(self, context, Substring(found.line))
         case .open:
             if local == nil { held.append(buffer) } else { consume(&buffer, context: context) }
         }
@@ -140,32 +133,25 @@ final class PeerStreamBridge: ChannelDuplexHandler, @unchecked Sendable {
     private func consume(_ buffer: inout ByteBuffer, context: ChannelHandlerContext) {
         guard let local else { return }
         while buffer.readableBytes > 0 {
-            if remaining > 0 {
-                let count = min(remaining, buffer.readableBytes)
+            let step: PeerStreamFrameDecoder.Step
+            do { step = try buffer.withUnsafeReadableBytes { try frames.step($0) } } catch {
+                return fail(context, labelled(error))
+            }
+            switch step {
+            case .payload(let count):
                 local.write(buffer.readSlice(length: count)!, promise: nil)
-                remaining -= count
                 localNeedsFlush = true
-                continue
-            }
-            if receivedEnd {
-                fail(context, GodwitError("\(label): data after the end of stream"))
-                return
-            }
-            let need = 4 - prefix.readableBytes
-            var piece = buffer.readSlice(length: min(need, buffer.readableBytes))!
-            prefix.writeBuffer(&piece)
-            guard prefix.readableBytes == 4, let length = prefix.readInteger(as: UInt32.self) else { continue }
-            prefix.clear()
-            if length == 0 {
-                receivedEnd = true
+            case .prefix(let count):
+                buffer.moveReaderIndex(forwardBy: count)
+            case .end(let count):
+                buffer.moveReaderIndex(forwardBy: count)
                 endInbound()
-            } else if length > PeerStreamWire.maxFrame {
-                fail(context, GodwitError("\(label): frame of \(length) bytes exceeds \(PeerStreamWire.maxFrame)"))
-                return
-            } else {
-                remaining = Int(length)
             }
         }
+    }
+
+    private func labelled(_ error: any Error) -> GodwitError {
+        GodwitError("\(label): \((error as? GodwitError)?.message ?? "\(error)")")
     }
 
     /// The peer ended its direction: once everything before it reached the local socket,

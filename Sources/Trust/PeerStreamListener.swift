@@ -134,9 +134,9 @@ public final class PeerStreamListener: Sendable {
         }
         let header: PeerStreamHeader
         do {
-            header = try JSONDecoder().decode(PeerStreamHeader.self, from: Data(line.utf8))
+            header = try PeerStreamHeader.parse(line)
         } catch {
-            return refuse(TrustError.badRequest(GodwitError("malformed peer stream header: \(error)")))
+            return refuse(TrustError.badRequest(error as? GodwitError ?? GodwitError("\(error)")))
         }
         bridge.label = "peer stream '\(header.channel)' of migration \(header.migration)"
         let accept: @Sendable (Int32) -> Void

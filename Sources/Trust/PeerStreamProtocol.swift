@@ -3,37 +3,17 @@ import GodwitCore
 import NIOCore
 import NIOPosix
 
-/// What a peer says right after the TLS handshake of a data channel: which migration the
-/// channel belongs to, that migration's secret, and what the channel carries ("rsync",
-/// "images", "page-server"...). One JSON line, at most `PeerStreamWire.maxHeaderLength` bytes.
-public struct PeerStreamHeader: Codable, Sendable, Equatable {
-    public var migration: String
-    public var secret: String
-    public var channel: String
-
-    public init(migration: String, secret: String, channel: String) {
-        self.migration = migration; self.secret = secret; self.channel = channel
-    }
-}
-
-/// The listener's one-line answer: `{"ok":true}` or `{"error":"...","status":403}`.
-struct PeerStreamAnswer: Codable, Sendable {
-    var ok: Bool?
-    var error: String?
-    var status: Int?
-}
-
 /// Wire constants and helpers shared by both ends.
 ///
-/// After the header and answer lines, each direction is a sequence of frames
+/// The header line (`PeerStreamHeader`) and the answer line (`PeerStreamAnswer`) are
+/// decoded in PeerStreamFraming.swift, apart from NIO. After them, each direction is a sequence of frames
 /// `[u32 big-endian length][length bytes]`; a frame of length 0 ends that direction. The
 /// explicit end is what makes half-close reliable: TLS close_notify closes both directions,
 /// and a TCP FIN cannot be told apart from a peer that died, so an end of stream without the
 /// 0 frame is an abnormal end and tears the local socket down completely.
 enum PeerStreamWire {
-    static let maxHeaderLength = 4096
-    /// Largest payload per frame: big frames keep per-frame overhead negligible.
-    static let maxFrame = 256 * 1024
+    static let maxHeaderLength = PeerStreamFraming.maxHeaderLength
+    static let maxFrame = PeerStreamFraming.maxFrame
     /// Outbound bytes allowed to queue on a channel before we stop reading its partner.
     static let highWaterMark = 1024 * 1024
     static let lowWaterMark = 256 * 1024

@@ -80,6 +80,7 @@ public struct TrustError: Error, CustomStringConvertible, Sendable {
 /// Every change is saved before it becomes visible, so memory never claims more than disk.
 public final class TrustStore: Sendable {
     public static let defaultTokenLifetime: TimeInterval = 3600
+    public static let maxTokenLifetime: TimeInterval = 30 * 86_400
 
     let storage: any TrustStorage
     let state: NIOLockedValueBox<TrustState>
@@ -116,7 +117,11 @@ public final class TrustStore: Sendable {
     public func createToken(clientName: String, serverFingerprint: String, addresses: [String],
                             lifetime: TimeInterval = defaultTokenLifetime, now: Date = Date()) throws -> JoinToken {
         try TrustName.validate(clientName, what: "client name")
-        guard lifetime > 0 else { throw GodwitError("a token's lifetime must be positive (got \(lifetime) s)") }
+        // From a client's request: a 1e300-second expiry formats as a date nobody can parse.
+        guard lifetime.isFinite, lifetime > 0, lifetime <= Self.maxTokenLifetime else {
+            throw TrustError.badRequest(GodwitError("a token's lifetime must be from 0 to \(Int(Self.maxTokenLifetime)) s (got \(lifetime) s)",
+                                                    hint: "tokens are for enrolling a host now; the default is an hour"))
+        }
         let secret = SecretBytes.random(count: JoinToken.secretLength)
         let pending = PendingToken(clientName: clientName, secretHash: Fingerprint.hex(SecretBytes.hash(secret)),
                                    createdAt: now, expiresAt: now.addingTimeInterval(lifetime))

@@ -94,4 +94,37 @@ import Testing
             #expect(gone.status == .notFound)
         }
     }
+
+    /// Numbers a client controls, which used to trap godwitd (Int64(1e20), a Duration past
+    /// the clock's range): each is a 400 saying what was wrong, and the daemon answers on.
+    @Test func outOfRangeNumbersAreBadRequests() async throws {
+        let h = try Harness()
+        let launched = try await h.launch("c1")
+        try await app(h).test(.router) { client in
+            for timeout in ["1e17", "1e%2B17", "nan", "inf", "-inf", "1e400", "soon", "2592001"] {
+                let wait = try await client.execute(uri: "/1.0/operations/\(launched.id)/wait?timeout=\(timeout)", method: .get)
+                #expect(wait.status == .badRequest, "\(timeout)")
+                let error = try decode(ErrorResponse.self, wait)
+                #expect(error.error.hasPrefix("invalid timeout '"), "\(timeout): \(error.error)")
+                #expect(error.hint?.contains("-1 to wait as long as it takes") == true)
+            }
+            let plus = try await client.execute(uri: "/1.0/operations/\(launched.id)/wait?timeout=1e%2B17", method: .get)
+            #expect(try decode(ErrorResponse.self, plus).error == "invalid timeout '1e+17': more than 2592000 s (30 days)")
+            let fine = try await client.execute(uri: "/1.0/operations/\(launched.id)/wait?timeout=0.5", method: .get)
+            #expect(try decode(ResponseEnvelope<OperationInfo>.self, fine).metadata?.status == .success)
+
+            let stop = try await client.execute(uri: "/1.0/containers/c1/state", method: .put,
+                                                body: ByteBuffer(string: "{\"action\": \"stop\", \"timeout\": 9223372036854775807}"))
+            #expect(stop.status == .badRequest)
+            #expect(try decode(ErrorResponse.self, stop).error.hasPrefix("invalid timeout '9223372036854775807'"))
+
+            let memory = try await client.execute(uri: "/1.0/containers/c1", method: .patch,
+                                                  body: ByteBuffer(string: "{\"config\": {\"limits.memory\": \"1e20GiB\"}}"))
+            #expect(memory.status == .badRequest)
+            #expect(try decode(ErrorResponse.self, memory).error.hasPrefix("invalid value '1e20GiB' for limits.memory"))
+
+            let list = try await client.execute(uri: "/1.0/containers", method: .get)
+            #expect(try decode(ResponseEnvelope<[ContainerInfo]>.self, list).metadata?.map(\.name) == ["c1"])
+        }
+    }
 }

@@ -87,6 +87,8 @@ import Testing
         let good = ["godwit", "rsync", "--server", "-logDtpHAXre.iLsfxCIvu", "--numeric-ids", "--delete", ".", "/"]
         #expect(try FilesystemSync.serverArguments(validating: good, into: "/dst")
             == ["rsync", "--server", "-logDtpHAXre.iLsfxCIvu", "--numeric-ids", "--delete", ".", "/dst"])
+        #expect(try FilesystemSync.serverArguments(validating: ["godwit", "rsync", "--server", "--timeout=30", ".", "/"], into: "/d")
+            == ["rsync", "--server", "--timeout=30", ".", "/d"])
         let refused: [[String]] = [
             ["godwit", "rsync", "--server", "--sender", "-logDtpre.iLsfxCIvu", ".", "/"],
             ["godwit", "rsync", "--server", "-logDtpre.iLsfxCIvu", ".", "/../../etc"],
@@ -95,6 +97,8 @@ import Testing
             ["godwit", "sh", "-c", "id", ".", "/"],
             ["godwit", "rsync", "--server", "-e;reboot", ".", "/"],
             ["godwit", "rsync", "--server", "/etc", ".", "/"],
+            ["godwit", "rsync", "--server", "--timeout=½", ".", "/"],
+            ["godwit", "rsync", "--server", "--timeout=٣٠", ".", "/"],
         ]
         for argv in refused {
             #expect(throws: GodwitError.self, "\(argv)") { try FilesystemSync.serverArguments(validating: argv, into: "/dst") }

@@ -28,8 +28,10 @@ import Testing
     }
 
     @Test func zeroAndDropRecordsCarryNoPayload() throws {
-        let z = PageRecord(kind: .zero, nsPID: 1, vaddr: 0x1000, pageCount: 100_000, round: 1)
-        #expect(z.encoded().count == 32, "100,000 zero pages cost 32 bytes")
+        let z = PageRecord(kind: .zero, nsPID: 1, vaddr: 0x1000, pageCount: UInt32(PageRecord.maxPages), round: 1)
+        #expect(z.encoded().count == 32, "a record's worth of zero pages costs 32 bytes")
+        let d = PageRecord(kind: .drop, nsPID: 1, vaddr: 0x1000, pageCount: 100_000, round: 1)
+        #expect(d.encoded().count == 32, "so does dropping 100,000 pages")
     }
 
     @Test func truncatedStreamIsAnError() throws {

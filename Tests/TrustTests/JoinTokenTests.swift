@@ -84,6 +84,17 @@ import Testing
         #expect(try JoinToken.decode(token.encoded()).isExpired(at: start.addingTimeInterval(61)))
     }
 
+    @Test func lifetimesOutOfRangeAreBadRequests() throws {
+        let store = try TrustStore(storage: MemoryTrustStorage())
+        for lifetime in [0, -1, .nan, .infinity, 1e300, TrustStore.maxTokenLifetime + 1] {
+            let error = #expect(throws: TrustError.self, "\(lifetime)") {
+                try store.createToken(clientName: "h1", serverFingerprint: serverFingerprint, addresses: [], lifetime: lifetime)
+            }
+            #expect(error?.status == 400 && error?.error.message.contains("lifetime must be from 0 to 2592000 s") == true)
+        }
+        #expect(store.pendingTokens().isEmpty)
+    }
+
     @Test func tamperedTokensAreRejected() throws {
         let store = try TrustStore(storage: MemoryTrustStorage())
         let token = try store.createToken(clientName: "h1", serverFingerprint: serverFingerprint, addresses: ["a:1"])

@@ -84,6 +84,11 @@ public final class IncomingMigrations: Sendable {
 
     func begin(_ request: IncomingMigrationRequest, peerFingerprint: String, peerName: String) async throws -> IncomingMigrationAnswer {
         try RequestError.validating { try ContainerName.validate(request.name) }
+        // The peer's word for the container's address and MAC: well-formed, or refused.
+        try RequestError.validating {
+            if let ipv4 = request.ipv4 { _ = try IPv4Address(ipv4) }
+            _ = try MACAddress(request.mac)
+        }
         let config = try RequestError.validating { try ContainerConfig(validating: request.config) }
         if try context.store.container(request.name) != nil {
             throw RequestError.conflict(GodwitError("a container named '\(request.name)' already exists on \(context.options.hostName)",

@@ -175,7 +175,8 @@ public final class MigrationService: Sendable {
             id: nil, container: container ?? report.container, direction: direction, peer: peer ?? report.destination,
             strategy: report.mode.rawValue,
             status: report.outcome, startedAt: report.startedAt, finishedAt: Date(),
-            downtimeMilliseconds: report.frozenMillis.map { Int64($0) }, details: ["report": json]))
+            downtimeMilliseconds: report.frozenMillis.flatMap { $0.isFinite ? Int64(exactly: $0.rounded()) : nil },
+            details: ["report": json]))
     }
 
     /// The move reports of `container` on this host (moves out of it, and into it), oldest first.

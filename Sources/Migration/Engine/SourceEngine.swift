@@ -522,7 +522,10 @@ public actor SourceEngine {
             // The rest of memory streams; done when every page is there.
             let t = Self.now()
             phase = "background page transfer"
-            let expected = UInt64(status.lazyPages ?? 0) * systemPageSize
+            // The peer's number: checked, never trusted to convert or multiply.
+            let lazyPages = UInt64(exactly: max(0, status.lazyPages ?? 0)) ?? 0
+            let (product, overflow) = lazyPages.multipliedReportingOverflow(by: systemPageSize)
+            let expected = overflow ? 0 : product
             progress.begin("pages to \(peer.name)", expected: expected > 0 ? expected : nil)
             // Lack of progress ends the wait, not its length; a status query that fails now
             // and then (a busy or briefly unreachable destination) is asked again.
