@@ -396,52 +396,6 @@ public actor SourceEngine {
         return restoring
     }
 
-    /// How long the destination may show no progress (no status change, no byte through
-    /// the relay, no answer) before the source gives up. Progress, not duration: a restore
-    /// that fetches 1 GiB over 100 Mbit/s takes 90 s and must not be cut at any fixed time.
-    public static let stallSeconds = 120.0
-
-    /// Starts the destination's restore and follows it until the tasks are restored (stopped).
-    private func followRestore(_ session: any MigrationSession, relay: PageServerRelay) async throws -> IncomingMigrationStatus {
-        var status = try await session.beginRestore()
-        var lastChange = Self.now()
-        var lastBytes = relay.bytesToDestination
-        var lastPhase = status.phase
-        var lastError: String?
-        while status.phase == "receiving" || status.phase == "restoring" {
-            try await Task.sleep(for: .milliseconds(100))
-            do {
-                status = try await session.status()
-                lastError = nil
-            } catch {
-                lastError = (error as? GodwitError)?.message ?? "\(error)"
-            }
-            let bytes = relay.bytesToDestination
-            if bytes != lastBytes || status.phase != lastPhase {
-                lastChange = Self.now()
-                lastBytes = bytes
-                lastPhase = status.phase
-            }
-            // The page channel is the restore's lifeline: once it broke (the destination or
-            // the link went), no status answer can make the restore succeed.
-            if relay.hasEnded, !relay.committed, status.phase != "restored" {
-                // A failed restore closes the channel itself: its reason beats "broke".
-                if let last = try? await session.status(), last.phase == "aborted" { status = last; break }
-                throw GodwitError("the page channel to \(peer.name) broke during the restore"
-                                  + (lastError.map { " (\($0))" } ?? ""))
-            }
-            if Double(Self.now() - lastChange) / 1e9 > Self.stallSeconds {
-                throw GodwitError("the restore on \(peer.name) made no progress for \(Int(Self.stallSeconds)) s"
-                                  + (lastError.map { " (last error: \($0))" } ?? ""))
-            }
-        }
-        guard status.phase == "restored" else {
-            throw GodwitError("restore on \(peer.name) failed: \(status.reason ?? status.phase)",
-                              hint: "the destination keeps CRIU's log in its migrations directory until its next start")
-        }
-        return status
-    }
-
     // MARK: restoring → committed
 
     private func commit(_ restoring: Restoring) async throws -> Committed {
@@ -462,50 +416,6 @@ public actor SourceEngine {
         progress.note("running on \(peer.name)")
         lastStatus = status
         return committed
-    }
-
-    /// How long the source keeps asking a destination it can't reach to commit, after its
-    /// own tasks are doomed. Past it the container is reported lost (it may still run there:
-    /// the report says to look).
-    public static let commitGraceSeconds = 300.0
-
-    /// Past the point of no return: the destination must run the container. One lost request
-    /// must not lose it, nor may `godwit operation cancel`: the commit is asked again (it is
-    /// idempotent) and confirmed by a status query, in a task the move's cancellation does
-    /// not reach. Only the destination saying it no longer holds the container, or the
-    /// grace period passing without an answer, ends it as a failure.
-    private func confirmCommit(_ session: any MigrationSession) async throws -> IncomingMigrationStatus {
-        let peerName = peer.name
-        return try await Task.detached { () throws -> IncomingMigrationStatus in
-            let start = SourceEngine.now()
-            var wait = 0.25
-            var lastError = "no answer"
-            while true {
-                do {
-                    let status = try await session.commit()
-                    if ["fetching", "done"].contains(status.phase) { return status }
-                    lastError = "the destination answered \(status.phase)"
-                } catch {
-                    lastError = (error as? GodwitError)?.message ?? "\(error)"
-                }
-                // Did it take effect although the answer was lost?
-                if let status = try? await session.status() {
-                    switch status.phase {
-                    case "fetching", "done":
-                        return status
-                    case "aborted", "lost":
-                        throw GodwitError("\(peerName) no longer holds the container: \(status.lost ?? status.reason ?? status.phase)")
-                    default:
-                        break
-                    }
-                }
-                if Double(SourceEngine.now() - start) / 1e9 > SourceEngine.commitGraceSeconds {
-                    throw GodwitError("\(peerName) did not confirm the commit within \(Int(SourceEngine.commitGraceSeconds)) s: \(lastError)")
-                }
-                try? await Task.sleep(for: .seconds(wait))
-                wait = min(wait * 2, 5)
-            }
-        }.value
     }
 
     private var lastStatus: IncomingMigrationStatus?
@@ -601,36 +511,5 @@ public actor SourceEngine {
         throw failure.with("host", host.hostName).with("phase", phase).with("outcome", committed
             ? "container lost: its source tasks were killed at the commit; see `godwit info \(report.newName)` on \(peer.name)"
             : "rolled back: \(host.container.name) runs on \(host.hostName)")
-    }
-}
-
-/// Where a test can make the source fail, to prove the rollback from every state.
-///
-/// Also the daemon's fault injection for end-to-end tests: `GODWIT_FAULT=fail:frozen` or
-/// `pause:frozen:30` in godwitd's environment (see `SourceHooks(fault:)`).
-public struct SourceHooks: Sendable {
-    public enum Point: String, Sendable, CaseIterable { case transferring, frozen, restoring, beforeCommit }
-    public var failAt: Point?
-    /// Sleep this long on reaching `pauseAt` (a window for a test to kill the daemon).
-    public var pauseAt: Point?
-    public var pauseSeconds = 0.0
-    public var onReach: (@Sendable (Point) -> Void)?
-    public init(failAt: Point? = nil) { self.failAt = failAt }
-
-    /// "fail:POINT" or "pause:POINT:SECONDS"; anything else is no fault.
-    public init(fault: String?) {
-        let words = (fault ?? "").split(separator: ":").map(String.init)
-        guard words.count >= 2, let point = Point(rawValue: words[1]) else { return }
-        if words[0] == "fail" { failAt = point }
-        if words[0] == "pause", words.count == 3, let seconds = Double(words[2]), seconds.isFinite, seconds >= 0, seconds <= 3600 {
-            pauseAt = point
-            pauseSeconds = seconds
-        }
-    }
-
-    func reach(_ point: Point) async throws {
-        onReach?(point)
-        if failAt == point { throw GodwitError("injected failure at \(point.rawValue)") }
-        if pauseAt == point { try? await Task.sleep(for: .seconds(pauseSeconds)) }
     }
 }
