@@ -19,7 +19,9 @@ extension SourceEngine {
         var lastPhase = status.phase
         var lastError: String?
         while status.phase == "receiving" || status.phase == "restoring" {
-            try await Task.sleep(for: .milliseconds(100))
+            // The container is frozen while this polls: a restored state seen late is
+            // downtime, so look often (a status answer is a small local request there).
+            try await Task.sleep(for: .milliseconds(10))
             do {
                 status = try await session.status()
                 lastError = nil
