@@ -280,6 +280,7 @@ extension IncomingMigrationStatus {
         pagesFetched = try required(count(.pagesFetched), .pagesFetched)
         allLocalAfterCommitMillis = try millis(.allLocalAfterCommitMillis)
         lost = try c.decodeIfPresent(String.self, forKey: .lost)
+        reason = try c.decodeIfPresent(String.self, forKey: .reason)
         roundsReceived = try count(.roundsReceived)
         lazyPages = try count(.lazyPages)
         pagesFromStore = try count(.pagesFromStore)

@@ -23,6 +23,9 @@ import Testing
                                              restoreMillis: 300, pagesFetched: 12)
         status.lazyPages = 4096
         status.allLocalAfterCommitMillis = 8
+        // Every field survives the trip: the source reports a failed restore by its reason.
+        status.reason = "restore failed: CRIU restore failed: Error (criu/cr-restore.c:1): injected"
+        status.lost = "the page channel broke"
         let encoded = try APICoding.encoder().encode(status)
         #expect(try APICoding.decoder().decode(IncomingMigrationStatus.self, from: encoded) == status)
 

@@ -110,7 +110,12 @@ struct MoveRollbackTests {
         let (move, errors) = try startMove(lab, ["web", "h2:", "--mode", "post-copy"])
         // Committed: the container runs on h2 while its memory streams in (about 25 s).
         let pending = lab.stateDirectory("h2") + "/containers/web/pages-pending"
-        try #require(waitUntil(60) { FileManager.default.fileExists(atPath: pending) }, "the move never committed")
+        // Committed on both sides: h2 runs it (the mark is written just before), so the
+        // kill doesn't land on the commit's answer (which the source would retry for minutes).
+        try #require(waitUntil(60) {
+            FileManager.default.fileExists(atPath: pending) && (try? lab.container("h2", "web"))??.status == .running
+        }, "the move never committed")
+        Thread.sleep(forTimeInterval: 0.5)
         let argv = try lab.killDaemon("h2")
         move.waitUntilExit()
         let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
