@@ -36,20 +36,6 @@ public final class PageServerRelay: Sendable {
     /// What CRIU answered so far (page data and statuses), as relayed to the destination.
     public var bytesToDestination: UInt64 { session.withLock { $0.bytesToDestination } }
 
-    /// Connects to CRIU's page server at `address` (with SO_LINGER {on, 0}) and starts
-    /// relaying `channel` (which the relay owns from now on).
-    public init(channel: Int32, pageServer address: PageServerAddress) throws {
-        criu = try Self.connect(address)
-        self.channel = channel
-        start()
-        // Closing happens once both directions are done, so no thread reads a reused fd;
-        // the linger mode set by `end()` makes that close a FIN or a reset.
-        group.notify(queue: .global()) { [criu, channel] in
-            close(criu)
-            close(channel)
-        }
-    }
-
     /// Relays `channel` to CRIU over a connection made before the dump (`PageServerConnection`,
     /// our end, already resetting on close); the relay owns both descriptors from now on.
     public init(channel: Int32, connected criu: Int32) {
@@ -60,27 +46,6 @@ public final class PageServerRelay: Sendable {
             close(criu)
             close(channel)
         }
-    }
-
-    static func connect(_ address: PageServerAddress) throws -> Int32 {
-        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard s >= 0 else { throw GodwitError.errno("socket") }
-        var one: Int32 = 1
-        setsockopt(s, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        setLinger(s, resetOnClose: true)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(address.port).bigEndian)
-        inet_pton(AF_INET, address.address, &addr.sin_addr)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else {
-            let error = GodwitError.errno("connect to the source's CRIU page server \(address.address):\(address.port)")
-            close(s)
-            throw error
-        }
-        return s
     }
 
     static func setLinger(_ fd: Int32, resetOnClose: Bool) {

@@ -177,7 +177,6 @@ struct LazyMigrationTests {
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("lfail", writer: ["16", "16", "8", "4000", "0"]))
         waitRunning(lab, container)
-        let rootfs = container.rootfs.path
         let move = try await lab.engineMove(container, strategy: .postCopy, tag: "lfail",
                                             destinationImage: lab.directory + "/no-such-image")
         lab.expectRolledBack(container, move)

@@ -158,8 +158,7 @@ public final class IncomingMigrations: Sendable {
         do { return try incoming.engine.handler(for: channel) } catch { throw TrustError.forbidden(GodwitError.wrap(error, doing: "opening \(channel.rawValue)")) }
     }
 
-    // MARK: restore, commit, abort
-
+    // MARK: end
 
     private func finish(_ incoming: Incoming, outcome: DestinationEngine.Outcome) {
         let engine = incoming.engine

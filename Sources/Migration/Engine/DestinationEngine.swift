@@ -294,8 +294,9 @@ public final class DestinationEngine: Sendable {
         return status
     }
 
-    /// Restores from what the channels carried (blocking). The tasks stay stopped.
-    public func restore() throws -> IncomingMigrationStatus {
+    /// Restores from what the channels carried (blocking; beginRestore's thread). The
+    /// tasks stay stopped.
+    private func restore() throws -> IncomingMigrationStatus {
         let r: Receiving = try shared.withLock { s in
             guard case .receiving(let r) = s.state else { throw GodwitError("migration \(id) is \(s.state.name): nothing to restore") }
             s.state = .restoring(r)

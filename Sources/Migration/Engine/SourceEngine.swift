@@ -135,8 +135,8 @@ public actor SourceEngine {
             // From the doom on, cancelling the move (`godwit operation cancel`) can't stop
             // it: the container only lives on if the destination runs it.
             try await Task.detached { [self] in
-                let committed = try await commit(restoring)
-                try await finish(committed)
+                let (committed, status) = try await commit(restoring)
+                try await finish(committed, after: status)
             }.value
             enter(.moved)
         } catch {
@@ -235,12 +235,11 @@ public actor SourceEngine {
         let freezeAt = Self.now()
         var finalSync: Task<SyncStats, Error>?
         let host = self.host
-        let dump = try await step("checkpoint") { () -> (LazyDump, UInt64) in
+        let (dump, connection) = try await step("checkpoint") { () -> ((LazyDump, PageServerConnection), UInt64) in
             var options = DumpOptions(pid: c.initPID, imagesDirectory: c.imagesDirectory)
             options.freezerCgroup = c.cgroup.directory(for: "freezer")
             let connection = try PageServerConnection.make()
             options.lazyPagesSocket = connection.criu
-            pageServer = connection
             // Before CRIU freezes anything: a daemon that dies from here on finds this at its
             // next start and thaws the container (SourceRecovery).
             host.journal(SourceJournal(migrationID: t.session.id, peer: peer.name, container: c.name, phase: .frozen,
@@ -285,9 +284,9 @@ public actor SourceEngine {
             // No rsync may still write while the destination removes its copy.
             revert.add("wait for the final filesystem sync") { _ = await sync.result }
             try await blocking { try d.waitUntilServing() }
-            return (d, 0)
+            return ((d, connection), 0)
         }
-        let frozen = Frozen(transferring: t, dump: dump, connection: pageServer!, frozenAt: freezeAt)
+        let frozen = Frozen(transferring: t, dump: dump, connection: connection, frozenAt: freezeAt)
         enter(.frozen(frozen))
         try await hooks.reach(.frozen)
 
@@ -340,10 +339,8 @@ public actor SourceEngine {
     }
 
     private var pushSender: PushSender?
-    /// The dump's page-server connection, from the checkpoint on.
-    private var pageServer: PageServerConnection?
-    /// Whether the relay connected to CRIU's page server (else the dump's undo connects
-    /// once and abandons, so that CRIU fails the dump and resumes the source).
+    /// Whether the relay took the page-server connection over (else the dump's undo fails
+    /// the session itself, so that CRIU fails the dump and resumes the source).
     private let relayFlag = Locked(false)
 
     private func directorySize(_ path: String) -> UInt64 {
@@ -398,7 +395,8 @@ public actor SourceEngine {
 
     // MARK: restoring → committed
 
-    private func commit(_ restoring: Restoring) async throws -> Committed {
+    /// Returns the committed state and the destination's answer to the commit.
+    private func commit(_ restoring: Restoring) async throws -> (Committed, IncomingMigrationStatus) {
         phase = "commit"
         progress.begin("commit")
         // The point of no return: doomed first, then the destination runs.
@@ -414,21 +412,20 @@ public actor SourceEngine {
         phases.append(MovePhase(name: "commit", millis: millis(since: t)))
         report.frozenMillis = Double(Self.now() - restoring.frozen.frozenAt) / 1e6
         progress.note("running on \(peer.name)")
-        lastStatus = status
-        return committed
+        return (committed, status)
     }
 
-    private var lastStatus: IncomingMigrationStatus?
     /// How many source tasks the commit doomed.
     public private(set) var doomedTasks = 0
 
     // MARK: committed → moved
 
-    private func finish(_ committed: Committed) async throws {
+    private func finish(_ committed: Committed, after commitStatus: IncomingMigrationStatus) async throws {
         let restoring = committed.restoring
         let session = restoring.frozen.transferring.session
         let relay = restoring.relay
-        if restoring.frozen.transferring.behaviour.restore == .lazy, var status = lastStatus {
+        if restoring.frozen.transferring.behaviour.restore == .lazy {
+            var status = commitStatus
             // The rest of memory streams; done when every page is there.
             let t = Self.now()
             phase = "background page transfer"
@@ -473,7 +470,6 @@ public actor SourceEngine {
             memory.pagesFetchedOnFault = status.pagesFetchedOnFault
             memory.pagesFetchedTwice = status.pagesFetchedTwice
             report.memory = memory
-            if let lost = status.lost { throw GodwitError("the container was lost after its commit: \(lost)") }
             report.allLocalMillis = status.allLocalAfterCommitMillis.map { $0 + (report.frozenMillis ?? 0) }
         }
         report.memory = memory

@@ -70,7 +70,7 @@ public enum SourceRecovery {
     public static func recover(_ entry: SourceJournal, cgroup: Cgroup, destination: Destination) async -> Outcome {
         let tasks = ContainerProcesses.hostPIDs(cgroupDirectories: cgroup.directories)
         // "doomed" is written just before the kill: if no task got it, nothing was decided.
-        let doomed = entry.phase == .doomed && tasks.contains { SourceTermination.isDoomed($0) } || entry.phase == .doomed && tasks.isEmpty
+        let doomed = entry.phase == .doomed && (tasks.isEmpty || tasks.contains { SourceTermination.isDoomed($0) })
         guard doomed else {
             // The old daemon's CRIU may still hold the tasks (a lazy page server nobody
             // connected to never gives them back): end it, then thaw what it froze.
