@@ -15,23 +15,46 @@ public final class LazyPagesDaemon: Sendable {
     public let socketPath: String
     private let process: CRIUProcess
 
+    /// Where lazy-pages gets its pages: a page server it connects to (plain CRIU, the
+    /// benchmark's baseline), or a connection made for it and inherited as
+    /// `CRIUProcess.pageServerFD` (Godwit's proxy, which then never listens).
+    public enum PageSource: Sendable, Equatable {
+        case address(PageServerAddress)
+        case inheritedSocket
+    }
+
     /// `statusFD`: CRIU writes a byte there once restore may connect (see `waitUntilReady`).
-    public static func arguments(address: PageServerAddress, directory: String, logFile: String = "lazy-pages.log",
+    public static func arguments(from source: PageSource, directory: String, logFile: String = "lazy-pages.log",
                                  statusFD: Int32? = nil) -> [String] {
-        var args = ["lazy-pages", "--page-server", "--address", address.address, "--port", String(address.port),
-                    "-D", directory, "-o", logFile]
+        var args = ["lazy-pages", "--page-server"]
+        switch source {
+        case .address(let address): args += ["--address", address.address, "--port", String(address.port)]
+        case .inheritedSocket: args += ["--ps-socket", String(CRIUProcess.pageServerFD)]
+        }
+        args += ["-D", directory, "-o", logFile]
         if let statusFD { args += ["--status-fd", String(statusFD)] }
         return args
     }
 
-    /// Starts the daemon (no launcher: it talks to the proxy over the host's loopback and
-    /// to restore over a Unix socket path, which works across network namespaces).
-    public init(criu: CRIU, address: PageServerAddress, directory: String) throws {
+    /// Starts the daemon against a page server at `address` (no launcher: it talks to
+    /// restore over a Unix socket path, which works across network namespaces).
+    public convenience init(criu: CRIU, address: PageServerAddress, directory: String) throws {
+        try self.init(criu: criu, source: .address(address), socket: nil, directory: directory)
+    }
+
+    /// Starts the daemon on a connection made for it (`pageServerSocket` is its end; the
+    /// caller closes its copy afterwards).
+    public convenience init(criu: CRIU, pageServerSocket: Int32, directory: String) throws {
+        try self.init(criu: criu, source: .inheritedSocket, socket: pageServerSocket, directory: directory)
+    }
+
+    private init(criu: CRIU, source: PageSource, socket: Int32?, directory: String) throws {
         self.directory = directory
         logPath = directory + "/lazy-pages.log"
         socketPath = directory + "/lazy-pages.socket"
         try? FileManager.default.removeItem(atPath: socketPath)
-        process = try criu.start(Self.arguments(address: address, directory: directory, statusFD: CRIUProcess.statusFD))
+        process = try criu.start(Self.arguments(from: source, directory: directory, statusFD: CRIUProcess.statusFD),
+                                 pageServerSocket: socket)
     }
 
     public var pid: Int32 { process.pid }

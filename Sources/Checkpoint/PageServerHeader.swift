@@ -35,6 +35,9 @@ public struct PageServerHeader: Sendable, Equatable {
         /// PS_IOV_CLOSE: the end of the session; the server answers an int32 status and,
         /// in a lazy dump, completes the dump (the source's tasks are killed).
         public static let close: UInt16 = 0x1023
+        /// PS_IOV_FORCE_CLOSE: CLOSE from a client whose socket was handed to it
+        /// (`--ps-socket`); answered and treated like CLOSE (page-xfer.c page_server_serve).
+        public static let forceClose: UInt16 = 0x1024
         /// Not a CRIU command: CRIU fails the session on any unknown one, which makes a
         /// lazy dump fail and resume the source, whatever the connection does next.
         public static let abort: UInt16 = 0xDEAD
@@ -119,7 +122,7 @@ public struct PageServerHeader: Sendable, Equatable {
     public var isGet: Bool { command == Command.get }
     /// CRIU ends its session loop only on the exact cmd word (criu/page-xfer.c compares
     /// `pi.cmd`, not the decoded command), so flags make it something else.
-    public var isClose: Bool { cmd == UInt32(Command.close) }
+    public var isClose: Bool { cmd == UInt32(Command.close) || cmd == UInt32(Command.forceClose) }
     /// A GET's answer: ADD_F with PE_PRESENT, pages follow.
     public var isPresentPages: Bool { command == Command.addF && flags & Flag.present != 0 }
 

@@ -29,7 +29,11 @@ import Synchronization
 /// `ended` (see `changed`). `@unchecked` only for `store`, a PageStore (not Sendable) the
 /// caller shares: we touch it only inside the lock, the caller before `start`/after `stop`.
 public final class LazyPageProxy: @unchecked Sendable {
-    public let port: Int
+    /// `criu lazy-pages`' end of its page-server connection, made before it starts and
+    /// handed to it (`--ps-socket`; see PageServerConnection): the proxy never listens, so
+    /// no other local process can ask it for the container's memory or send CLOSE. The
+    /// taker owns it (`takeLazyPagesEnd`).
+    private let lazyPagesEnd: Mutex<Int32>
     public var stats: LazyProxyStats { statistics }
     /// Called once, on a proxy thread, when the session can't go on. Set before `start()`.
     public var onFailure: (@Sendable (String) -> Void)? { get { state.withLock { $0.onFailure } } set { state.withLock { $0.onFailure = newValue } } }
@@ -57,8 +61,8 @@ public final class LazyPageProxy: @unchecked Sendable {
     private static func clamped(_ pages: Int) -> Int { min(max(0, pages), PageServerHeader.maxPages) }
     public static let remoteFaultReadAheadPages = 16
     /// Most pages one reply carries. lazy-pages asks for at most 1024 and takes a short
-    /// reply by asking for the rest, so a larger GET (anyone on 127.0.0.1 can connect
-    /// first) costs no more than 4 MiB of buffer instead of up to 4 GiB.
+    /// reply by asking for the rest, so a larger GET (a broken or hostile lazy-pages)
+    /// costs no more than 4 MiB of buffer instead of up to 4 GiB.
     static let maxReplyPages = 1024
     /// The pages the source serves (its pagemap's lazy entries), per ns pid, sorted. With
     /// them the read-ahead also fills the HOLES of its window: a workload that faults on
@@ -70,7 +74,6 @@ public final class LazyPageProxy: @unchecked Sendable {
     public var lazyRuns: [Int32: [Range<UInt64>]] { get { state.withLock { $0.lazyRuns } } set { state.withLock { $0.lazyRuns = newValue } } }
 
     private let store: PageStore
-    private let listenFD: Int32
     private let state: Mutex<State>
     /// Wakes the upstream thread when it sleeps and what it waits for may have changed.
     private let work = DispatchSemaphore(value: 0)
@@ -137,16 +140,26 @@ public final class LazyPageProxy: @unchecked Sendable {
 
     /// `upstream` may come later (`attach`), so the proxy and `criu lazy-pages` can be
     /// started before the freeze; `start()` needs it.
-    public init(store: PageStore, upstream: LazyPageUpstream? = nil, host: String = "127.0.0.1") throws {
+    public init(store: PageStore, upstream: LazyPageUpstream? = nil) throws {
         self.store = store
-        state = Mutex(State(upstream: upstream))
-        (listenFD, port) = try TCPListener.open(host: host, what: "page proxy")
+        let connection = try PageServerConnection.make()
+        var initial = State(upstream: upstream)
+        initial.downFD = connection.ours
+        state = Mutex(initial)
+        lazyPagesEnd = Mutex(connection.criu)
     }
 
     deinit {
         let downFD = state.withLock { $0.downFD }
         if downFD >= 0 { Glibc.close(downFD) }
-        Glibc.close(listenFD)
+        let end = lazyPagesEnd.withLock { $0 }
+        if end >= 0 { Glibc.close(end) }
+    }
+
+    /// Hands over lazy-pages' end of the connection, once (-1 after): the caller passes it
+    /// to `criu lazy-pages` and closes its own copy after the spawn.
+    public func takeLazyPagesEnd() -> Int32 {
+        lazyPagesEnd.withLock { fd in defer { fd = -1 }; return fd }
     }
 
     // MARK: store access shared with the push receiver
@@ -219,7 +232,6 @@ public final class LazyPageProxy: @unchecked Sendable {
             return (s.completed, s.upstream)
         }
         if !done { upstream?.abort() }
-        shutdown(listenFD, Int32(SHUT_RDWR))
         let downFD = state.withLock { $0.downFD }
         if downFD >= 0 { shutdown(downFD, Int32(SHUT_RDWR)) }
         _ = finished.wait(timeout: .now() + 10)
@@ -248,19 +260,9 @@ public final class LazyPageProxy: @unchecked Sendable {
     // MARK: downstream: criu lazy-pages
 
     private func downstreamLoop() {
-        var pfd = pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)
-        while true {
-            let r = Glibc.poll(&pfd, 1, 200)
-            if state.withLock({ $0.stopping }) { return }
-            if r > 0 { break }
-        }
-        let c = accept(listenFD, nil, nil)
-        guard c >= 0 else { fail("page proxy: accept failed (errno \(errno))"); return }
-        _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-        var one: Int32 = 1
-        setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        let c = state.withLock { $0.downFD }
         let down = FileDescriptorStream(fd: c, owns: false, name: "criu lazy-pages")
-        state.withLock { $0.downFD = c; $0.downStream = FileDescriptorStream(fd: c, owns: false, name: "criu lazy-pages") }
+        state.withLock { $0.downStream = FileDescriptorStream(fd: c, owns: false, name: "criu lazy-pages") }
         var h = [UInt8](repeating: 0, count: PageServerHeader.size)
         while true {
             // A clean end, a half header or an error: lazy-pages is gone either way.

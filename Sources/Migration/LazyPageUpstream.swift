@@ -135,28 +135,3 @@ public struct LazyProxyStats: Sendable, Equatable {
     /// GETs the proxy sent on its own for the holes in a read-ahead window (see `lazyRuns`).
     public var prefetchRequests = 0
 }
-
-/// A listening TCP socket on an ephemeral port of `host`, for one local client (CRIU).
-enum TCPListener {
-    static func open(host: String, what: String) throws -> (fd: Int32, port: Int) {
-        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard s >= 0 else { throw GodwitError.errno("socket") }
-        var one: Int32 = 1
-        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        inet_pton(AF_INET, host, &addr.sin_addr)
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(s, $0, len) == 0 && listen(s, 1) == 0 && getsockname(s, $0, &len) == 0
-            }
-        }
-        guard ok else {
-            let e = GodwitError.errno("\(what) listen on \(host)")
-            Glibc.close(s)
-            throw e
-        }
-        return (s, Int(UInt16(bigEndian: addr.sin_port)))
-    }
-}

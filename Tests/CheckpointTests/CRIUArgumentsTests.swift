@@ -55,10 +55,13 @@ import Testing
 
     @Test func lazyPagesDaemonArguments() {
         let address = PageServerAddress(address: "127.0.0.1", port: 27001)
-        let plain = LazyPagesDaemon.arguments(address: address, directory: "/d")
+        let plain = LazyPagesDaemon.arguments(from: .address(address), directory: "/d")
         #expect(plain == ["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", "27001", "-D", "/d", "-o", "lazy-pages.log"])
-        let withStatus = LazyPagesDaemon.arguments(address: address, directory: "/d", statusFD: 3)
+        let withStatus = LazyPagesDaemon.arguments(from: .address(address), directory: "/d", statusFD: 3)
         #expect(withStatus == plain + ["--status-fd", "3"])
+        // Godwit's proxy: an inherited connection, no address, nothing listens.
+        let inherited = LazyPagesDaemon.arguments(from: .inheritedSocket, directory: "/d")
+        #expect(inherited == ["lazy-pages", "--page-server", "--ps-socket", String(CRIUProcess.pageServerFD), "-D", "/d", "-o", "lazy-pages.log"])
     }
 
     @Test func networkLockIsNftablesOnDumpAndRestore() {

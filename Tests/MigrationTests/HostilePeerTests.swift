@@ -171,7 +171,7 @@ import Testing
         proxy.start()
         defer { proxy.stop() }
         let tests = LazyPageProxyTests()
-        let client = try tests.connect(proxy.port)
+        let client = try tests.connect(proxy)
         try tests.get(client, nsPID: 3, vaddr: lastPage, pages: 1, pad: 1)
         let fault = try tests.reply(client)
         #expect(fault.vaddr == lastPage && fault.pages == 1 && fault.data == FakePageServer.page(lastPage))
@@ -194,7 +194,7 @@ import Testing
         proxy.start()
         defer { proxy.stop() }
         let tests = LazyPageProxyTests()
-        let client = try tests.connect(proxy.port)
+        let client = try tests.connect(proxy)
         try tests.get(client, nsPID: 4, vaddr: 0x10_0000, pages: 1 << 20, pad: 9)
         let reply = try tests.reply(client)
         #expect(reply.vaddr == 0x10_0000 && reply.pages == LazyPageProxy.maxReplyPages && reply.pad == 9)

@@ -49,17 +49,11 @@ final class FakePageServer: LazyPageUpstream, @unchecked Sendable {
 }
 
 struct LazyPageProxyTests {
-    func connect(_ port: Int) throws -> FileDescriptorStream {
-        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else { throw GodwitError.errno("connect to the proxy") }
-        return FileDescriptorStream(fd: s)
+    /// Plays lazy-pages: takes its end of the proxy's connection (the proxy never listens).
+    func connect(_ proxy: LazyPageProxy) throws -> FileDescriptorStream {
+        let fd = proxy.takeLazyPagesEnd()
+        guard fd >= 0 else { throw GodwitError("the proxy's lazy-pages end was already taken") }
+        return FileDescriptorStream(fd: fd)
     }
 
     func get(_ c: FileDescriptorStream, nsPID: UInt64, vaddr: UInt64, pages: UInt64, pad: UInt32) throws {
@@ -100,7 +94,7 @@ struct LazyPageProxyTests {
         let proxy = try LazyPageProxy(store: store, upstream: upstream)
         proxy.start()
         defer { proxy.stop() }
-        let client = try connect(proxy.port)
+        let client = try connect(proxy)
         try get(client, nsPID: 5, vaddr: b, pages: 2, pad: 0xAB01)   // missing: forwarded (slow)
         try get(client, nsPID: 5, vaddr: a, pages: 4, pad: 0xAB02)   // 2 held: short local reply
         try get(client, nsPID: 5, vaddr: c, pages: 3, pad: 0xAB03)   // c missing, c+1 held: fetch 1
@@ -127,6 +121,52 @@ struct LazyPageProxyTests {
         #expect(store.contains(nsPID: 5, vaddr: b) && store.contains(nsPID: 5, vaddr: c), "fetched pages are kept")
     }
 
+    /// Nobody but its own lazy-pages reaches the proxy: it opens no listening socket (any
+    /// local user could otherwise read the container's memory or end the session), and
+    /// the FORCE_CLOSE lazy-pages sends over an inherited socket ends it like CLOSE.
+    @Test func theProxyNeverListensAndForceCloseEndsTheSession() throws {
+        let before = try Self.listeningSocketsOfThisProcess()
+        let store = try PageStore()
+        defer { store.destroy() }
+        let upstream = FakePageServer()
+        let proxy = try LazyPageProxy(store: store, upstream: upstream)
+        proxy.start()
+        defer { proxy.stop() }
+        #expect(try Self.listeningSocketsOfThisProcess() == before)
+        let client = try connect(proxy)
+        #expect(proxy.takeLazyPagesEnd() == -1, "lazy-pages' end is handed out once")
+        try get(client, nsPID: 5, vaddr: 0x10_0000, pages: 1, pad: 1)
+        #expect(try reply(client).data == FakePageServer.page(0x10_0000))
+        var close = [UInt8](repeating: 0, count: 32)
+        close.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(0x1024), toByteOffset: 0, as: UInt32.self) }
+        try close.withUnsafeBytes { try client.write($0) }
+        var status: Int32 = -1
+        _ = try withUnsafeMutableBytes(of: &status) { try client.readFull($0) }
+        #expect(status == 0)
+        #expect(proxy.wait(timeout: 10) == .completed)
+        #expect(upstream.closed && upstream.finished && !upstream.aborted)
+    }
+
+    /// Inodes of this process's TCP sockets in LISTEN state (IPv4 and IPv6).
+    static func listeningSocketsOfThisProcess() throws -> Set<String> {
+        var listening = Set<String>()
+        for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+            guard let text = try? String(contentsOfFile: table, encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n").dropFirst() {
+                let f = line.split(separator: " ")
+                if f.count > 9, f[3] == "0A" { listening.insert(String(f[9])) }
+            }
+        }
+        var mine = Set<String>()
+        for fd in try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") {
+            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + fd),
+                  target.hasPrefix("socket:[") else { continue }
+            let inode = String(target.dropFirst(8).dropLast())
+            if listening.contains(inode) { mine.insert(inode) }
+        }
+        return mine
+    }
+
     /// A faulting workload leaves every 2nd page held: a background GET then gets its
     /// 1-page run, and the holes of the read-ahead window are fetched with it, pipelined,
     /// only inside the source's lazy runs, never a held page, and the next GETs are local.
@@ -145,7 +185,7 @@ struct LazyPageProxyTests {
         proxy.lazyRuns = [9: [base..<(base + 12 * 4096), (base + 20 * 4096)..<(base + 24 * 4096)]]
         proxy.start()
         defer { proxy.stop() }
-        let client = try connect(proxy.port)
+        let client = try connect(proxy)
         try get(client, nsPID: 9, vaddr: base + 4096, pages: 16, pad: 1)   // background: page 1 missing
         let r1 = try reply(client)
         #expect(r1.vaddr == base + 4096 && r1.pages == 1 && r1.data == FakePageServer.page(base + 4096))
@@ -175,7 +215,7 @@ struct LazyPageProxyTests {
         proxy.onFailure = { failures.add($0) }
         proxy.start()
         defer { proxy.stop() }
-        let client = try connect(proxy.port)
+        let client = try connect(proxy)
         try get(client, nsPID: 1, vaddr: 0x1000, pages: 1, pad: 0)
         usleep(50_000)
         proxy.cutUpstream()

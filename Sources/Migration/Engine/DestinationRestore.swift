@@ -298,12 +298,13 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         var lazyPages = 0
         for (_, entries) in lazy { lazyPages += entries.reduce(0) { $0 + $1.pages } }
         update { $0.lazyPages = lazyPages }
-        // lazy-pages talks to the proxy, which listens on this process's loopback: it runs
-        // in this network namespace, whatever namespace the restore itself needs.
+        // lazy-pages gets its end of a connection to the proxy made here (nobody else can
+        // reach the proxy); it runs in this network namespace, whatever the restore needs.
         var local = target.criu
         local.launcher = []
-        let daemon = try LazyPagesDaemon(criu: local, address: PageServerAddress(address: "127.0.0.1", port: proxy.port),
-                                         directory: images)
+        let end = proxy.takeLazyPagesEnd()
+        defer { if end >= 0 { close(end) } }
+        let daemon = try LazyPagesDaemon(criu: local, pageServerSocket: end, directory: images)
         parts.withLock { $0.daemon = daemon }
         try daemon.waitUntilReady()
         update { $0.lazyDaemonMillis = Self.millis(since: t) }
