@@ -134,7 +134,13 @@ public enum GodwitDaemon {
         try OwnerOnly.directory(options.stateDir.appendingPathComponent("migrations").path)
         try context.operations.failInterrupted()
         try store.pruneOperations(olderThan: Date().addingTimeInterval(-7 * 86400))
-        let adoption = try await context.containers.adopt()
+        // Moves into here that reached the restore, from their journals: before the
+        // adoption, which would remove their half-created rows.
+        var keep = Set<String>()
+        if let driver = driver as? any MigrationDriver {
+            keep = await MoveRecovery.incoming(context, driver: driver)
+        }
+        let adoption = try await context.containers.adopt(keeping: keep)
         func names(_ list: [String]) -> String { list.isEmpty ? "none" : list.joined(separator: ", ") }
         logger.info("adopted running containers: \(names(adoption.adopted)); found stopped: \(names(adoption.stopped)); removed half-created: \(names(adoption.removed))")
         // Moves out of here that the previous daemon left half-done: from their journals.

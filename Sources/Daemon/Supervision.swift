@@ -6,10 +6,11 @@ import Synchronization
 extension ContainerService {
     /// At daemon start: containers recorded as running whose init is still the same process
     /// are adopted as they are; the others are marked stopped. Launches that the previous
-    /// daemon left half-done are removed.
-    public func adopt() async throws -> (adopted: [String], stopped: [String], removed: [String]) {
+    /// daemon left half-done are removed, except those in `keeping` (incoming moves taken
+    /// over from their journal, see MoveRecovery.incoming).
+    public func adopt(keeping: Set<String> = []) async throws -> (adopted: [String], stopped: [String], removed: [String]) {
         var adopted: [String] = [], stopped: [String] = [], removed: [String] = []
-        for record in try store.containers() {
+        for record in try store.containers() where !keeping.contains(record.name) {
             let spec = self.spec(record)
             switch record.status {
             case .creating:

@@ -19,6 +19,7 @@ final class LabDestinationHost: DestinationHost, @unchecked Sendable {
     private var adoptedValue: pid_t?
     private var lostValue: String?
     private var discardedValue = false
+    private var journalPhases: [DestinationJournal.Phase?] = []
 
     init(lab: MigrationLab, source: RunningContainer, tag: String, image: String? = nil) throws {
         self.lab = lab
@@ -34,6 +35,8 @@ final class LabDestinationHost: DestinationHost, @unchecked Sendable {
     var adopted: pid_t? { lock.withLock { adoptedValue } }
     var lost: String? { lock.withLock { lostValue } }
     var discarded: Bool { lock.withLock { discardedValue } }
+    /// Every journal write, in order (nil: removed).
+    var journaled: [DestinationJournal.Phase?] { lock.withLock { journalPhases } }
 
     func restoreTarget(images: String, store: String) throws -> IncomingTarget {
         try rootfs.prepare()
@@ -55,6 +58,7 @@ final class LabDestinationHost: DestinationHost, @unchecked Sendable {
     }
     func markLost(_ why: String) { lock.withLock { lostValue = why } }
     func pagesPending(_ pending: Bool) {}
+    func journal(_ phase: DestinationJournal.Phase?, pid: pid_t) { lock.withLock { journalPhases.append(phase) } }
 }
 
 /// What one engine move in the lab produced.

@@ -68,6 +68,8 @@ struct EngineTests {
         #expect(seen.sourceDoomed, "the source's tasks were doomed before the destination ran (\(seen.sourceTasks) left)")
         #expect(seen.destinationStopped, "the restored tasks waited, stopped, for the commit")
         #expect(move.peer.reports.count == 1, "the destination got the final report")
+        #expect(move.destination.journaled == [.restored, .committing, nil],
+                "journaled once restored, again before the tasks ran, removed at the end")
         // After the commit the destination holds the only copy: an abort is refused, a
         // repeated commit answers with the status.
         let engine = try #require(move.engine)

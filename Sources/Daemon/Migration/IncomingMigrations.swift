@@ -9,8 +9,9 @@ import Trust
 /// The daemon's side of moves into this host: it reserves the container's row, checks who
 /// may open which data channel, and keeps a DestinationEngine per migration, which does
 /// the move itself. State lives in the engines and in the container's row (status
-/// Creating until the commit), so a daemon that dies mid-move leaves a Creating row, which
-/// the next start removes like any interrupted launch.
+/// Creating until the commit). A daemon that dies before anything was restored leaves a
+/// Creating row, which the next start removes like any interrupted launch; from the
+/// restore on, a journal lets the next start finish or undo the move (MoveRecovery).
 ///
 /// Concurrency model: the registry (active and ended migrations, the listener) is behind
 /// one Mutex; the engines guard their own state. Channel handlers run on the listener's
@@ -111,7 +112,10 @@ public final class IncomingMigrations: Sendable {
                                      config: config.values, status: .creating, mac: request.mac)
         record.ipv4 = request.ipv4
         record = try context.store.insertContainer(record, addresses: context.containers.addresses)
-        let host = DaemonDestinationHost(context: context, driver: driver, name: request.name)
+        let host = DaemonDestinationHost(context: context, driver: driver, name: request.name,
+                                         journalEntry: DestinationJournal(migrationID: id, container: request.name,
+                                                                          peerFingerprint: peerFingerprint, peerName: peerName,
+                                                                          mode: request.mode, phase: .restored, pid: 0))
         do {
             let spec = context.containers.spec(record)
             try FileManager.default.createDirectory(at: spec.directory, withIntermediateDirectories: true)
@@ -124,24 +128,55 @@ public final class IncomingMigrations: Sendable {
             engine.onFinish = { [weak self] outcome in self?.finish(incoming, outcome: outcome) }
             registry.withLock { $0.active[id] = incoming }
             context.events.log("info", "incoming migration \(id): \(request.name) from \(peerName) (\(request.mode.rawValue))")
-            // Silence, not duration: a migration whose source does nothing for this long is
-            // abandoned; one that is committed can't be (the engine refuses).
-            Task { [weak self] in
-                let limit = Double(Self.abandonAfter.components.seconds)
-                while self != nil, engine.outcome == nil, !engine.isCommitted {
-                    if engine.silentSeconds > limit {
-                        await engine.abort(reason: "the source went silent for \(Int(limit)) s")
-                        return
-                    }
-                    try? await Task.sleep(for: .seconds(5))
-                }
-            }
+            abandonWhenSilent(engine)
             return IncomingMigrationAnswer(id: id, secret: secret.secret, streamPort: port)
         } catch {
             await host.discard()
             try? FileManager.default.removeItem(at: root.appendingPathComponent(id))
             throw error
         }
+    }
+
+    /// Silence, not duration: a migration whose source does nothing for this long is
+    /// abandoned; one that is committed can't be (the engine refuses).
+    private func abandonWhenSilent(_ engine: DestinationEngine) {
+        Task { [weak self] in
+            let limit = Double(Self.abandonAfter.components.seconds)
+            while self != nil, engine.outcome == nil, !engine.isCommitted {
+                if engine.silentSeconds > limit {
+                    await engine.abort(reason: "the source went silent for \(Int(limit)) s")
+                    return
+                }
+                try? await Task.sleep(for: .seconds(5))
+            }
+        }
+    }
+
+    // MARK: recovery
+
+    /// Takes over a migration the previous daemon journaled (see MoveRecovery): `state` is
+    /// `restored` (held for the source's commit or abort, or abandoned when it stays
+    /// silent) or `finished` (the source can still read how it ended). Returns the engine.
+    @discardableResult
+    func recover(_ journal: DestinationJournal, record: ContainerRecord, state: DestinationEngine.State) throws -> DestinationEngine {
+        let request = IncomingMigrationRequest(name: record.name, image: record.image, imageFingerprint: record.imageFingerprint,
+                                               config: record.config, ipv4: record.ipv4, mac: record.mac, mode: journal.mode,
+                                               sourceHost: journal.peerName, criuVersion: nil)
+        let host = DaemonDestinationHost(context: context, driver: driver, name: record.name, journalEntry: journal)
+        let engine = try DestinationEngine(recovered: journal.migrationID, request: request, host: host,
+                                           directory: root.appendingPathComponent(journal.migrationID).path, state: state)
+        let incoming = Incoming(engine: engine, peerFingerprint: journal.peerFingerprint, peerName: journal.peerName, startedAt: Date())
+        if engine.outcome != nil {
+            registry.withLock { r in
+                r.ended.append(incoming)
+                if r.ended.count > 32 { r.ended.removeFirst() }
+            }
+            return engine
+        }
+        engine.onFinish = { [weak self] outcome in self?.finish(incoming, outcome: outcome) }
+        registry.withLock { $0.active[journal.migrationID] = incoming }
+        abandonWhenSilent(engine)
+        return engine
     }
 
     // MARK: channels
@@ -191,9 +226,11 @@ final class DaemonDestinationHost: DestinationHost, Sendable {
     let name: String
     /// Set once the row exists, before the engine starts.
     private let sync = Mutex("")
+    /// The journal's fixed part (who, what); the engine supplies phase and pid.
+    private let journalEntry: DestinationJournal
 
-    init(context: DaemonContext, driver: any MigrationDriver, name: String) {
-        self.context = context; self.driver = driver; self.name = name
+    init(context: DaemonContext, driver: any MigrationDriver, name: String, journalEntry: DestinationJournal) {
+        self.context = context; self.driver = driver; self.name = name; self.journalEntry = journalEntry
     }
 
     var hostName: String { context.options.hostName }
@@ -240,6 +277,17 @@ final class DaemonDestinationHost: DestinationHost, Sendable {
             FileManager.default.createFile(atPath: path, contents: Data(), attributes: [.posixPermissions: 0o600])
         } else {
             try? FileManager.default.removeItem(atPath: path)
+        }
+    }
+
+    func journal(_ phase: DestinationJournal.Phase?, pid: pid_t) {
+        let path = MoveRecovery.incomingJournalPath(context, name)
+        guard let phase else { try? FileManager.default.removeItem(atPath: path); return }
+        var entry = journalEntry
+        entry.phase = phase
+        entry.pid = pid
+        do { try entry.write(to: path) } catch {
+            context.events.log("warning", "incoming migration \(entry.migrationID): \(error)")
         }
     }
 

@@ -13,9 +13,80 @@ enum MoveRecovery {
         context.options.stateDir.appendingPathComponent("containers/\(name)/move-journal.json").path
     }
 
+    /// The journal of a move into this host (see DestinationJournal).
+    static func incomingJournalPath(_ context: DaemonContext, _ name: String) -> String {
+        context.options.stateDir.appendingPathComponent("containers/\(name)/move-in-journal.json").path
+    }
+
     /// Marks a container restored lazily whose memory is not all here yet.
     static func pagesPendingPath(_ context: DaemonContext, _ name: String) -> String {
         context.options.stateDir.appendingPathComponent("containers/\(name)/pages-pending").path
+    }
+
+    /// Before the adoption of containers (which removes half-created ones): moves into
+    /// here that reached the restore. Returns the containers to keep although their row
+    /// says Creating (restored by copy, held for the source's commit).
+    ///
+    /// - restored by copy, tasks still there: held, stopped; the source's retried commit
+    ///   runs it (its tasks may be doomed already), its abort or silence removes it;
+    /// - committing by copy: the source's tasks are doomed, so it runs now;
+    /// - lazy, either phase: its page server died with the old daemon, so its tasks would
+    ///   read missing pages as zeros: killed and removed; the source learns why.
+    static func incoming(_ context: DaemonContext, driver: any MigrationDriver) async -> Set<String> {
+        guard let records = try? context.store.containers(), let incoming = try? context.migrations.incoming() else { return [] }
+        var keep = Set<String>()
+        for record in records {
+            let path = incomingJournalPath(context, record.name)
+            guard let journal = DestinationJournal.read(path) else { continue }
+            let spec = context.containers.spec(record)
+            let cgroup = try? driver.migrationCgroup(spec)
+            let tasks = cgroup?.processes() ?? []
+            let intact = cgroup != nil && tasks.contains(journal.pid)
+            let why: String
+            if journal.mode.behaviour.restore == .lazy {
+                why = "the daemon on \(context.options.hostName) restarted during the lazy restore; its page server went with it"
+            } else if !intact {
+                why = "the daemon on \(context.options.hostName) restarted and the restored tasks are gone"
+            } else {
+                let restored = DestinationEngine.Restored(method: AdoptedRestore(cgroup: cgroup!, pid: journal.pid), pid: journal.pid)
+                do {
+                    let engine = try incoming.recover(journal, record: record, state: .restored(restored))
+                    keep.insert(record.name)
+                    if journal.phase == .committing {
+                        _ = try engine.commitIdempotent()
+                        context.events.log("warning", "incoming migration \(journal.migrationID) of \(record.name): the daemon restarted during the commit; the container runs here")
+                    } else {
+                        context.events.log("warning", "incoming migration \(journal.migrationID) of \(record.name): the daemon restarted after the restore; held stopped for \(journal.peerName)'s commit or abort")
+                    }
+                    continue
+                } catch {
+                    why = "the daemon on \(context.options.hostName) restarted and could not take the restored container over: \(error)"
+                }
+            }
+            // Not kept running: nothing of it may run.
+            if let cgroup { try? cgroup.kill() }
+            try? FileManager.default.removeItem(atPath: path)
+            try? FileManager.default.removeItem(atPath: pagesPendingPath(context, record.name))
+            let outcome: DestinationEngine.Outcome = journal.phase == .committing ? .lost(why) : .rolledBack(why)
+            if journal.phase == .committing {
+                // This was the only copy: its memory is gone, its files are not. Kept,
+                // stopped, so the user can see it and start it again from its files.
+                _ = try? context.store.updateContainer(record.name) { $0.status = .stopped; $0.initProcess = nil }
+                context.events.log("error", "container \(record.name) is lost: \(why); it was killed rather than run on missing pages")
+            } else {
+                // Not committed: the source still has it.
+                try? await driver.destroy(spec)
+                try? FileManager.default.removeItem(at: spec.directory)
+                try? context.store.deleteContainer(record.name)
+            }
+            _ = try? incoming.recover(journal, record: record, state: .finished(outcome))
+            context.events.log(journal.phase == .committing ? "error" : "warning", "incoming migration \(journal.migrationID) of \(record.name): \(why)")
+            _ = try? context.store.recordMigration(MigrationRecord(
+                id: nil, container: record.name, direction: "in", peer: journal.peerName, strategy: journal.mode.rawValue,
+                status: outcome.status, startedAt: Date(), finishedAt: Date(), downtimeMilliseconds: nil,
+                details: ["recovered": why]))
+        }
+        return keep
     }
 
     static func run(_ context: DaemonContext, driver: any MigrationDriver) async {

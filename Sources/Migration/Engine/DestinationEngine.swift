@@ -26,6 +26,9 @@ public protocol DestinationHost: Sendable {
     /// in between leaves its successor this mark, and it kills the container rather than
     /// let it run on pages that will never come.
     func pagesPending(_ pending: Bool)
+    /// Persists where the move stands once something was restored (nil: it ended), for a
+    /// daemon that restarts before the end (see DestinationJournal).
+    func journal(_ phase: DestinationJournal.Phase?, pid: pid_t)
 }
 
 /// The destination's half of a move: it receives the data channels, restores (tasks left
@@ -126,6 +129,7 @@ public final class DestinationEngine: Sendable {
     public struct Restored: Sendable {
         public let method: any RestoreMethod
         public let pid: pid_t
+        public init(method: any RestoreMethod, pid: pid_t) { self.method = method; self.pid = pid }
     }
 
     public let id: String
@@ -169,6 +173,19 @@ public final class DestinationEngine: Sendable {
         behaviour = request.mode.behaviour
         try OwnerOnly.directory(directory)
         shared = Mutex(Shared(state: .receiving(Receiving(store: try PageStore(directory: directory + "/pages")))))
+    }
+
+    /// A migration a previous daemon journaled, taken over by its successor: `restored`
+    /// (held for the source's commit or abort) or already `finished` (so the source can
+    /// still read how it ended).
+    public init(recovered id: String, request: IncomingMigrationRequest, host: any DestinationHost, directory: String,
+                state: State) throws {
+        self.id = id; self.request = request; self.host = host; self.directory = directory; progress = .silent
+        behaviour = request.mode.behaviour
+        try OwnerOnly.directory(directory)
+        var initial = Shared(state: state)
+        if case .restored(let r) = state { initial.restoringMethod = r.method }
+        shared = Mutex(initial)
     }
 
     public var stateName: String { shared.withLock { $0.state.name } }
@@ -328,6 +345,7 @@ public final class DestinationEngine: Sendable {
                 guard case .restoring = s.state else { throw GodwitError("migration \(id) was aborted during the restore") }
                 s.state = .restored(restored)
             }
+            host.journal(.restored, pid: pid)
             return status()
         } catch {
             let reason = (error as? GodwitError)?.message ?? "\(error)"
@@ -354,6 +372,9 @@ public final class DestinationEngine: Sendable {
             }
         }
         let lazy = restored.method.kind == .lazy
+        // Before the tasks run: a daemon that dies from here on leaves a successor that
+        // runs this copy (the source's tasks are doomed) instead of removing it.
+        host.journal(.committing, pid: restored.pid)
         if lazy { host.pagesPending(true) }
         do {
             try restored.method.commit()
@@ -430,6 +451,7 @@ public final class DestinationEngine: Sendable {
                 r.store.destroy()
             }
         }
+        host.journal(nil, pid: 0)
         await host.discard()
         onFinish?(.rolledBack(reason))
         return true
@@ -437,6 +459,7 @@ public final class DestinationEngine: Sendable {
 
     private func end(_ outcome: Outcome) {
         shared.withLock { $0.state = .finished(outcome) }
+        host.journal(nil, pid: 0)
         onFinish?(outcome)
         // Kept after a failed restore for the post-mortem (the daemon clears it at start).
         if case .rolledBack = outcome { return }

@@ -104,7 +104,12 @@ extension SourceEngine {
 /// Also the daemon's fault injection for end-to-end tests: `GODWIT_FAULT=fail:frozen` or
 /// `pause:frozen:30` in godwitd's environment (see `SourceHooks(fault:)`).
 public struct SourceHooks: Sendable {
-    public enum Point: String, Sendable, CaseIterable { case transferring, frozen, restoring, beforeCommit }
+    public enum Point: String, Sendable, CaseIterable {
+        case transferring, frozen, restoring, beforeCommit
+        /// After the source's tasks were doomed, before the commit is sent (pause only:
+        /// a failure here can't be rolled back).
+        case doomed
+    }
     public var failAt: Point?
     /// Sleep this long on reaching `pauseAt` (a window for a test to kill the daemon).
     public var pauseAt: Point?
@@ -116,7 +121,7 @@ public struct SourceHooks: Sendable {
     public init(fault: String?) {
         let words = (fault ?? "").split(separator: ":").map(String.init)
         guard words.count >= 2, let point = Point(rawValue: words[1]) else { return }
-        if words[0] == "fail" { failAt = point }
+        if words[0] == "fail", point != .doomed { failAt = point }
         if words[0] == "pause", words.count == 3, let seconds = Double(words[2]), seconds.isFinite, seconds >= 0, seconds <= 3600 {
             pauseAt = point
             pauseSeconds = seconds

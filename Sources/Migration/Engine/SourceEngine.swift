@@ -399,6 +399,12 @@ public actor SourceEngine {
     private func commit(_ restoring: Restoring) async throws -> (Committed, IncomingMigrationStatus) {
         phase = "commit"
         progress.begin("commit")
+        // A page session that ended (the destination's daemon died, the link broke) made
+        // CRIU give the tasks back: they ran on, so the destination's copy is stale.
+        let relay = restoring.relay
+        if relay.hasEnded && !relay.committed || !restoring.frozen.dump.isRunning {
+            throw GodwitError("the page session with \(peer.name) ended before the commit; the container resumed here")
+        }
         // The point of no return: doomed first, then the destination runs.
         revert.disarm()
         let committed = Committed(restoring: restoring)
@@ -407,6 +413,7 @@ public actor SourceEngine {
         host.journal(SourceJournal(migrationID: restoring.frozen.transferring.session.id, peer: peer.name, container: c.name,
                                    phase: .doomed, initPID: c.initPID, imagesDirectory: c.imagesDirectory))
         doomedTasks = try host.doom()
+        try await hooks.reach(.doomed)
         let t = Self.now()
         let status = try await confirmCommit(restoring.frozen.transferring.session)
         phases.append(MovePhase(name: "commit", millis: millis(since: t)))

@@ -27,20 +27,8 @@ public struct SourceJournal: Codable, Sendable, Equatable {
         self.initPID = initPID; self.imagesDirectory = imagesDirectory
     }
 
-    /// Written whole or not at all (temporary file, then rename), owner-only.
-    public func write(to path: String) throws {
-        let data = try JSONEncoder().encode(self)
-        let temporary = path + ".tmp"
-        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]) else {
-            throw GodwitError("cannot write the move journal \(temporary)")
-        }
-        guard rename(temporary, path) == 0 else { throw GodwitError.errno("rename \(temporary)") }
-    }
-
-    public static func read(_ path: String) -> SourceJournal? {
-        guard let data = FileManager.default.contents(atPath: path), data.count < 64 << 10 else { return nil }
-        return try? JSONDecoder().decode(SourceJournal.self, from: data)
-    }
+    public func write(to path: String) throws { try JournalFile.write(self, to: path) }
+    public static func read(_ path: String) -> SourceJournal? { JournalFile.read(SourceJournal.self, from: path) }
 }
 
 /// What a restarted source daemon does with a move its predecessor left half-done.
