@@ -42,7 +42,7 @@ let package = Package(
         .target(name: "CGodwit"),
         .target(name: "GodwitCore"),
         .target(name: "API", dependencies: ["GodwitCore"]),
-        .target(name: "Checkpoint", dependencies: ["GodwitCore"]),
+        .target(name: "Checkpoint", dependencies: ["GodwitCore", "CGodwit"]),
         .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
         .target(name: "Memory", dependencies: ["CGodwit", "GodwitCore", "CXXHash"]),
         .target(name: "HostCheck", dependencies: ["GodwitCore", "Checkpoint", "Memory"]),

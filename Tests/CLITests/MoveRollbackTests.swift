@@ -33,9 +33,9 @@ struct MoveRollbackTests {
         // A slow link, so the memory transfer takes seconds and the kill lands inside it.
         let lab = try MoveLab(bandwidth: "100mbit")
         defer { lab.tearDown() }
-        // No TCP client: see aFailedRestore... below (connections established at the freeze
-        // don't always survive a rollback); reachability is checked instead.
-        let workload = try MoveTests.Workload(lab: lab, name: "web", host: "h1", memoryMiB: 96, tcp: false)
+        // A late rollback (the memory was being served): the TCP connection established
+        // before the freeze must carry on (CRIUNetworkLock.releaseRepairedSockets).
+        let workload = try MoveTests.Workload(lab: lab, name: "web", host: "h1", memoryMiB: 96)
         defer { workload.stop() }
         let (move, errors) = try startMove(lab, ["web", "h2:", "--mode", "stop-and-copy"])
         // The images have arrived (the container is frozen; the memory comes next).
@@ -54,6 +54,7 @@ struct MoveRollbackTests {
         let info = try #require(try lab.container("h1", "web"))
         #expect(info.status == .running)
         try workload.expectHealthy(on: "h1")
+        try workload.send("after-the-rollback")
         let ip = try #require(info.ipv4)
         #expect(try Command.run(["nsenter", "--net=" + lab.clientNetnsPath, "busybox", "ping", "-c", "1", "-W", "2", ip]).succeeded,
                 "the container is unreachable after the rollback")
@@ -151,11 +152,10 @@ struct MoveRollbackTests {
         chmod(wrapper, 0o755)
         try lab.restartDaemon("h2", extra: ["--criu", wrapper])
 
-        // Without the TCP client: after a failure this late (the memory already served),
-        // the container resumed with its established connections dead in our runs with
-        // CRIU 4.2.1 (docs/migration.md, known limitations); processes, memory and the
-        // network are what this test holds it to.
-        let workload = try MoveTests.Workload(lab: lab, name: "web", host: "h1", memoryMiB: 32, tcp: false)
+        // A failure this late (the memory already served) fails CRIU's lazy page phase,
+        // after which CRIU 4.2.1 resumes the tasks without unlocking the network: the TCP
+        // connection established before the freeze must still carry on.
+        let workload = try MoveTests.Workload(lab: lab, name: "web", host: "h1", memoryMiB: 32)
         defer { workload.stop() }
         for mode in ["stop-and-copy", "post-copy"] {
             let result = try lab.on("h1", ["move"], ["web", "h2:", "--mode", mode])
@@ -164,6 +164,7 @@ struct MoveRollbackTests {
             #expect(result.stderr.contains("rolled back"), "\(mode): \(result.stderr)")
             #expect(try lab.container("h1", "web")?.status == .running)
             try workload.expectHealthy(on: "h1")
+            try workload.send("after-\(mode)")
             try expectNothing(of: "web", on: "h2", in: lab)
             // The network works: the lab client reaches the container (CRIU's lock is gone).
             let ip = try #require(try lab.container("h1", "web")?.ipv4)

@@ -87,6 +87,6 @@ public struct ContainerSourceHost: SourceHost {
 
     public func resume() {
         try? container.cgroup.thaw()
-        CRIUNetworkLock.removeLeftover(initPID: container.initPID)
+        CRIUNetworkLock.removeLeftover(initPID: container.initPID, tasks: container.cgroup.processes())
     }
 }

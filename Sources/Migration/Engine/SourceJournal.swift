@@ -64,7 +64,7 @@ public enum SourceRecovery {
             // connected to never gives them back): end it, then thaw what it froze.
             await blocking { killCRIU(using: entry.imagesDirectory) }
             try? cgroup.thaw()
-            CRIUNetworkLock.removeLeftover(initPID: entry.initPID)
+            CRIUNetworkLock.removeLeftover(initPID: entry.initPID, tasks: cgroup.processes())
             await destination.abort()
             return .rolledBack
         }
