@@ -87,7 +87,11 @@ build_target() {
   read -r -a sources <<<"$(sources_of "$t")"
   local inputs=(Fuzz/FuzzSupport.swift "$(driver_of "$t")" "${sources[@]}")
   local objects=("$MODULES/GodwitCore.o")
-  if [[ $t == page-records ]]; then objects+=("$MODULES/Memory.o" "$MODULES"/CGodwit/*.o -lxxhash); fi
+  case $t in
+    page-records) objects+=("$MODULES/Memory.o" "$MODULES"/CGodwit/*.o -lxxhash) ;;
+    # Checkpoint calls the C shim (pidfd_getfd for TCP sockets left in repair mode).
+    criu-images|page-server-header) objects+=("$MODULES"/CGodwit/*.o) ;;
+  esac
   if stale "$bin" "${inputs[@]}" "$MODULES/GodwitCore.o" "$MODULES/Memory.o" "$0"; then
     echo "fuzz: building $t"
     swiftc "${SWIFTFLAGS[@]}" -module-name "Fuzz_${t//-/_}" -I "$MODULES" -I "$MODULES/CGodwit" -I Sources/CXXHash \
