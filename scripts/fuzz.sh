@@ -19,7 +19,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$ROOT"
 export PATH=/opt/swift/usr/bin:$PATH
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
-ALL_TARGETS="page-records peer-stream criu-images page-server-header config"
+ALL_TARGETS="page-records peer-stream criu-images page-server-header config yaml"
 TARGETS=${FUZZ_TARGETS:-$ALL_TARGETS}
 OUT=$ROOT/.build/fuzz
 MODULES=$OUT/modules
@@ -35,6 +35,7 @@ sources_of() {
     peer-stream) echo Sources/Trust/PeerStreamFraming.swift ;;
     criu-images|page-server-header) echo Sources/Checkpoint/*.swift ;;
     config) echo Sources/API/*.swift ;;
+    yaml) echo ;;
     *) echo "unknown fuzz target '$1' (known: $ALL_TARGETS)" >&2; exit 2 ;;
   esac
 }
@@ -45,6 +46,7 @@ driver_of() {
     criu-images) echo Fuzz/CRIUImagesTarget.swift ;;
     page-server-header) echo Fuzz/PageServerHeaderTarget.swift ;;
     config) echo Fuzz/ConfigTarget.swift ;;
+    yaml) echo Fuzz/YAMLTarget.swift ;;
   esac
 }
 
