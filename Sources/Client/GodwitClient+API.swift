@@ -46,6 +46,11 @@ extension GodwitClient {
 
     public func images() async throws -> [ImageInfo] { try await call(.GET, "/1.0/images") }
 
+    public func networks() async throws -> [NetworkInfo] { try await call(.GET, "/1.0/networks") }
+    public func network(_ name: String) async throws -> NetworkInfo {
+        try await call(.GET, "/1.0/networks/" + (name.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? name))
+    }
+
     public func importImage(_ request: ImageImportRequest) async throws -> OperationInfo {
         try await call(.POST, "/1.0/images", body: request)
     }

@@ -3,6 +3,7 @@ import Foundation
 import GodwitCore
 import Hummingbird
 import Logging
+import Runtime
 import ServiceLifecycle
 import Trust
 
@@ -20,6 +21,8 @@ public struct DaemonOptions: Sendable {
     public var busyboxExtraFiles: [ImageExtraFile] = []
     /// The HTTPS listener for other daemons (mutual TLS); nil: unix socket only.
     public var https: HTTPSAddress?
+    /// The bridge this daemon sets up at start (from `godwit init`'s configuration).
+    public var managedNetwork: ManagedNetwork?
 
     public init(stateDir: URL, socket: URL? = nil, hostName: String? = nil) {
         self.stateDir = stateDir
@@ -91,6 +94,14 @@ public struct DaemonContext: Sendable {
                    certificateFingerprint: trust?.identity.fingerprint)
     }
 
+    /// The containers' network: the managed bridge, a bridge given with --bridge, or none.
+    public func networks() throws -> [NetworkInfo] {
+        guard let bridge = options.bridge else { return [] }
+        let leases = try store.containers().filter { $0.ipv4 != nil }.count
+        if let managed = options.managedNetwork { return [ManagedBridge.info(managed, leases: leases)] }
+        return [ManagedBridge.info(unmanaged: bridge, subnet: options.subnet, gateway: options.gateway, leases: leases)]
+    }
+
     /// Where this daemon listens: "unix:PATH", and "https://ADDR:PORT" with `--https`.
     public var listenAddresses: [String] {
         ["unix:" + options.socket.path] + (trust == nil ? [] : options.https.map { ["https://\($0)"] } ?? [])
@@ -120,6 +131,14 @@ public enum GodwitDaemon {
         // a running daemon's.
         let lock = try DaemonLock(stateDir: options.stateDir)
         defer { lock.release() }
+        // The managed bridge before anything that attaches containers to it (adoption
+        // re-attaches nothing, but a launch may come at once). Nothing of it survives a reboot.
+        if let network = options.managedNetwork {
+            do { try ManagedBridge.ensure(network) } catch let error as GodwitError {
+                throw GodwitError("network \(network.name): \(error.message)", hint: error.hint)
+            }
+            logger.info("network \(network.name) (\(network.mode.rawValue)) is up")
+        }
         try ChildReaper.becomeSubreaper()
         let store = try Store(path: options.stateDir.appendingPathComponent("godwit.db").path)
         // The identity is made on first start, with the listen address in its subjectAltName

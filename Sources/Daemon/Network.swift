@@ -1,56 +1,6 @@
 import Foundation
 import GodwitCore
 
-/// An IPv4 address as a number, so subnets are arithmetic.
-public struct IPv4: Hashable, Comparable, Sendable, CustomStringConvertible {
-    public var value: UInt32
-
-    public init(_ value: UInt32) { self.value = value }
-
-    public init?(_ text: String) {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4 else { return nil }
-        var value: UInt32 = 0
-        for part in parts {
-            guard !part.isEmpty, part.count <= 3, let octet = UInt8(part) else { return nil }
-            value = value << 8 | UInt32(octet)
-        }
-        self.value = value
-    }
-
-    public var description: String {
-        [24, 16, 8, 0].map { String((value >> UInt32($0)) & 0xff) }.joined(separator: ".")
-    }
-
-    public static func < (a: IPv4, b: IPv4) -> Bool { a.value < b.value }
-}
-
-/// The container subnet given with `--subnet 10.77.1.0/24`.
-public struct Subnet: Sendable, Equatable, CustomStringConvertible {
-    public var network: IPv4
-    public var prefixLength: Int
-
-    public init(_ text: String) throws {
-        let parts = text.split(separator: "/")
-        guard parts.count == 2, let address = IPv4(String(parts[0])), let length = Int(parts[1]),
-              (8...30).contains(length) else {
-            throw GodwitError("invalid subnet '\(text)'", hint: "use CIDR notation with a prefix of 8-30, e.g. 10.77.1.0/24")
-        }
-        let mask: UInt32 = length == 0 ? 0 : ~UInt32(0) << UInt32(32 - length)
-        guard address.value & mask == address.value else {
-            throw GodwitError("invalid subnet '\(text)': host bits are set",
-                              hint: "did you mean \(IPv4(address.value & mask))/\(length)?")
-        }
-        network = address
-        prefixLength = length
-    }
-
-    var mask: UInt32 { ~UInt32(0) << UInt32(32 - prefixLength) }
-    public var broadcast: IPv4 { IPv4(network.value | ~mask) }
-    public func contains(_ address: IPv4) -> Bool { address.value & mask == network.value }
-    public var description: String { "\(network)/\(prefixLength)" }
-}
-
 /// Chooses container addresses. Leases are persisted as the containers' ipv4 column, so
 /// "free" means "not held by any container row"; the database's UNIQUE constraint settles
 /// races between two launches.

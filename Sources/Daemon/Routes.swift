@@ -56,6 +56,15 @@ public struct APIRoutes: Sendable {
 
         // MARK: images
         let images = daemon.images
+        router.get("/1.0/networks") { _, _ in try Self.sync(try daemon.networks()) }
+        router.get("/1.0/networks/:name") { _, context in
+            let name = try context.parameters.require("name")
+            guard let network = try daemon.networks().first(where: { $0.name == name }) else {
+                throw RequestError.notFound(GodwitError("no network '\(name)' on \(daemon.options.hostName)",
+                                                        hint: "`godwit network list` shows this host's networks"))
+            }
+            return try Self.sync(network)
+        }
         router.get("/1.0/images") { _, _ in try Self.sync(daemon.store.images().map(\.info)) }
         router.get("/1.0/images/:alias") { _, context in
             let alias = try context.parameters.require("alias")

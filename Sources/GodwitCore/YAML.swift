@@ -313,8 +313,15 @@ private enum Emitter {
             }
         case .sequence(let items) where !items.isEmpty:
             for item in items {
-                out += pad + "-"
-                inline(item, indent: indent, into: &out)
+                if case .mapping(let entries) = item, !entries.isEmpty {
+                    // "- key: value" with the rest of the mapping aligned under the key.
+                    var nested = ""
+                    block(item, indent: indent + 2, into: &nested)
+                    out += pad + "- " + nested.dropFirst(indent + 2)
+                } else {
+                    out += pad + "-"
+                    inline(item, indent: indent, into: &out)
+                }
             }
         default:
             out += pad + flat(value) + "\n"

@@ -1,3 +1,4 @@
+import API
 import ArgumentParser
 import Daemon
 import Foundation
@@ -12,8 +13,12 @@ struct Godwitd: AsyncParsableCommand {
             (SIGTERM) leaves containers running; the next godwitd on the same state directory adopts them.
             """)
 
-    @Option(help: "Where the daemon keeps its state.")
-    var stateDir = "/var/lib/godwit"
+    @Option(help: ArgumentHelp("The configuration `godwit init` wrote (default: \(HostConfiguration.defaultPath) if it exists); flags override it.",
+                               valueName: "file"))
+    var config: String?
+
+    @Option(help: "Where the daemon keeps its state (default: /var/lib/godwit).")
+    var stateDir: String?
 
     @Option(help: "The API socket (default: STATE_DIR/unix.socket).")
     var socket: String?
@@ -51,17 +56,34 @@ struct Godwitd: AsyncParsableCommand {
     @Option(help: .hidden)
     var testingFakeDriver: String?
 
+    /// The file's settings under the flags' (a flag given wins).
+    func hostConfiguration() throws -> HostConfiguration {
+        if let config { return try HostConfiguration.read(config) }
+        guard FileManager.default.fileExists(atPath: HostConfiguration.defaultPath) else { return HostConfiguration() }
+        return try HostConfiguration.read(HostConfiguration.defaultPath)
+    }
+
     func run() async throws {
         do {
+            let file = try hostConfiguration()
+            let stateDir = self.stateDir ?? file.stateDir ?? "/var/lib/godwit"
             let stateURL = URL(fileURLWithPath: stateDir).standardizedFileURL
-            var options = DaemonOptions(stateDir: stateURL, socket: socket.map { URL(fileURLWithPath: $0) }, hostName: name)
-            options.bridge = bridge
-            options.subnet = subnet
-            options.gateway = gateway
-            options.prefixLength = prefixLength
+            var options = DaemonOptions(stateDir: stateURL, socket: socket.map { URL(fileURLWithPath: $0) }, hostName: name ?? file.name)
+            // --bridge names a bridge set up by someone else; without it, the managed one.
+            if bridge == nil, let network = file.network {
+                options.managedNetwork = network
+                options.bridge = network.name
+                options.subnet = network.leaseSubnet?.description
+                options.gateway = network.containerGateway?.description
+                options.prefixLength = network.containerPrefixLength
+            }
+            if let bridge { options.bridge = bridge }
+            if let subnet { options.subnet = subnet }
+            if let gateway { options.gateway = gateway }
+            if let prefixLength { options.prefixLength = prefixLength }
             options.cgroupRoot = cgroupRoot
-            options.criu = criu
-            options.https = try https.map { try HTTPSAddress(parsing: $0) }
+            options.criu = criu ?? file.criu
+            options.https = try (https ?? file.https).map { try HTTPSAddress(parsing: $0) }
             options.busyboxExtraFiles = try busyboxExtra.map { spec in
                 let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
                 guard parts.count == 2, parts[0].hasPrefix("/"), !parts[1].isEmpty else {
@@ -70,14 +92,14 @@ struct Godwitd: AsyncParsableCommand {
                 return ImageExtraFile(source: parts[0], destination: parts[1].hasPrefix("/") ? String(parts[1].dropFirst()) : parts[1])
             }
             _ = try options.addressPlan()
-            try await GodwitDaemon.run(options, driver: try makeDriver())
+            try await GodwitDaemon.run(options, driver: try makeDriver(stateDir: stateDir, criu: options.criu))
         } catch let error as GodwitError {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             throw ExitCode.failure
         }
     }
 
-    func makeDriver() throws -> any ContainerDriver {
+    func makeDriver(stateDir: String, criu: String?) throws -> any ContainerDriver {
         if let fakeState = testingFakeDriver {
             guard ProcessInfo.processInfo.environment["GODWIT_TESTING_FAKE_DRIVER"] == "1" else {
                 throw GodwitError("--testing-fake-driver is for Godwit's own tests",
