@@ -6,7 +6,7 @@ SWIFT ?= swift
 BUILD_DIR := .build/debug
 GODWIT := $(BUILD_DIR)/godwit
 
-.PHONY: all setup build test demo bench fuzz clean distclean
+.PHONY: all setup build release install uninstall test demo bench fuzz clean distclean
 
 all: build
 
@@ -17,6 +17,21 @@ setup:
 build: setup
 	$(SWIFT) build
 	@bash scripts/build-workloads.sh $(BUILD_DIR)
+
+# What users run: optimised builds of godwit, godwitd and godwit-spawn.
+release: setup
+	$(SWIFT) build -c release --product godwit
+	$(SWIFT) build -c release --product godwitd
+	$(SWIFT) build -c release --product godwit-spawn
+
+# Release builds, the provisioned CRIU, a systemd unit and completions under
+# $(DESTDIR)$(PREFIX) (default /usr/local); see scripts/install.sh.
+PREFIX ?= /usr/local
+install: release
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) bash scripts/install.sh install
+
+uninstall:
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) bash scripts/install.sh uninstall
 
 # Unit tests and end-to-end tests (real namespaces, bridges, CRIU); needs root.
 test: build

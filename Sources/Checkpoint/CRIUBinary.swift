@@ -62,6 +62,9 @@ public struct CRIUBinary: Sendable {
         if let provisioned = GodwitPaths.findUpwards(".criu/bin/criu") {
             return CRIUBinary(path: provisioned.path, source: .provisioned)
         }
+        // `make install` puts it in PREFIX/lib/godwit/criu, next to PREFIX/bin.
+        let installed = GodwitPaths.executableDirectory.appendingPathComponent("../lib/godwit/criu/bin/criu").standardizedFileURL.path
+        if access(installed, X_OK) == 0 { return CRIUBinary(path: installed, source: .provisioned) }
         if let system = Command.which("criu") { return CRIUBinary(path: system, source: .system) }
         throw GodwitError("CRIU not found",
                           hint: "run `make setup` (provisions CRIU \(CRIUVersion.minimum)+ into .criu/), or set \(environmentVariable)=/path/to/criu")

@@ -115,6 +115,7 @@ struct Godwitd: AsyncParsableCommand {
 // What AsyncParsableCommand.main() does, inside an async function: in top-level code the
 // compiler picks ParsableCommand's synchronous overloads of main() and run().
 func runCommand() async {
+    DaemonLogging.bootstrap()
     do {
         var command = try Godwitd.parseAsRoot()
         if var asyncCommand = command as? any AsyncParsableCommand {
