@@ -316,7 +316,8 @@ public final class PageServerRelay: Sendable {
                 lastError = (error as? GodwitError)?.message ?? "\(error)"
             }
             usleep(UInt32(min(wait, max(0.05, reconnect.graceSeconds - down)) * 1e6))
-            wait = min(wait * 2, 2)
+            // At most 1 s: faulting threads wait for the link, and a failed attempt is cheap.
+            wait = min(wait * 2, 1)
         }
     }
 
