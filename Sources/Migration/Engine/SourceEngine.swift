@@ -459,6 +459,7 @@ public actor SourceEngine {
             var relayEndedAt: UInt64?
             var wasDown = false
             var downNoted = -1
+            let poll = StatusPoll(session)
             while status.phase == "fetching" || status.phase == "restored" {
                 try? await Task.sleep(for: .milliseconds(100))
                 let bytes = relay.bytesToDestination
@@ -478,11 +479,16 @@ public actor SourceEngine {
                     downNoted = -1
                     progress.advance(bytes, expected: expected > 0 ? expected : nil)
                 }
-                do {
-                    status = try await session.status()
+                switch poll.next() {
+                case .success(let answer)?:
+                    status = answer
                     lastError = nil
-                } catch {
+                case .failure(let error)?:
                     lastError = (error as? GodwitError)?.message ?? "\(error)"
+                case nil where poll.waitingSeconds > 5:
+                    lastError = "no answer from \(peer.name) for \(Int(poll.waitingSeconds)) s"
+                case nil:
+                    break
                 }
                 if bytes != lastBytes || lastError == nil && status.phase != "fetching" { lastChange = Self.now(); lastBytes = bytes }
                 // The relay gave up (the link stayed down past the grace period, or CRIU's
