@@ -264,12 +264,16 @@ public final class PageServerRelay: Sendable {
     /// its way to CRIU) that ends the session as before; with it, the channel is retired
     /// and a reconnect starts.
     private func broke(epoch: Int, why: String) {
-        enum Next { case nothing, end, reconnect }
+        enum Next { case nothing, reconnect }
         let next = session.withLock { s -> Next in
             guard s.epoch == epoch, !s.ended, s.downSince == nil else { return .nothing }
             // CRIU has CLOSE: the dump completes whatever the channel does now.
             if s.closeForwarded { return .nothing }
-            guard s.reconnect != nil else { return .end }
+            guard s.reconnect != nil else {
+                // Decided under the lock: keepAcrossBreaks must see it (the tasks resume).
+                end(&s, failure: "the page channel broke: \(why)")
+                return .nothing
+            }
             s.downSince = DispatchTime.now().uptimeNanoseconds
             s.downReason = why
             shutdown(s.channel, Int32(SHUT_RDWR))
@@ -279,7 +283,6 @@ public final class PageServerRelay: Sendable {
         }
         switch next {
         case .nothing: return
-        case .end: end(failure: "the page channel broke: \(why)")
         case .reconnect: spawn { [self] in reconnectLoop() }
         }
     }
@@ -327,24 +330,27 @@ public final class PageServerRelay: Sendable {
     /// works and no answer is half sent, the destination is told that the session is over
     /// for good (a header with the abort command), so it stops waiting for a reconnect.
     private func end(failure: String?) {
-        session.withLock { s in
-            guard !s.ended else { return }
-            s.ended = true
-            if s.closeAnswered {
-                Self.setLinger(criu, resetOnClose: false)
-                shutdown(criu, Int32(SHUT_WR))
-            } else {
-                s.failure = failure ?? "the page session ended"
-                Self.setLinger(criu, resetOnClose: true)
-                shutdown(criu, Int32(SHUT_RD))
-                if s.channel >= 0, s.downSince == nil, !s.midAnswer {
-                    _ = PageServerHeader.abortRequest.encode().withUnsafeBytes {
-                        send(s.channel, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
-                    }
+        session.withLock { end(&$0, failure: failure) }
+    }
+
+    /// `end` with the lock held (everything in it is non-blocking).
+    private func end(_ s: inout Session, failure: String?) {
+        guard !s.ended else { return }
+        s.ended = true
+        if s.closeAnswered {
+            Self.setLinger(criu, resetOnClose: false)
+            shutdown(criu, Int32(SHUT_WR))
+        } else {
+            s.failure = failure ?? "the page session ended"
+            Self.setLinger(criu, resetOnClose: true)
+            shutdown(criu, Int32(SHUT_RD))
+            if s.channel >= 0, s.downSince == nil, !s.midAnswer {
+                _ = PageServerHeader.abortRequest.encode().withUnsafeBytes {
+                    send(s.channel, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
                 }
             }
-            if s.channel >= 0 { shutdown(s.channel, Int32(SHUT_RDWR)) }
         }
+        if s.channel >= 0 { shutdown(s.channel, Int32(SHUT_RDWR)) }
     }
 
     static func readFull(_ fd: Int32, _ buffer: inout [UInt8]) -> Bool {
