@@ -185,6 +185,9 @@ public struct MoveMemoryFigures: Codable, Sendable, Equatable {
     public var pagesPushed: Int?
     public var pagesFetchedOnFault: Int?
     public var pagesFetchedTwice: Int?
+    /// Post-copy and hybrid: how often the source reconnected a page channel that broke
+    /// after the commit.
+    public var pageReconnects: Int?
 
     public init() {}
 }

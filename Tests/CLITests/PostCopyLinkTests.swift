@@ -69,6 +69,7 @@ struct PostCopyLinkTests {
         print("move said:\n" + stderr.split(separator: "\n").filter { $0.contains("link") || $0.contains("error") }.suffix(4).joined(separator: "\n"))
         #expect(move.terminationStatus == 0, "the move failed: \(stderr)")
         #expect(stderr.contains("waiting for the link"), "\(stderr)")
+        #expect(stderr.contains("is back (reconnect"), "the page channel was reconnected, not merely resumed by TCP: \(stderr)")
         let info = try #require(try lab.container("h2", "web"))
         #expect(info.status == .running)
         try workload.expectHealthy(on: "h2")

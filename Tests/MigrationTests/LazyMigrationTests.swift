@@ -208,6 +208,7 @@ struct LazyMigrationTests {
         let f = move.figures
         #expect(report.outcome == "moved")
         #expect(f.pageReconnects >= 1, "the page channel was reconnected")
+        #expect((report.memory?.pageReconnects ?? 0) >= 1, "the report says so")
         #expect(f.pagesFetchedTwice == 0 && f.pagesRequestedTwice == 0, "no answer applied twice")
         #expect(f.pagesFetchedOnFault == f.lazyPages, "each lazy page fetched exactly once")
         #expect(move.progress.contains { $0.contains("waiting for the link") }, "\(move.progress)")

@@ -522,6 +522,7 @@ public actor SourceEngine {
             memory.pagesPushed = status.pagesPushed
             memory.pagesFetchedOnFault = status.pagesFetchedOnFault
             memory.pagesFetchedTwice = status.pagesFetchedTwice
+            memory.pageReconnects = relay.reconnects
             report.memory = memory
             report.allLocalMillis = status.allLocalAfterCommitMillis.map { $0 + (report.frozenMillis ?? 0) }
         }
