@@ -315,6 +315,9 @@ public final class PageServerRelay: Sendable {
                 guard let epoch else { close(fd); return }
                 startRequests(epoch: epoch, channel: fd)
                 return
+            } catch let refused as ChannelRefused {
+                end(failure: "\(reconnect.peer) refused the page channel after the link broke (\(why)): \(refused)")
+                return
             } catch {
                 lastError = (error as? GodwitError)?.message ?? "\(error)"
             }

@@ -152,4 +152,18 @@ struct PageLinkRecoveryTests {
         var byte: UInt8 = 0
         #expect(recv(criu.ours, &byte, 1, Int32(MSG_DONTWAIT)) <= 0)
     }
+
+    /// A destination that refuses the new channel no longer holds the migration: the relay
+    /// ends at once instead of trying for the whole grace period.
+    @Test func theRelayGivesUpAtOnceWhenTheDestinationRefusesTheChannel() throws {
+        let criu = try FakeCRIU()
+        let (first, firstRelayEnd) = try Self.pair()
+        let relay = PageServerRelay(channel: firstRelayEnd, connected: criu.relays)
+        #expect(relay.keepAcrossBreaks(.init(graceSeconds: 60, peer: "test") { throw ChannelRefused("migration m is not in progress here") }))
+        shutdown(first, Int32(SHUT_RDWR))
+        close(first)
+        #expect(relay.wait(timeout: 5), "ended well before the 60 s grace")
+        let failure = relay.failure ?? ""
+        #expect(failure.contains("refused the page channel") && failure.contains("not in progress"), "\(failure)")
+    }
 }

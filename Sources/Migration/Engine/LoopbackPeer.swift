@@ -122,7 +122,10 @@ public final class LoopbackPeer: MigrationPeer, Sendable {
 
         func open(_ channel: MigrationChannel) throws -> Int32 {
             if channel == .pages, peer.pageLinkDown { throw GodwitError("injected: the link to \(peer.name) is down") }
-            let handler = try engine.handler(for: channel)
+            let handler: @Sendable (Int32) -> Void
+            do { handler = try engine.handler(for: channel) } catch {
+                throw ChannelRefused((error as? GodwitError)?.message ?? "\(error)")
+            }
             var fds: [Int32] = [0, 0]
             guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
                 throw GodwitError.errno("socketpair")
