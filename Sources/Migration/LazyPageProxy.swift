@@ -29,9 +29,12 @@ import Synchronization
 /// (their wire order is `inFlight`'s, the order answers come back in) and replies to
 /// lazy-pages (they leave in request order), and re-sends on a new connection
 /// (`reattach`); never across a read, `finish`, CLOSE's send or `onFailure`. An upstream's
-/// `abort` is non-blocking (a shutdown) and may come under it (`linkBroke`). The upstream thread sleeps on `work`, `wait` on
-/// `ended` (see `changed`). `@unchecked` only for `store`, a PageStore (not Sendable) the
-/// caller shares: we touch it only inside the lock, the caller before `start`/after `stop`.
+/// `abort` is non-blocking (a shutdown) and may come under it (`linkBroke`). The upstream
+/// thread sleeps on `work`, `wait` on `ended` (see `changed`). `@unchecked` only for
+/// `store`, a PageStore (not Sendable) the caller shares: we touch it only inside the
+/// lock, the caller before `start`/after `stop`. What the upstream half
+/// (LazyPageProxy+Upstream.swift) shares with this file is internal, not private, for
+/// that reason only: nothing outside the proxy uses it.
 public final class LazyPageProxy: @unchecked Sendable {
     public let port: Int
     public var stats: LazyProxyStats { statistics }
