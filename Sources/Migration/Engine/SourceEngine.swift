@@ -530,8 +530,10 @@ public actor SourceEngine {
         let dump = restoring.frozen.dump
         await blocking {
             // A relay still waiting for a reconnect (the destination answered CLOSE itself
-            // while the link was down) has nothing left to serve.
-            if !relay.wait(timeout: 10) {
+            // while the link was down) has nothing left to serve. Otherwise CLOSE ends it
+            // (a copy restore's CLOSE can take long under load: 30 s, as before).
+            if relay.linkDown != nil { relay.abort("every page reached the destination") }
+            if !relay.wait(timeout: 30) {
                 relay.abort("every page reached the destination")
                 _ = relay.wait(timeout: 10)
             }
