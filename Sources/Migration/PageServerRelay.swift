@@ -42,9 +42,10 @@ public final class PageServerRelay: Sendable {
         public var graceSeconds: Double
         /// Who is at the other end, for errors ("h2").
         public var peer: String
-        /// Opens a new page channel (blocking).
-        public var open: @Sendable () throws -> Int32
-        public init(graceSeconds: Double, peer: String, open: @escaping @Sendable () throws -> Int32) {
+        /// Opens a new page channel (blocking), giving up after about the seconds given
+        /// (what is left of the grace period).
+        public var open: @Sendable (Double) throws -> Int32
+        public init(graceSeconds: Double, peer: String, open: @escaping @Sendable (Double) throws -> Int32) {
             self.graceSeconds = graceSeconds; self.peer = peer; self.open = open
         }
     }
@@ -303,7 +304,7 @@ public final class PageServerRelay: Sendable {
                 return
             }
             do {
-                let fd = try reconnect.open()
+                let fd = try reconnect.open(reconnect.graceSeconds - down)
                 let epoch = session.withLock { s -> Int? in
                     guard !s.ended else { return nil }
                     s.epoch += 1

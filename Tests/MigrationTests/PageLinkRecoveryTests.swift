@@ -109,7 +109,7 @@ struct PageLinkRecoveryTests {
         let (first, firstRelayEnd) = try Self.pair()
         let relay = PageServerRelay(channel: firstRelayEnd, connected: criu.relays)
         let next = Locked<Int32>(-1)
-        #expect(relay.keepAcrossBreaks(.init(graceSeconds: 10, peer: "test") {
+        #expect(relay.keepAcrossBreaks(.init(graceSeconds: 10, peer: "test") { _ in
             let (ours, theirs) = try Self.pair()
             next.value = ours
             return theirs
@@ -141,7 +141,7 @@ struct PageLinkRecoveryTests {
         let criu = try FakeCRIU()
         let (first, firstRelayEnd) = try Self.pair()
         let relay = PageServerRelay(channel: firstRelayEnd, connected: criu.relays)
-        #expect(relay.keepAcrossBreaks(.init(graceSeconds: 1, peer: "test") { throw GodwitError("injected: unreachable") }))
+        #expect(relay.keepAcrossBreaks(.init(graceSeconds: 1, peer: "test") { _ in throw GodwitError("injected: unreachable") }))
         shutdown(first, Int32(SHUT_RDWR))
         close(first)
         #expect(poll(timeout: 5) { relay.linkDown != nil || relay.hasEnded })
@@ -159,7 +159,7 @@ struct PageLinkRecoveryTests {
         let criu = try FakeCRIU()
         let (first, firstRelayEnd) = try Self.pair()
         let relay = PageServerRelay(channel: firstRelayEnd, connected: criu.relays)
-        #expect(relay.keepAcrossBreaks(.init(graceSeconds: 60, peer: "test") { throw ChannelRefused("migration m is not in progress here") }))
+        #expect(relay.keepAcrossBreaks(.init(graceSeconds: 60, peer: "test") { _ in throw ChannelRefused("migration m is not in progress here") }))
         shutdown(first, Int32(SHUT_RDWR))
         close(first)
         #expect(relay.wait(timeout: 5), "ended well before the 60 s grace")

@@ -27,10 +27,14 @@ struct PeerMigrationTransport: MigrationPeer {
         let answer: IncomingMigrationAnswer
         var id: String { answer.id }
 
-        func open(_ channel: MigrationChannel) throws -> Int32 {
+        func open(_ channel: MigrationChannel) throws -> Int32 { try open(channel, within: 10) }
+
+        func open(_ channel: MigrationChannel, within seconds: Double) throws -> Int32 {
+            let millis = Int64(min(max(seconds, 0.5), 10) * 1000)  // finite and bounded: NIO traps on neither
             do {
                 return try PeerStream.openBlocking(remote: client.remote, identity: trust.identity, port: answer.streamPort,
-                                                   header: PeerStreamHeader(migration: answer.id, secret: answer.secret, channel: channel.rawValue))
+                                                   header: PeerStreamHeader(migration: answer.id, secret: answer.secret, channel: channel.rawValue),
+                                                   connectTimeout: .milliseconds(millis))
             } catch let error as GodwitError {
                 // The daemon answered no (the migration ended there), or nothing listens on
                 // its data port any more (the daemon that held the migration is gone; a new

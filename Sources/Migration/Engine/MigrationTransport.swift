@@ -58,4 +58,11 @@ public protocol MigrationSession: Sendable {
     func deliver(_ report: MoveReport) async
     /// Ends the session's connections.
     func close() async
+    /// `open`, giving up on reaching the destination after about `seconds` (a reconnect
+    /// must not outlast its grace period by a whole connect timeout).
+    func open(_ channel: MigrationChannel, within seconds: Double) throws -> Int32
+}
+
+extension MigrationSession {
+    public func open(_ channel: MigrationChannel, within seconds: Double) throws -> Int32 { try open(channel) }
 }

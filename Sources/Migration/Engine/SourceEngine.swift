@@ -406,7 +406,7 @@ public actor SourceEngine {
             // the tasks, so the move rolls back instead.
             let session = restoring.frozen.transferring.session
             let reconnect = PageServerRelay.Reconnect(graceSeconds: Double(host.container.config.postCopyGraceSeconds),
-                                                      peer: peer.name) { try session.open(.pages) }
+                                                      peer: peer.name) { try session.open(.pages, within: $0) }
             guard restoring.relay.keepAcrossBreaks(reconnect) else {
                 throw GodwitError("the page channel to \(peer.name) broke just before the commit"
                                   + (restoring.relay.failure.map { ": \($0)" } ?? ""))
