@@ -10,6 +10,8 @@ public enum ConfigKey {
         case cpus           // "1", "0.5", "2"
         case boolean
         case milliseconds(ClosedRange<Int>)
+        /// Whole seconds, "180" or "180s".
+        case seconds(ClosedRange<Int>)
         case string
         /// One of these words.
         case choice([String])
@@ -41,6 +43,8 @@ public enum ConfigKey {
               help: "dirty tracker for pre-copy: auto (what `godwit check` found on the source), uffd-wp, soft-dirty or hashing"),
         .init(key: "migration.postcopy", kind: .choice(["ask", "true", "false"]), defaultValue: "ask",
               help: "post-copy and hybrid can lose the container if the link fails after the commit. ask: only when `godwit move --mode` names them; true: `--mode auto` may pick them too; false: never"),
+        .init(key: "migration.postcopy.grace", kind: .seconds(1...3600), defaultValue: "180",
+              help: "after a post-copy or hybrid commit, how long the page channel may stay down (s) while the hosts reconnect; past it the container is lost"),
     ]
 
     /// `environment.NAME` keys carry the init's environment; anything else must be defined above.
@@ -80,6 +84,11 @@ public enum ConfigKey {
         case .milliseconds(let range):
             let digits = value.hasSuffix("ms") ? String(value.dropLast(2)) : value
             guard let n = Int(digits), range.contains(n) else { throw bad("milliseconds in \(range.lowerBound)...\(range.upperBound)") }
+            return String(n)
+        case .seconds(let range):
+            // Whole seconds only: no "nan", "inf" or exponent can reach a timer.
+            let digits = value.hasSuffix("s") ? String(value.dropLast()) : value
+            guard let n = Int(digits), range.contains(n) else { throw bad("seconds in \(range.lowerBound)...\(range.upperBound)") }
             return String(n)
         case .cpus:
             // The cgroup quota is 1 ms per 100 ms period at least: 0.01 CPU. `n.isFinite`
@@ -147,6 +156,12 @@ public struct ContainerConfig: Codable, Sendable, Equatable {
     public var postCopyAllowed: Bool { self["migration.postcopy"] != "false" }
     /// `--mode auto` may pick post-copy or hybrid: the container's owner accepted the risk.
     public var postCopyOptedIn: Bool { self["migration.postcopy"] == "true" }
+    /// How long a post-copy or hybrid move waits for a broken page channel to come back
+    /// after the commit (both hosts read it from the container's config).
+    public var postCopyGraceSeconds: Int {
+        let parsed = self["migration.postcopy.grace"].flatMap { Int($0) } ?? 180
+        return min(max(parsed, 1), 3600)
+    }
     /// migration.incremental.memory.tracker: nil for auto (the host check's choice).
     public var forcedTracker: DirtyTrackerKind? { self["migration.incremental.memory.tracker"].flatMap(DirtyTrackerKind.init(rawValue:)) }
 }

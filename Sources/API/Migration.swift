@@ -126,6 +126,9 @@ public struct IncomingMigrationStatus: Codable, Sendable, Equatable {
     public var pagesFetchedOnFault: Int?
     public var pagesFetchedTwice: Int?
     public var pagesRequestedTwice: Int?
+    /// Post-copy and hybrid after the commit: set while the page channel to the source is
+    /// down and the hosts wait for it ("waiting for the link: ...").
+    public var link: String?
 
     public init(id: String, phase: String, pid: Int32? = nil, fetchMillis: Double = 0, rebuildMillis: Double = 0,
                 restoreMillis: Double = 0, pagesFetched: Int = 0, allLocalAfterCommitMillis: Double? = nil, lost: String? = nil) {
@@ -182,6 +185,9 @@ public struct MoveMemoryFigures: Codable, Sendable, Equatable {
     public var pagesPushed: Int?
     public var pagesFetchedOnFault: Int?
     public var pagesFetchedTwice: Int?
+    /// Post-copy and hybrid: how often the source reconnected a page channel that broke
+    /// after the commit.
+    public var pageReconnects: Int?
 
     public init() {}
 }
@@ -289,6 +295,9 @@ extension IncomingMigrationStatus {
         pagesFetchedOnFault = try count(.pagesFetchedOnFault)
         pagesFetchedTwice = try count(.pagesFetchedTwice)
         pagesRequestedTwice = try count(.pagesRequestedTwice)
+        // Shown to users: bounded like the other peer texts are not, so a peer can't
+        // fill an operation's progress with megabytes.
+        link = try c.decodeIfPresent(String.self, forKey: .link).map { String($0.prefix(1000)) }
     }
 }
 

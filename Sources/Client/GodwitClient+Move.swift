@@ -51,6 +51,7 @@ extension MoveReport {
             if let n = m.pagesPushed { parts.append("\(n) pushed") }
             if let n = m.pagesFetchedOnFault { parts.append("\(n) fetched on demand") }
             if let n = m.pagesFetchedTwice, n > 0 { parts.append("\(n) FETCHED TWICE") }
+            if let n = m.pageReconnects, n > 0 { parts.append("page channel reconnected \(n) time\(n == 1 ? "" : "s") after a broken link") }
             if !parts.isEmpty { lines.append("  memory: " + parts.joined(separator: ", ")) }
         }
         return lines.joined(separator: "\n")

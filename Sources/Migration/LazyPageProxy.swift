@@ -13,6 +13,9 @@ import Synchronization
 /// so nothing is fetched twice. CLOSE from lazy-pages (every page delivered) is passed
 /// upstream and answered 0.
 ///
+/// A broken connection (`keepAcrossBreaks`, see LazyPageProxy+Upstream.swift): the
+/// requests without a complete answer wait, and go out again when the source reconnects.
+///
 /// Upstream failure: if nothing more is needed from the source (no fetch outstanding, and
 /// every later GET can be answered locally) the proxy serves on; a GET that needs the
 /// source then fails the session (`onFailure`) WITHOUT closing the lazy-pages connection,
@@ -24,10 +27,14 @@ import Synchronization
 /// come from other threads. All mutable state is in `state`, one Mutex, and every use of
 /// `store` is under it. It is held across blocking writes on purpose: GETs to the source
 /// (their wire order is `inFlight`'s, the order answers come back in) and replies to
-/// lazy-pages (they leave in request order); never across a read, `upstream.abort`/
-/// `finish`, CLOSE's send or `onFailure`. The upstream thread sleeps on `work`, `wait` on
-/// `ended` (see `changed`). `@unchecked` only for `store`, a PageStore (not Sendable) the
-/// caller shares: we touch it only inside the lock, the caller before `start`/after `stop`.
+/// lazy-pages (they leave in request order), and re-sends on a new connection
+/// (`reattach`); never across a read, `finish`, CLOSE's send or `onFailure`. An upstream's
+/// `abort` is non-blocking (a shutdown) and may come under it (`linkBroke`). The upstream
+/// thread sleeps on `work`, `wait` on `ended` (see `changed`). `@unchecked` only for
+/// `store`, a PageStore (not Sendable) the caller shares: we touch it only inside the
+/// lock, the caller before `start`/after `stop`. What the upstream half
+/// (LazyPageProxy+Upstream.swift) shares with this file is internal, not private, for
+/// that reason only: nothing outside the proxy uses it.
 public final class LazyPageProxy: @unchecked Sendable {
     /// `criu lazy-pages`' end of its page-server connection, made before it starts and
     /// handed to it (`--ps-socket`; see PageServerConnection): the proxy never listens, so
@@ -73,17 +80,17 @@ public final class LazyPageProxy: @unchecked Sendable {
     /// read-ahead only extends the requested run. Set before `start()`.
     public var lazyRuns: [Int32: [Range<UInt64>]] { get { state.withLock { $0.lazyRuns } } set { state.withLock { $0.lazyRuns = newValue } } }
 
-    private let store: PageStore
-    private let state: Mutex<State>
+    let store: PageStore
+    let state: Mutex<State>
     /// Wakes the upstream thread when it sleeps and what it waits for may have changed.
-    private let work = DispatchSemaphore(value: 0)
+    let work = DispatchSemaphore(value: 0)
     /// Signalled once the session completed or failed; each waiter passes it on.
     private let ended = DispatchSemaphore(value: 0)
     private let finished = DispatchGroup()
-    private let pageSize = Int(systemPageSize)
+    let pageSize = Int(systemPageSize)
 
     /// A request, from lazy-pages or our own read-ahead; lives only inside `state`.
-    private final class Pending {
+    final class Pending {
         let request: PageServerHeader
         /// Set when the answer is ready (the request's padding echoed).
         var reply: PageServerHeader?
@@ -100,13 +107,16 @@ public final class LazyPageProxy: @unchecked Sendable {
         var deferred = false
         /// Fetched for the store only: never in the reply queue, nobody waits for it.
         var isPrefetch = false
+        /// What went (or goes, once the source reconnects) to the source for it; sent
+        /// again on a new connection until its answer arrived whole.
+        var wire: PageServerHeader?
         init(request: PageServerHeader, nsPID: Int32, vaddr: UInt64, pages: Int, isClose: Bool = false) {
             self.request = request; self.nsPID = nsPID; self.vaddr = vaddr; self.pages = pages; self.isClose = isClose
         }
     }
-    private struct Key: Hashable { var ns: Int32; var vaddr: UInt64 }
+    struct Key: Hashable { var ns: Int32; var vaddr: UInt64 }
 
-    private struct State {
+    struct State {
         var readAheadPages = 0, faultReadAheadPages = 0
         var lazyRuns: [Int32: [Range<UInt64>]] = [:]
         var onFailure: (@Sendable (String) -> Void)?
@@ -130,12 +140,24 @@ public final class LazyPageProxy: @unchecked Sendable {
         var upstreamIdle = false
         mutating func sleep() -> Step { upstreamIdle = true; return .wait }
         var completedAt: UInt64?
+        /// How long a broken connection to the source may stay down while the source
+        /// reconnects (0: a break fails the session at once).
+        var graceSeconds = 0.0
+        /// Which connection to the source is the current one (+1 at each reconnect): an
+        /// answer read from an older one is dropped, its request was sent again.
+        var upstreamEpoch = 0
+        /// Since when (uptime ns) the connection to the source is down, and why.
+        var linkDownSince: UInt64?
+        var linkDownReason = ""
+        var reconnects = 0
     }
 
     /// What the upstream thread needs of the request it reads the answer to, outside the lock.
-    private struct Fetch: Sendable {
+    struct Fetch: Sendable {
         let isClose: Bool, nsPID: Int32, vaddr: UInt64, pages: Int, fetchPages: Int
-        let request: PageServerHeader, upstream: any LazyPageUpstream
+        let request: PageServerHeader, upstream: any LazyPageUpstream, epoch: Int
+        /// The Pending it was made from (compared, never dereferenced, outside the lock).
+        let id: ObjectIdentifier
     }
 
     /// `upstream` may come later (`attach`), so the proxy and `criu lazy-pages` can be
@@ -237,7 +259,7 @@ public final class LazyPageProxy: @unchecked Sendable {
         _ = finished.wait(timeout: .now() + 10)
     }
 
-    private func fail(_ why: String) {
+    func fail(_ why: String) {
         let (first, onFailure) = state.withLock { s in
             let first = s.failure == nil && !s.completed
             if first { s.failure = why }
@@ -249,7 +271,7 @@ public final class LazyPageProxy: @unchecked Sendable {
 
     /// After every change the upstream thread or `wait` may wait for: rings `work` (the
     /// upstream thread looks again) and, once completed or failed, `ended`. Caller holds the lock.
-    private func changed(_ s: inout State) {
+    func changed(_ s: inout State) {
         if s.upstreamIdle { s.upstreamIdle = false; work.signal() }
         if !s.endSignalled && (s.completed || s.failure != nil) {
             s.endSignalled = true
@@ -348,11 +370,11 @@ public final class LazyPageProxy: @unchecked Sendable {
         p.pages = min(asked, missing)
         p.fetchPages = missing
         for i in 0..<missing { s.fetching.insert(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
-        let request = try p.request.asGet(pages: missing)
+        p.wire = try p.request.asGet(pages: missing)
         s.inFlight.append(p)
         s.stats.forwardedRequests += 1
         changed(&s)
-        try send(request, to: s.upstream!)
+        try sendUpstream(p, &s)
         if background, s.readAheadPages > missing {
             let windowEnd = PageArithmetic.end(of: p.vaddr, pages: UInt64(s.readAheadPages), pageSize: UInt64(pageSize)) ?? UInt64.max
             try prefetchHoles(like: p.request, nsPID: p.nsPID, from: p.vaddr + UInt64(missing * pageSize), budget: s.readAheadPages - missing,
@@ -392,11 +414,12 @@ public final class LazyPageProxy: @unchecked Sendable {
             let p = Pending(request: request, nsPID: nsPID, vaddr: address, pages: 0)
             p.isPrefetch = true
             p.fetchPages = count
+            p.wire = request
             for i in 0..<count { s.fetching.insert(Key(ns: nsPID, vaddr: address + UInt64(i * pageSize))) }
             s.inFlight.append(p)
             s.stats.prefetchRequests += 1
             changed(&s)
-            try send(request, to: s.upstream!)
+            try sendUpstream(p, &s)
             budget -= count
             guard let next = a else { return }
             address = next
@@ -434,8 +457,10 @@ public final class LazyPageProxy: @unchecked Sendable {
     /// Puts CLOSE in flight and returns where to send it (after the lock), or answers it
     /// at once if the source is gone. Caller holds the lock.
     private func forwardClose(_ p: Pending, _ s: inout State) -> (any LazyPageUpstream)? {
-        // Everything was delivered; a source we lost can't be told, but it needs nothing.
-        if s.upstreamError != nil { answerClose(p, &s); return nil }
+        // Everything was delivered; a source we lost (or can't reach now) can't be told,
+        // but it needs nothing: its doomed tasks die with the failed dump.
+        if s.upstreamError != nil || s.linkDownSince != nil { answerClose(p, &s); return nil }
+        p.wire = .closeRequest
         s.inFlight.append(p)
         changed(&s)
         return s.upstream!
@@ -454,14 +479,14 @@ public final class LazyPageProxy: @unchecked Sendable {
     }
 
     /// Answers CLOSE with 0 without the source. Caller holds the lock.
-    private func answerClose(_ p: Pending, _ s: inout State) {
+    func answerClose(_ p: Pending, _ s: inout State) {
         p.ready = true
         p.data = [0, 0, 0, 0]
         try? flush(&s)
     }
 
     /// Sends ready replies from the head of the queue. Caller holds the lock.
-    private func flush(_ s: inout State) throws {
+    func flush(_ s: inout State) throws {
         while let head = s.queue.first {
             if head.deferred {
                 // The fetch that held its first page was before it in the queue, so it
@@ -488,112 +513,8 @@ public final class LazyPageProxy: @unchecked Sendable {
     }
 
     /// Caller holds the lock (replies exist only once lazy-pages is connected).
-    private func writeDown(_ bytes: [UInt8], _ s: State) throws {
+    func writeDown(_ bytes: [UInt8], _ s: State) throws {
         guard let downStream = s.downStream else { throw GodwitError("criu lazy-pages is not connected") }
         try bytes.withUnsafeBytes { try downStream.write($0) }
-    }
-
-    // MARK: upstream: the source
-
-    private enum Step: Sendable { case wait, exit, read(Fetch) }
-
-    private func upstreamLoop() {
-        var h = [UInt8](repeating: 0, count: PageServerHeader.size)
-        while true {
-            let step = state.withLock { s -> Step in
-                if s.stopping || s.failure != nil { return .exit }
-                guard let p = s.inFlight.first else { return s.completed ? .exit : s.sleep() }
-                return .read(Fetch(isClose: p.isClose, nsPID: p.nsPID, vaddr: p.vaddr, pages: p.pages, fetchPages: p.fetchPages,
-                                   request: p.request, upstream: s.upstream!))
-            }
-            let head: Fetch
-            switch step {
-            case .wait: work.wait(); continue
-            case .exit: return
-            case .read(let fetch): head = fetch
-            }
-            do {
-                if head.isClose {
-                    var status: Int32 = -1
-                    try withUnsafeMutableBytes(of: &status) { try head.upstream.receive($0) }
-                    head.upstream.finish()
-                    try state.withLock { [status] s in
-                        // `head`: a CLOSE leaves inFlight elsewhere only if its send failed,
-                        // and then the receive above failed too.
-                        let p = s.inFlight.removeFirst()
-                        if status != 0 { s.upstreamError = "the source answered CLOSE with \(status)" }
-                        p.data = [0, 0, 0, 0]
-                        p.ready = true
-                        try flush(&s)
-                    }
-                    return
-                }
-                try h.withUnsafeMutableBytes { try head.upstream.receive($0) }
-                let answer = try PageServerHeader(bytes: h)
-                guard answer.isPresentPages, answer.vaddr == head.vaddr, answer.nsPID == head.nsPID,
-                      answer.pages > 0, answer.pages <= head.fetchPages else {
-                    throw GodwitError("the source's page server answered GET(\(head.nsPID), 0x\(String(head.vaddr, radix: 16)), \(head.fetchPages)) with \(answer)",
-                                      hint: "both hosts must run the same CRIU version")
-                }
-                let nr = answer.pages
-                var data = [UInt8](repeating: 0, count: answer.byteCount)
-                try data.withUnsafeMutableBytes { try head.upstream.receive($0) }
-                // Before the lock: the catch below takes it.
-                let reply = try head.request.reply(pages: min(nr, head.pages))
-                try state.withLock { [data] s in
-                    let p = s.inFlight.removeFirst()  // `head`: only this thread removes GETs
-                    for i in 0..<p.fetchPages { s.fetching.remove(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
-                    s.stats.pagesFetched += nr
-                    let answered = min(nr, p.pages)
-                    if answered < p.pages && !p.isPrefetch { s.stats.shortReplies += 1 }
-                    for i in 0..<nr {
-                        let a = p.vaddr + UInt64(i * pageSize)
-                        if !s.fetched.insert(Key(ns: p.nsPID, vaddr: a)).inserted { s.stats.pagesFetchedTwice += 1 }
-                        if store.contains(nsPID: p.nsPID, vaddr: a) { s.stats.fetchedButAlreadyLocal += 1 }
-                    }
-                    do {
-                        try data.withUnsafeBytes { try store.store(nsPID: p.nsPID, vaddr: p.vaddr, count: nr, data: $0) }
-                    } catch {
-                        // Only the "all local" bookkeeping suffers; the reply still goes out.
-                    }
-                    p.data = answered == nr ? data : Array(data[0..<(answered * pageSize)])
-                    p.pages = answered
-                    p.reply = reply
-                    p.ready = true
-                    try flush(&s)
-                }
-            } catch {
-                let (stop, needed, deferredFailure) = state.withLock { s -> (Bool, Bool, String?) in
-                    s.upstreamError = s.upstreamError ?? "\(error)"
-                    // Prefetches nobody waits for are not a reason to fail; a GET deferred
-                    // behind one now asks the source itself (and fails, if it needs it).
-                    for p in s.inFlight where p.isPrefetch {
-                        for i in 0..<p.fetchPages { s.fetching.remove(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
-                    }
-                    s.inFlight.removeAll { $0.isPrefetch }
-                    let needed = s.inFlight.contains { !$0.isClose }
-                    var deferredFailure: String?
-                    if !needed, let close = s.inFlight.first(where: { $0.isClose }) {
-                        // Every page was delivered; only the source's goodbye is missing.
-                        s.inFlight.removeAll()
-                        answerClose(close, &s)
-                    } else if !needed {
-                        do { try flush(&s) } catch { deferredFailure = "\(error)" }
-                    }
-                    return (s.stopping, needed, deferredFailure)
-                }
-                if stop { return }
-                if needed {
-                    fail("the connection to the source failed while pages were outstanding (\(error))")
-                } else if let deferredFailure {
-                    fail(deferredFailure)
-                }
-                return
-            }
-        }
-    }
-
-    private func send(_ header: PageServerHeader, to upstream: any LazyPageUpstream) throws {
-        try header.encode().withUnsafeBytes { try upstream.send($0) }
     }
 }

@@ -31,6 +31,14 @@ public enum PeerStream {
                     connectTimeout: connectTimeout).wait()
     }
 
+    /// Whether the host answered the connection with a reset (ECONNREFUSED): nothing listens
+    /// there, unlike a link that is down, which times out or is unreachable.
+    static func refused(_ error: any Error) -> Bool {
+        if let io = error as? IOError { return io.errnoCode == ECONNREFUSED }
+        if let connection = error as? NIOConnectionError { return connection.connectionErrors.contains { refused($0.error) } }
+        return false
+    }
+
     /// The host part of a remote's "https://HOST:PORT" url ("[v6]" brackets removed).
     static func host(of remote: Remote) throws -> String {
         guard let components = URLComponents(string: remote.url), var host = components.host, !host.isEmpty else {
@@ -96,7 +104,9 @@ public enum PeerStream {
                         }
                     }
                 case .failure(let error):
-                    result.fail(annotate(PeerClient.connectionError(error, remote: remote).with("port", "\(port)")))
+                    var failure = PeerClient.connectionError(error, remote: remote).with("port", "\(port)")
+                    if refused(error) { failure = failure.with("refused", "nothing listens on the data port") }
+                    result.fail(annotate(failure))
                 }
             }
         return result.futureResult

@@ -10,6 +10,7 @@ import GodwitCore
         #expect(config.incrementalIterations == 10)
         #expect(config.downtimeTargetMilliseconds == 300)
         #expect(config.postCopyAllowed)
+        #expect(config.postCopyGraceSeconds == 180)
     }
 
     @Test func valuesAreCanonicalised() throws {
@@ -17,6 +18,8 @@ import GodwitCore
         #expect(try ConfigKey.validate("limits.memory", "1GB") == "1000000000")
         #expect(try ConfigKey.validate("migration.incremental.memory", "yes") == "true")
         #expect(try ConfigKey.validate("migration.incremental.memory.downtime", "250ms") == "250")
+        #expect(try ConfigKey.validate("migration.postcopy.grace", "30s") == "30")
+        #expect(try ContainerConfig(validating: ["migration.postcopy.grace": "3"]).postCopyGraceSeconds == 3)
         let config = try ContainerConfig(validating: ["limits.memory": "1GiB", "environment.FOO": "bar baz"])
         #expect(config.memoryLimit == 1 << 30)
         #expect(config.environment == ["FOO": "bar baz"])
@@ -29,6 +32,10 @@ import GodwitCore
         ("migration.incremental.memory.iterations", "0", "1...999"),
         ("migration.incremental.memory", "maybe", "true or false"),
         ("limits.cpu", "-1", "CPUs"),
+        ("migration.postcopy.grace", "0", "1...3600"),
+        ("migration.postcopy.grace", "3601", "1...3600"),
+        ("migration.postcopy.grace", "nan", "seconds"),
+        ("migration.postcopy.grace", "1e3", "seconds"),
         ("limits.nonsense", "1", "known keys"),
         ("environment.1X", "v", "environment.NAME"),
     ])

@@ -27,9 +27,21 @@ struct PeerMigrationTransport: MigrationPeer {
         let answer: IncomingMigrationAnswer
         var id: String { answer.id }
 
-        func open(_ channel: MigrationChannel) throws -> Int32 {
-            try PeerStream.openBlocking(remote: client.remote, identity: trust.identity, port: answer.streamPort,
-                                        header: PeerStreamHeader(migration: answer.id, secret: answer.secret, channel: channel.rawValue))
+        func open(_ channel: MigrationChannel) throws -> Int32 { try open(channel, within: 10) }
+
+        func open(_ channel: MigrationChannel, within seconds: Double) throws -> Int32 {
+            let millis = Int64(min(max(seconds, 0.5), 10) * 1000)  // finite and bounded: NIO traps on neither
+            do {
+                return try PeerStream.openBlocking(remote: client.remote, identity: trust.identity, port: answer.streamPort,
+                                                   header: PeerStreamHeader(migration: answer.id, secret: answer.secret, channel: channel.rawValue),
+                                                   connectTimeout: .milliseconds(millis))
+            } catch let error as GodwitError {
+                // The daemon answered no (the migration ended there), or nothing listens on
+                // its data port any more (the daemon that held the migration is gone; a new
+                // one never resumes it): final. A link that is down times out instead.
+                if error.context.contains(where: { $0.0 == "status" || $0.0 == "refused" }) { throw ChannelRefused(error.message) }
+                throw error
+            }
         }
 
         func beginRestore() async throws -> IncomingMigrationStatus { try await client.call(.POST, "/1.0/migrations/\(id)/restore") }

@@ -200,6 +200,16 @@ public final class DestinationEngine: Sendable {
         }
     }
 
+    /// The restore that takes a new page channel: a lazy one, restored or committed.
+    private func reconnectable() -> (any RestoreMethod)? {
+        shared.withLock { s in
+            switch s.state {
+            case .restored(let r), .committed(let r): r.method.kind == .lazy ? r.method : nil
+            default: nil
+            }
+        }
+    }
+
     private func receiving() -> Receiving? {
         shared.withLock { if case .receiving(let r) = $0.state { return r } else { return nil } }
     }
@@ -210,6 +220,12 @@ public final class DestinationEngine: Sendable {
     /// channel's own thread (which owns the descriptor and closes it when done).
     public func handler(for channel: MigrationChannel) throws -> @Sendable (Int32) -> Void {
         touch()
+        // The source reconnects a broken page channel from just before the commit on.
+        if channel == .pages, let method = reconnectable() {
+            return { fd in
+                if !method.reattach(pages: fd) { self.shared.withLock { $0.errors.append("pages: a reconnect came after the session ended") } }
+            }
+        }
         guard let r = receiving() else {
             throw GodwitError("migration \(id) is \(stateName): no \(channel.rawValue) channel now")
         }
@@ -337,6 +353,7 @@ public final class DestinationEngine: Sendable {
             let target = try host.restoreTarget(images: imagesDirectory, store: storeDirectory)
             let method = behaviour.restore.method(target: target, store: r.store)
             (method as? LazyRestore)?.wrapUpstream = wrapUpstream
+            (method as? LazyRestore)?.graceSeconds = Double(ContainerConfig(request.config).postCopyGraceSeconds)
             // Registered before it runs, so an abort during the restore kills what it made.
             shared.withLock { $0.restoringMethod = method }
             let pid = try method.restore(pages: fd, push: push)
@@ -487,6 +504,7 @@ public final class DestinationEngine: Sendable {
         } else {
             status.pagesFromStore = figures.pagesFromStore
         }
+        if case .committed = shared.withLock({ $0.state }) { status.link = method?.linkDown }
         switch outcome {
         case .lost(let why)?: status.lost = status.lost ?? why
         case .rolledBack(let why)?: status.reason = why

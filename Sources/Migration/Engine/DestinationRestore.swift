@@ -40,6 +40,8 @@ public struct IncomingFigures: Codable, Sendable {
     public var pagesFromStore = 0
     /// Hybrid: pages the source pushed after the freeze.
     public var pagesPushed = 0
+    /// Post-copy: how often the source reconnected a broken page channel.
+    public var pageReconnects = 0
     /// Set when the container was lost after the commit (post-copy only).
     public var lost: String?
     public var notes: [String] = []
@@ -69,6 +71,16 @@ public protocol RestoreMethod: AnyObject, Sendable {
     /// Before the commit: kill what was restored and fail the page session (the source
     /// resumes). Idempotent.
     func abort()
+    /// A new page channel from the source after the old one broke (owned from now on);
+    /// false if this restore can't take it.
+    func reattach(pages: Int32) -> Bool
+    /// While the page channel is down and the hosts wait for it: what to tell the user.
+    var linkDown: String? { get }
+}
+
+extension RestoreMethod {
+    public func reattach(pages: Int32) -> Bool { close(pages); return false }
+    public var linkDown: String? { nil }
 }
 
 extension RestoreKind {
@@ -261,6 +273,8 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         var pushFD: Int32 = -1
         /// Tests: wraps the upstream (e.g. to slow it down).
         var wrapUpstream: (@Sendable (LazyPageUpstream) -> LazyPageUpstream)?
+        /// How long a broken page channel may stay down (migration.postcopy.grace).
+        var graceSeconds = 180.0
     }
     /// What the restore started, for the commit, the wait and the abort.
     private let parts = Mutex(Parts())
@@ -268,6 +282,10 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
     var wrapUpstream: (@Sendable (LazyPageUpstream) -> LazyPageUpstream)? {
         get { parts.withLock { $0.wrapUpstream } }
         set { parts.withLock { $0.wrapUpstream = newValue } }
+    }
+    var graceSeconds: Double {
+        get { parts.withLock { $0.graceSeconds } }
+        set { parts.withLock { $0.graceSeconds = newValue } }
     }
     /// The proxy, once the restore started it (tests cut its link).
     var pageProxy: LazyPageProxy? { parts.withLock { $0.proxy } }
@@ -281,6 +299,9 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         let t = Self.now()
         let upstream: LazyPageUpstream = TCPPageServerUpstream(connected: fd)
         let proxy = try LazyPageProxy(store: store, upstream: wrapUpstream?(upstream) ?? upstream)
+        // The source reconnects a page channel that broke (once it doomed its tasks, the
+        // only way on): the faulting threads wait that long for it.
+        proxy.keepAcrossBreaks(graceSeconds: graceSeconds)
         // Each round trip through the daemons' channel is slow next to CRIU's own TCP:
         // fetch 1 MiB per background GET instead of lazy-pages' 64 KiB.
         proxy.readAheadPages = LazyPageProxy.remoteReadAheadPages
@@ -316,6 +337,18 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         return pid
     }
 
+    public func reattach(pages fd: Int32) -> Bool {
+        guard let proxy else { close(fd); return false }
+        let upstream: LazyPageUpstream = TCPPageServerUpstream(connected: fd)
+        return proxy.reattach(wrapUpstream?(upstream) ?? upstream)
+    }
+
+    public var linkDown: String? {
+        guard let proxy, let down = proxy.linkDown else { return nil }
+        return "waiting for the link: the page channel to the source is down since \(Int(down.seconds)) s "
+            + "(grace \(Int(proxy.graceSeconds)) s): \(down.reason)"
+    }
+
     /// Lets lazy-pages' CLOSE through once every page is here.
     public func commit() throws {
         let proxy = proxy
@@ -338,7 +371,8 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         while outcome == nil {
             let stats = proxy.statistics
             let count = stats.pagesFetched + stats.pagesServedLocally
-            if count != lastCount {
+            // A link that is down is the proxy's own wait (its grace), not silence.
+            if count != lastCount || proxy.linkDown != nil {
                 lastCount = count
                 lastProgress = DispatchTime.now().uptimeNanoseconds
             } else if Double(DispatchTime.now().uptimeNanoseconds - lastProgress) / 1e9 > timeout {
@@ -353,6 +387,7 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
             $0.pagesFetchedTwice = stats.pagesFetchedTwice
             $0.pagesRequestedTwice = stats.pagesRequestedTwice
             $0.pagesRequested = stats.pagesRequested
+            $0.pageReconnects = proxy.reconnects
         }
         let daemon = daemon
         switch outcome {

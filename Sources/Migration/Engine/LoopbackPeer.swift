@@ -33,6 +33,11 @@ public final class LoopbackPeer: MigrationPeer, Sendable {
         var commitFaults: [CommitFault] = []
         var onCommitRequest: (@Sendable () -> Void)?
         var onEngine: (@Sendable (DestinationEngine) -> Void)?
+        var pageLinkDown = false
+        var cuttable = false
+        /// Duplicates of both ends of the latest page channel (ours to close), so a cut
+        /// reaches the sockets whatever the engines did with their descriptors.
+        var pageChannel: [Int32] = []
     }
     private let settings = Mutex(Settings())
 
@@ -65,6 +70,31 @@ public final class LoopbackPeer: MigrationPeer, Sendable {
         set { settings.withLock { $0.onEngine = newValue } }
     }
 
+    /// Test fault: while true, the page channel can't be opened (the link is down).
+    public var pageLinkDown: Bool {
+        get { settings.withLock { $0.pageLinkDown } }
+        set { settings.withLock { $0.pageLinkDown = newValue } }
+    }
+
+    /// Test fault: keep hold of each page channel, for `cutPageChannel` (a held socket
+    /// only ends when its engine shuts it down, not when it merely closes it).
+    public var pageChannelCuttable: Bool {
+        get { settings.withLock { $0.cuttable } }
+        set { settings.withLock { $0.cuttable = newValue } }
+    }
+
+    /// Test fault: breaks the current page channel in both directions, as a link that went
+    /// down and stayed down long enough for TCP to give up.
+    public func cutPageChannel() {
+        let fds = settings.withLock { s -> [Int32] in defer { s.pageChannel = [] }; return s.pageChannel }
+        for fd in fds {
+            shutdown(fd, Int32(SHUT_RDWR))
+            close(fd)
+        }
+    }
+
+    deinit { for fd in settings.withLock({ $0.pageChannel }) { close(fd) } }
+
     /// `makeHost` gives the destination host for one incoming container; `directory` holds
     /// the migrations' scratch space (images, page stores).
     public init(name: String, directory: String, capabilities: @escaping @Sendable () async throws -> PeerCapabilities,
@@ -91,12 +121,21 @@ public final class LoopbackPeer: MigrationPeer, Sendable {
         var id: String { engine.id }
 
         func open(_ channel: MigrationChannel) throws -> Int32 {
-            let handler = try engine.handler(for: channel)
+            if channel == .pages, peer.pageLinkDown { throw GodwitError("injected: the link to \(peer.name) is down") }
+            let handler: @Sendable (Int32) -> Void
+            do { handler = try engine.handler(for: channel) } catch {
+                throw ChannelRefused((error as? GodwitError)?.message ?? "\(error)")
+            }
             var fds: [Int32] = [0, 0]
             guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
                 throw GodwitError.errno("socketpair")
             }
             let theirs = fds[1]
+            if channel == .pages, peer.pageChannelCuttable {
+                let dups = fds.map { fcntl($0, F_DUPFD_CLOEXEC, 0) }.filter { $0 >= 0 }
+                let old = peer.settings.withLock { s -> [Int32] in defer { s.pageChannel = dups }; return s.pageChannel }
+                for fd in old { Glibc.close(fd) }
+            }
             let thread = Thread { handler(theirs) }
             thread.stackSize = 1 << 20
             thread.start()

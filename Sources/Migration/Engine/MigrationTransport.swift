@@ -17,6 +17,14 @@ public enum MigrationChannel: String, Sendable, CaseIterable {
     case push
 }
 
+/// The destination answered and refused a data channel: it no longer holds the migration
+/// (it ended there, or the daemon that held it is gone). Asking again can't help, so a page
+/// channel being reconnected after a break gives up at once instead of for the grace period.
+public struct ChannelRefused: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
 /// How the source's half of the engine reaches a destination: a few control calls and data
 /// channels. Between daemons this is HTTPS with mutual TLS plus authenticated streams; in
 /// tests it is the destination engine in the same process behind socketpairs
@@ -50,4 +58,11 @@ public protocol MigrationSession: Sendable {
     func deliver(_ report: MoveReport) async
     /// Ends the session's connections.
     func close() async
+    /// `open`, giving up on reaching the destination after about `seconds` (a reconnect
+    /// must not outlast its grace period by a whole connect timeout).
+    func open(_ channel: MigrationChannel, within seconds: Double) throws -> Int32
+}
+
+extension MigrationSession {
+    public func open(_ channel: MigrationChannel, within seconds: Double) throws -> Int32 { try open(channel) }
 }

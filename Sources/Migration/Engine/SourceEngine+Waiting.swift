@@ -134,3 +134,43 @@ public struct SourceHooks: Sendable {
         if pauseAt == point { try? await Task.sleep(for: .seconds(pauseSeconds)) }
     }
 }
+
+/// The destination's status, asked one query at a time and never waited on: while the link
+/// is down an HTTPS request hangs for its whole timeout, and the loop that watches the page
+/// channel and reports "waiting for the link" must go on meanwhile.
+///
+/// Concurrency model: `next()` from the engine's loop; each query runs in a Task of its own
+/// and leaves its answer in `state` (a Locked), where the next `next()` takes it.
+final class StatusPoll: Sendable {
+    private struct State { var answer: Result<IncomingMigrationStatus, any Error>?; var askedAt: UInt64? }
+    private let state = Locked(State())
+    private let session: any MigrationSession
+
+    init(_ session: any MigrationSession) { self.session = session }
+
+    /// The answer that arrived since the last call, if any; asks again when no query is
+    /// in flight.
+    func next() -> Result<IncomingMigrationStatus, any Error>? {
+        let (answer, ask) = state.withLock { s -> (Result<IncomingMigrationStatus, any Error>?, Bool) in
+            let answer = s.answer
+            s.answer = nil
+            guard s.askedAt == nil else { return (answer, false) }
+            s.askedAt = SourceEngine.now()
+            return (answer, true)
+        }
+        if ask {
+            Task { [session, state] in
+                let answer: Result<IncomingMigrationStatus, any Error>
+                do { answer = .success(try await session.status()) } catch { answer = .failure(error) }
+                state.withLock { $0 = State(answer: answer, askedAt: nil) }
+            }
+        }
+        return answer
+    }
+
+    /// How long the query in flight has been waiting for its answer (0 when none).
+    var waitingSeconds: Double {
+        guard let at = state.withLock({ $0.askedAt }) else { return 0 }
+        return Double(SourceEngine.now() - at) / 1e9
+    }
+}

@@ -399,11 +399,26 @@ public actor SourceEngine {
     private func commit(_ restoring: Restoring) async throws -> (Committed, IncomingMigrationStatus) {
         phase = "commit"
         progress.begin("commit")
-        // A page session that ended (the destination's daemon died, the link broke) made
-        // CRIU give the tasks back: they ran on, so the destination's copy is stale.
         let relay = restoring.relay
-        if relay.hasEnded && !relay.committed || !restoring.frozen.dump.isRunning {
+        if restoring.frozen.transferring.behaviour.restore == .lazy {
+            // From here on a broken page channel is reconnected (with the migration's
+            // credentials) for the grace period instead of failing CRIU's session. Before
+            // the doom: a relay that already ended means CRIU failed the dump and resumed
+            // the tasks, so the move rolls back instead.
+            let session = restoring.frozen.transferring.session
+            let reconnect = PageServerRelay.Reconnect(graceSeconds: Double(host.container.config.postCopyGraceSeconds),
+                                                      peer: peer.name) { try session.open(.pages, within: $0) }
+            guard restoring.relay.keepAcrossBreaks(reconnect) else {
+                throw GodwitError("the page channel to \(peer.name) broke just before the commit"
+                                  + (restoring.relay.failure.map { ": \($0)" } ?? ""))
+            }
+        } else if relay.hasEnded && !relay.committed {
+            // A page session that ended (the destination's daemon died, the link broke)
+            // made CRIU give the tasks back: they ran on, so the destination's copy is stale.
             throw GodwitError("the page session with \(peer.name) ended before the commit; the container resumed here")
+        }
+        if !restoring.frozen.dump.isRunning {
+            throw GodwitError("CRIU's dump ended before the commit; the container resumed here")
         }
         // The point of no return: doomed first, then the destination runs.
         revert.disarm()
@@ -421,6 +436,10 @@ public actor SourceEngine {
         progress.note("running on \(peer.name)")
         return (committed, status)
     }
+
+    /// The destination no longer needs the page session (it lost the container, or the
+    /// relay gave up): a lost move then ends CRIU's session too.
+    private var pageSessionOver = false
 
     /// How many source tasks the commit doomed.
     public private(set) var doomedTasks = 0
@@ -446,17 +465,52 @@ public actor SourceEngine {
             var lastChange = Self.now()
             var lastBytes = relay.bytesToDestination
             var lastError: String?
+            var relayEndedAt: UInt64?
+            var wasDown = false
+            var downNoted = -1
+            let poll = StatusPoll(session)
             while status.phase == "fetching" || status.phase == "restored" {
                 try? await Task.sleep(for: .milliseconds(100))
                 let bytes = relay.bytesToDestination
-                progress.advance(bytes, expected: expected > 0 ? expected : nil)
-                do {
-                    status = try await session.status()
+                if let down = relay.linkDown {
+                    // The relay reconnects within the grace period: that wait is not silence.
+                    // Said once a second: the note is always shown.
+                    if Int(down.seconds) != downNoted {
+                        downNoted = Int(down.seconds)
+                        progress.note("waiting for the link to \(peer.name): the page channel is down since \(Int(down.seconds)) s "
+                                      + "(grace \(host.container.config.postCopyGraceSeconds) s): \(down.reason)")
+                    }
+                    wasDown = true
+                    lastChange = Self.now()
+                } else {
+                    if wasDown, !relay.hasEnded { progress.note("the page channel to \(peer.name) is back (reconnect \(relay.reconnects))") }
+                    wasDown = false
+                    downNoted = -1
+                    progress.advance(bytes, expected: expected > 0 ? expected : nil)
+                }
+                switch poll.next() {
+                case .success(let answer)?:
+                    status = answer
                     lastError = nil
-                } catch {
+                case .failure(let error)?:
                     lastError = (error as? GodwitError)?.message ?? "\(error)"
+                case nil where poll.waitingSeconds > 5:
+                    lastError = "no answer from \(peer.name) for \(Int(poll.waitingSeconds)) s"
+                case nil:
+                    break
                 }
                 if bytes != lastBytes || lastError == nil && status.phase != "fetching" { lastChange = Self.now(); lastBytes = bytes }
+                // The relay gave up (the link stayed down past the grace period, or CRIU's
+                // page server is gone): no page can come from here any more. A destination
+                // that had every page says done at once; otherwise the container is lost.
+                if let failure = relay.failure, status.phase == "fetching" || lastError != nil {
+                    let at = relayEndedAt ?? Self.now()
+                    relayEndedAt = at
+                    if Double(Self.now() - at) / 1e9 > 10 {
+                        pageSessionOver = true
+                        throw GodwitError("the container was lost after its commit: \(failure)")
+                    }
+                }
                 // With the page channel gone nothing more can come from here: only the
                 // destination's last word is awaited, for a shorter while.
                 let limit = relay.hasEnded ? Self.stallSeconds / 4 : Self.stallSeconds
@@ -466,6 +520,7 @@ public actor SourceEngine {
             }
             // Only "done" is a move; anything else means the destination no longer runs it.
             guard status.phase == "done" else {
+                pageSessionOver = true
                 throw GodwitError("the container was lost after its commit: \(status.lost ?? status.reason ?? status.phase)")
             }
             phases.append(MovePhase(name: "background page transfer", millis: millis(since: t), bytes: relay.bytesToDestination))
@@ -476,12 +531,23 @@ public actor SourceEngine {
             memory.pagesPushed = status.pagesPushed
             memory.pagesFetchedOnFault = status.pagesFetchedOnFault
             memory.pagesFetchedTwice = status.pagesFetchedTwice
+            memory.pageReconnects = relay.reconnects
             report.memory = memory
             report.allLocalMillis = status.allLocalAfterCommitMillis.map { $0 + (report.frozenMillis ?? 0) }
         }
         report.memory = memory
         let dump = restoring.frozen.dump
-        _ = await blocking { _ = relay.wait(timeout: 30); return dump.waitForExit(timeout: 30) }
+        await blocking {
+            // A relay still waiting for a reconnect (the destination answered CLOSE itself
+            // while the link was down) has nothing left to serve. Otherwise CLOSE ends it
+            // (a copy restore's CLOSE can take long under load: 30 s, as before).
+            if relay.linkDown != nil { relay.abort("every page reached the destination") }
+            if !relay.wait(timeout: 30) {
+                relay.abort("every page reached the destination")
+                _ = relay.wait(timeout: 10)
+            }
+            if dump.waitForExit(timeout: 30) == nil { dump.kill() }
+        }
     }
 
     // MARK: failure
@@ -493,6 +559,18 @@ public actor SourceEngine {
         if report.memory == nil, memory.tracker != nil { report.memory = memory }
         let committed: Bool
         if case .committed = state { committed = true } else { committed = false }
+        if case .committed(let c) = state, c.restoring.relay.hasEnded || c.restoring.relay.linkDown != nil || pageSessionOver {
+            // Nothing may stay behind: the relay stops reconnecting, CRIU's session fails
+            // (its tasks are doomed already) and CRIU exits. A relay still serving is left
+            // alone: the destination may run the container and fetch on (we only lost sight
+            // of it), and the session ends when it does.
+            let relay = c.restoring.relay, dump = c.restoring.frozen.dump
+            await blocking {
+                relay.abort("the move was lost: \(reason)")
+                _ = relay.wait(timeout: 10)
+                if dump.waitForExit(timeout: 30) == nil { dump.kill() }
+            }
+        }
         if committed {
             report.outcome = "lost"
             enter(.lost(reason: reason))
