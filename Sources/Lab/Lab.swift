@@ -61,9 +61,6 @@ public enum LabAddressing {
     public static let clientAddress = "10.77.0.2"
     public static func hostAddress(_ index: Int) -> String { "10.77.0.\(10 + index)" }
     public static func containerSubnet(_ index: Int) -> String { "10.77.\(index).0/24" }
-    /// Host i's bridge MAC: fixed and locally administered (containers' MACs are 02:...
-    /// hashes of their names; 06: keeps the two apart).
-    public static func bridgeMAC(_ index: Int) -> String { String(format: "06:77:00:00:00:%02x", index) }
     public static func firstContainerAddress(_ index: Int) -> String { "10.77.\(index).1" }
     public static func lastContainerAddress(_ index: Int) -> String { "10.77.\(index).254" }
 }

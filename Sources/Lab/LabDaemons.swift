@@ -17,13 +17,9 @@ public enum LabDaemons {
             throw GodwitError("godwitd not found at \(godwitd)", hint: "run `make build` first")
         }
         for host in lab.hosts {
-            var argv = ["nsenter", "--net=" + host.netnsPath, godwitd,
-                        "--state-dir", host.stateDirectory, "--name", host.name,
-                        "--bridge", host.bridge, "--subnet", host.containerSubnet,
-                        "--prefix-length", String(host.containerPrefixLength),
-                        "--cgroup-root", host.cgroups.name]
+            let config = try initialize(host, godwit: (godwitd as NSString).deletingLastPathComponent + "/godwit", httpsPort: httpsPort)
+            var argv = ["nsenter", "--net=" + host.netnsPath, godwitd, "--config", config, "--cgroup-root", host.cgroups.name]
             for file in extraFiles { argv += ["--busybox-extra", "\(file.host):\(file.image)"] }
-            if let httpsPort { argv += ["--https", "\(host.address):\(httpsPort)"] }
             // Not Foundation's Process: the daemon must hold no descriptor of ours.
             try DetachedProcess.spawn(argv, log: host.stateDirectory + "/godwitd.log")
         }
@@ -34,6 +30,32 @@ public enum LabDaemons {
                                   hint: "see \(host.stateDirectory)/godwitd.log")
             }
         }
+    }
+
+    /// `godwit init --preseed` inside the host, as a user sets up a machine: its uplink
+    /// bridged (br0, the host's address moved onto it), its share of the lab subnet for
+    /// containers, its name, state and HTTPS address. Returns the configuration file. Run
+    /// once: a host whose file exists was initialised (its bridge survives daemon restarts).
+    static func initialize(_ host: LabHost, godwit: String, httpsPort: Int?) throws -> String {
+        let config = host.stateDirectory + "/godwitd.yaml"
+        if FileManager.default.fileExists(atPath: config) { return config }
+        guard access(godwit, X_OK) == 0 else { throw GodwitError("godwit not found at \(godwit)", hint: "run `make build` first") }
+        var preseed = "config:\n  core.name: \(host.name)\n  core.state_dir: \(host.stateDirectory)\n"
+        if let httpsPort { preseed += "  core.https_address: \(host.address):\(httpsPort)\n" }
+        preseed += """
+            networks:
+            - name: \(host.bridge)
+              config:
+                bridge.external_interfaces: \(host.endpoint.uplink)
+                ipv4.containers: \(host.containerSubnet)
+
+            """
+        let result = try Command.run(["nsenter", "--net=" + host.netnsPath, godwit, "init", "--preseed", "-", "--config", config],
+                                     input: preseed)
+        guard result.succeeded else {
+            throw GodwitError("`godwit init` on lab host \(host.name) failed: \(result.lastErrorLine)", hint: "the preseed was:\n\(preseed)")
+        }
+        return config
     }
 
     /// Stops the daemons of lab `name` (found by pid file and by command line, so also after
@@ -53,9 +75,13 @@ public enum LabDaemons {
         return entries.compactMap { pid_t($0) }.filter { pid in
             guard let bytes = HostEnvironment.readBytes("/proc/\(pid)/cmdline") else { return false }
             let args = bytes.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-            guard let exe = args.first, exe.hasSuffix("godwitd"),
-                  let i = args.firstIndex(of: "--state-dir"), i + 1 < args.count else { return false }
-            return args[i + 1].hasPrefix(labDirectory + "/")
+            guard let exe = args.first, exe.hasSuffix("godwitd") else { return false }
+            // Started with the file `godwit init` wrote in the host's state directory, or
+            // (by hand or an older lab) with --state-dir.
+            for option in ["--config", "--state-dir"] {
+                if let i = args.firstIndex(of: option), i + 1 < args.count, args[i + 1].hasPrefix(labDirectory + "/") { return true }
+            }
+            return false
         }
     }
 

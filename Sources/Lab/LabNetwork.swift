@@ -8,6 +8,8 @@ import GodwitCore
 ///     client ns: uplink ──┐
 ///     h1 ns: br0{uplink} ─┼── fabric ns: bridge "fabric"{client, h1, h2, ...}
 ///     h2 ns: br0{uplink} ─┘
+///
+/// Each host's br0 is made by `godwit init` (see LabDaemons.initialize), not here.
 public enum LabNetwork {
     public static func build(_ lab: Lab) throws {
         try LabNamespace.add(lab.fabricNetns)
@@ -25,20 +27,13 @@ public enum LabNetwork {
             ])
         }
         for host in lab.hosts {
-            // The host's address lives on the bridge, so the host and its containers share
-            // one interface onto the lab segment.
-            // A bridge without an address of its own takes the lowest MAC among its ports,
-            // so it changed whenever a container's veth came or went: every peer's ARP entry
-            // for the host then pointed at a MAC nobody had, and the host's connections
-            // (a move's control call, its page channel) stalled until the entries expired,
-            // tens of seconds. A set address never changes.
+            // A machine as it comes: its address on its uplink. `godwit init --preseed`
+            // (LabDaemons.initialize) then bridges the uplink and moves the address to the
+            // bridge, as on a real host (docs/two-hosts.md).
             try batch(host.netns, [
                 "link set lo up",
-                "link add \(host.bridge) address \(LabAddressing.bridgeMAC(host.index)) type bridge",
-                "link set \(host.endpoint.uplink) master \(host.bridge)",
                 "link set \(host.endpoint.uplink) up",
-                "link set \(host.bridge) up",
-                "addr add \(host.address)/\(host.endpoint.prefixLength) dev \(host.bridge)",
+                "addr add \(host.address)/\(host.endpoint.prefixLength) dev \(host.endpoint.uplink)",
             ])
         }
         try batch(lab.client.netns, [

@@ -70,7 +70,10 @@ final class MoveLab: @unchecked Sendable {
         return entries.compactMap { pid_t($0) }.first { pid in
             guard let bytes = HostEnvironment.readBytes("/proc/\(pid)/cmdline") else { return false }
             let args = bytes.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-            guard args.first?.hasSuffix("godwitd") == true, let i = args.firstIndex(of: "--state-dir"), i + 1 < args.count else { return false }
+            guard args.first?.hasSuffix("godwitd") == true else { return false }
+            // Lab daemons run from the file `godwit init` wrote in their state directory.
+            if let i = args.firstIndex(of: "--config"), i + 1 < args.count { return args[i + 1] == stateDirectory(host) + "/godwitd.yaml" }
+            guard let i = args.firstIndex(of: "--state-dir"), i + 1 < args.count else { return false }
             return args[i + 1] == stateDirectory(host)
         }
     }

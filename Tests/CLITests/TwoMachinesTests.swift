@@ -76,14 +76,14 @@ final class TwoMachines: @unchecked Sendable {
 
             """
         return try Command.run(["nsenter", "--net=" + netnsPath(host), LabCLITests.godwit, "init", "--preseed", "-",
-                                "--config", stateRoot + "/\(host).yaml"], input: preseed)
+                                "--config", labDirectory + "/\(host).yaml"], input: preseed)
     }
 
     /// godwitd from the file init wrote, in the machine's namespace; the cgroup parent is
     /// named so `lab down` finds it.
     func startDaemon(_ host: String) throws {
         let godwitd = (LabCLITests.godwit as NSString).deletingLastPathComponent + "/godwitd"
-        try DetachedProcess.spawn(["nsenter", "--net=" + netnsPath(host), godwitd, "--config", stateRoot + "/\(host).yaml",
+        try DetachedProcess.spawn(["nsenter", "--net=" + netnsPath(host), godwitd, "--config", labDirectory + "/\(host).yaml",
                                    "--cgroup-root", netns(host)], log: stateRoot + "/\(host)-godwitd.log")
         guard poll(timeout: 30, { (try? self.godwit(host, ["list"]).succeeded) == true }) else {
             throw GodwitError("godwitd on \(host) did not come up: \(HostEnvironment.read(stateRoot + "/\(host)-godwitd.log") ?? "")")
@@ -123,7 +123,7 @@ struct TwoMachinesTests {
         for (host, range) in [("h1", "192.168.77.64/27"), ("h2", "192.168.77.96/27")] {
             let result = try machines.initialize(host, network: "bridge.external_interfaces: eth0\nipv4.containers: \(range)")
             try #require(result.succeeded, "init on \(host): \(result.stderr)")
-            let config = try #require(HostEnvironment.read(machines.stateRoot + "/\(host).yaml"))
+            let config = try #require(HostEnvironment.read(machines.labDirectory + "/\(host).yaml"))
             #expect(config.contains("ipv4.address: \(machines.address(host))/24"), "the uplink's address moved to the bridge: \(config)")
             try machines.startDaemon(host)
         }

@@ -44,7 +44,9 @@ struct LabEndToEndTests {
             if let cpuset = host.cgroups.v1["cpuset"] {
                 #expect(HostEnvironment.read(cpuset + "/cpuset.cpus")?.isEmpty == false)
             }
-            let links = try LabNamespace.check(host.netns, ["ip", "-br", "addr", "show", "dev", "br0"]).stdout
+            // A machine as it comes: the address on its uplink (`godwit init` bridges it
+            // when the daemons start; LabCLITests and the move tests cover that).
+            let links = try LabNamespace.check(host.netns, ["ip", "-br", "addr", "show", "dev", "uplink"]).stdout
             #expect(links.contains(host.address + "/16"))
         }
         #expect(try ping(from: lab.hosts[0].endpoint, lab.hosts[1].address), "h1 -> h2")
