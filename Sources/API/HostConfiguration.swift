@@ -272,3 +272,50 @@ public struct NetworkInfo: Codable, Sendable, Equatable {
         self.uplink = uplink; self.state = state; self.mac = mac; self.leases = leases
     }
 }
+
+/// `godwit check --peer REMOTE`: the link to a remote, measured, and whether a container's
+/// address stays reachable when it moves there.
+public struct PeerLinkReport: Codable, Sendable, Equatable {
+    public var remote: String
+    /// Median of a few HTTPS round trips (mutual TLS, connection reused).
+    public var roundTripMillis: Double
+    /// One transfer from the remote over HTTPS.
+    public var throughputMbitPerSecond: Double
+    public var probeBytes: Int
+    public var local: NetworkInfo?
+    public var peer: NetworkInfo?
+    public var addressesPortable: Bool
+    public var reason: String
+    public var warnings: [String]
+
+    public init(remote: String, roundTripMillis: Double, throughputMbitPerSecond: Double, probeBytes: Int,
+                local: NetworkInfo?, peer: NetworkInfo?) {
+        self.remote = remote; self.roundTripMillis = roundTripMillis; self.throughputMbitPerSecond = throughputMbitPerSecond
+        self.probeBytes = probeBytes; self.local = local; self.peer = peer
+        (addressesPortable, reason, warnings) = Self.portability(local: local, peer: peer, remote: remote)
+    }
+
+    /// Whether an address leased here answers on the remote after a move, from the two
+    /// hosts' networks alone: both must bridge onto the same segment (same network, same
+    /// prefix). NAT keeps addresses private to their host; different subnets need routing
+    /// of each container's /32, which Godwit does not do yet.
+    public static func portability(local: NetworkInfo?, peer: NetworkInfo?, remote: String) -> (Bool, String, [String]) {
+        guard let local else { return (false, "this host has no container network", []) }
+        guard let peer else { return (false, "\(remote) has no container network", []) }
+        for (host, n) in [("this host", local), (remote, peer)] where n.mode == "nat" {
+            return (false, "\(host) puts containers behind NAT (\(n.name)): their addresses are private to it", [])
+        }
+        guard let a = local.address.flatMap({ try? InterfaceAddress($0) }), let b = peer.address.flatMap({ try? InterfaceAddress($0) }) else {
+            return (false, "the bridges' addresses are unknown (a bridge not managed by godwit init), so nothing can be said", [])
+        }
+        guard a.subnet == b.subnet else {
+            return (false, "this host is on \(a.subnet), \(remote) on \(b.subnet): a moved container's address would need a route (not built yet)", [])
+        }
+        var warnings: [String] = []
+        if let x = local.containers.flatMap({ try? Subnet($0) }), let y = peer.containers.flatMap({ try? Subnet($0) }),
+           x.contains(y.network) || y.contains(x.network) {
+            warnings.append("both hosts lease container addresses from overlapping ranges (\(x), \(y)): two containers could get the same address")
+        }
+        return (true, "both hosts bridge onto \(a.subnet): a moved container keeps its address and answers on \(remote)", warnings)
+    }
+}

@@ -23,6 +23,10 @@ extension GodwitClient {
     }
 
     /// The remote's `GET /1.0`, fetched by the daemon over mutual TLS with its pin.
+    public func remoteLink(_ name: String) async throws -> PeerLinkReport {
+        try await call(.GET, "/1.0/remotes/\(name.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? name)/link")
+    }
+
     public func remoteServer(_ name: String) async throws -> PeerServerInfo {
         try await call(.GET, "/1.0/remotes/" + Self.escape(name) + "/server")
     }

@@ -56,6 +56,9 @@ enum TrustRoutes {
                 throw error
             }
         }
+        router.get("/1.0/remotes/:name/link") { _, context in
+            try APIRoutes.sync(try await PeerLink.check(daemon, remote: try context.parameters.require("name")))
+        }
         router.delete("/1.0/remotes/:name") { _, context in
             let trust = try daemon.requireTrust()
             return try APIRoutes.sync(try trust.removeRemote(try context.parameters.require("name")))

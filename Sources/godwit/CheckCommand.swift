@@ -1,11 +1,13 @@
+import API
 import ArgumentParser
+import Client
 import Foundation
 import GodwitCore
 import HostCheck
 
 
 /// The talk's "pre-copy support check", generalised: what this host can do, measured.
-struct CheckCommand: ParsableCommand {
+struct CheckCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
         abstract: "Measure what this host supports for containers and each migration strategy.",
@@ -17,7 +19,23 @@ struct CheckCommand: ParsableCommand {
     @Option(help: "CRIU binary to use (default: $GODWIT_CRIU, then the one `make setup` provisioned, then PATH).")
     var criu: String?
 
-    func run() throws {
+    @Option(help: ArgumentHelp("Instead: measure the link to this remote and say whether a container's address stays reachable when it moves there.",
+                               valueName: "remote"))
+    var peer: String?
+
+    @OptionGroup var daemon: DaemonOptions
+
+    func run() async throws {
+        if let peer {
+            try await CLI.run {
+                let report = try await daemon.client.remoteLink(peer)
+                switch format {
+                case .json: try CLI.printJSON(report)
+                case .human: print(Self.render(report))
+                }
+            }
+            return
+        }
         let report = HostProbe.run(criuSetting: criu)
         switch format {
         case .json: print(try JSONOutput.encode(report))
@@ -27,6 +45,19 @@ struct CheckCommand: ParsableCommand {
             throw GodwitError("this host cannot run containers",
                               hint: report.root ? "see the namespaces and cgroups lines above" : "run `godwit check` as root")
         }
+    }
+
+    static func render(_ r: PeerLinkReport) -> String {
+        func network(_ n: NetworkInfo?) -> String {
+            guard let n else { return "none" }
+            return "\(n.name) (\(n.mode)\(n.address.map { ", \($0)" } ?? "")\(n.containers.map { ", containers from \($0)" } ?? ""))"
+        }
+        var out = "Link to \(r.remote): round trip \(String(format: "%.2f", r.roundTripMillis)) ms, "
+            + "\(String(format: "%.0f", r.throughputMbitPerSecond)) Mbit/s (\(r.probeBytes >> 20) MiB over HTTPS)\n"
+        out += "Network here: \(network(r.local))\nNetwork on \(r.remote): \(network(r.peer))\n"
+        out += "Addresses move with containers: \(r.addressesPortable ? "yes" : "no"): \(r.reason)\n"
+        for warning in r.warnings { out += "warning: \(warning)\n" }
+        return out
     }
 
     static func render(_ r: HostReport) -> String {

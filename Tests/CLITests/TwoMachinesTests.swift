@@ -135,6 +135,12 @@ struct TwoMachinesTests {
                 && list.first?.uplink == "eth0", "\(networks.stdout)")
         try machines.trust("h1", on: "h2")
         try machines.trust("h2", on: "h1")
+        // What the network provides, asked before any move.
+        let check = try machines.godwit("h1", ["check", "--peer", "h2", "--format", "json"])
+        try #require(check.succeeded, "check --peer: \(check.stderr)")
+        let link = try APICoding.decoder().decode(PeerLinkReport.self, from: Data(check.stdout.utf8))
+        #expect(link.addressesPortable && link.reason.contains("192.168.77.0/24"), "\(link.reason)")
+        #expect(link.throughputMbitPerSecond > 0 && link.roundTripMillis > 0 && link.warnings.isEmpty, "\(link)")
 
         let launch = try machines.godwit("h1", ["launch", "busybox", "web"])
         try #require(launch.succeeded, "launch: \(launch.stderr)")
