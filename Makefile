@@ -18,11 +18,15 @@ build: setup
 	$(SWIFT) build
 	@bash scripts/build-workloads.sh $(BUILD_DIR)
 
-# What users run: optimised builds of godwit, godwitd and godwit-spawn.
+# What users run: optimised builds of godwit, godwitd and godwit-spawn (and the workloads
+# demo and bench put in containers).
+RELEASE_DIR := .build/release
+RELEASE_GODWIT := $(RELEASE_DIR)/godwit
 release: setup
 	$(SWIFT) build -c release --product godwit
 	$(SWIFT) build -c release --product godwitd
 	$(SWIFT) build -c release --product godwit-spawn
+	@bash scripts/build-workloads.sh $(RELEASE_DIR)
 
 # Release builds, the provisioned CRIU, a systemd unit and completions under
 # $(DESTDIR)$(PREFIX) (default /usr/local); see scripts/install.sh.
@@ -37,15 +41,16 @@ uninstall:
 test: build
 	$(SWIFT) test --no-parallel 2>&1 | tee .build/test.log; exit $${PIPESTATUS[0]}
 
-demo: build
-	$(GODWIT) demo
+# Release builds, as users run them (the tests use debug builds).
+demo: release
+	$(RELEASE_GODWIT) demo
 
 # Link throughput, then the migration benchmark's quick profile (< 10 min; the full profile
 # is `godwit bench migrate`, see docs/benchmarks.md). Results under bench/results/.
-bench: build
-	$(GODWIT) bench link
-	$(GODWIT) bench track --quick
-	$(GODWIT) bench migrate --quick
+bench: release
+	$(RELEASE_GODWIT) bench link
+	$(RELEASE_GODWIT) bench track --quick
+	$(RELEASE_GODWIT) bench migrate --quick
 
 # libFuzzer targets (Fuzz/, scripts/fuzz.sh): hostile peer and client input, FUZZ_SECONDS
 # each; not part of `make test`. Crash inputs land in .build/fuzz/artifacts/.
