@@ -1,5 +1,6 @@
 import Foundation
 import GodwitCore
+import Synchronization
 
 /// A CRIU version such as 4.2.1. Pages can only travel between hosts whose CRIU speaks the
 /// same page-server header (4.1 used 24 bytes, 4.2 uses 32; nothing negotiates), so versions
@@ -87,8 +88,20 @@ public struct CRIUBinary: Sendable {
     }
 
     /// Throws unless the version is new enough for this kernel.
+    /// Versions already asked, by path and the file's change time: the destination looks
+    /// CRIU up for every restore, inside the source's frozen window, and `criu --version`
+    /// is a process start (through the private prefix's loader) each time.
+    private static let knownVersions = Mutex<[String: (changed: timespec, version: CRIUVersion)]>([:])
+
     public func requireUsableVersion() throws -> CRIUVersion {
+        var st = stat()
+        let changed: timespec? = stat(path, &st) == 0 ? st.st_ctim : nil
+        if let changed, let known = Self.knownVersions.withLock({ $0[path] }),
+           known.changed.tv_sec == changed.tv_sec, known.changed.tv_nsec == changed.tv_nsec {
+            return known.version
+        }
         let version = try version()
+        if let changed { Self.knownVersions.withLock { $0[path] = (changed, version) } }
         guard version >= CRIUVersion.minimum else {
             throw GodwitError("CRIU \(version) at \(path) is too old (need \(CRIUVersion.minimum) or newer)",
                               hint: "run `make setup` to provision CRIU 4.2.1 privately, or point \(Self.environmentVariable) at a newer criu")

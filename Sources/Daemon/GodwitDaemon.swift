@@ -1,4 +1,5 @@
 import API
+import Checkpoint
 import Foundation
 import GodwitCore
 import Hummingbird
@@ -131,6 +132,10 @@ public enum GodwitDaemon {
         // a running daemon's.
         let lock = try DaemonLock(stateDir: options.stateDir)
         defer { lock.release() }
+        // Before any CRIU run of this boot (see CRIUKernelCache).
+        if driver is any MigrationDriver, let criu = try? CRIUBinary.locate(setting: options.criu) {
+            logger.info("\(CRIUKernelCache.prepare(criu: criu))")
+        }
         // The managed bridge before anything that attaches containers to it (adoption
         // re-attaches nothing, but a launch may come at once). Nothing of it survives a reboot.
         if let network = options.managedNetwork {
