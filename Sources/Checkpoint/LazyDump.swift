@@ -30,6 +30,7 @@ public final class LazyDump: Sendable {
         // open here, or CRIU's exit would not end the connection.
         defer { if let socket = options.lazyPagesSocket { close(socket) } }
         let drain = options.acceptQueueDrain.flatMap { ListenQueueDrain.begin(pid: options.pid, timeout: $0) }
+        if options.freezeBeforeDump, let freezer = options.freezerCgroup { Self.freezeFirst(freezer) }
         do {
             process = try criu.start(criu.dumpArguments(options), pageServerSocket: options.lazyPagesSocket)
         } catch {
@@ -40,6 +41,27 @@ public final class LazyDump: Sendable {
     }
 
     deinit { drain?.end() }
+
+    /// Freezes the cgroup before CRIU starts, polling every millisecond. CRIU's own
+    /// freeze_processes (criu/seize.c) sleeps 100 ms whenever the freezer is not FROZEN at
+    /// its first read, which it never is right after CRIU asked for it: 100 ms of frozen
+    /// time on every dump. CRIU finds it FROZEN, goes on at once, and on a failed dump
+    /// leaves it as it found it (frozen): the rollback thaws it (SourceHost.resume). Best
+    /// effort: a freezer that is slow to settle is left to CRIU, as before.
+    static func freezeFirst(_ directory: String) {
+        let v1 = directory + "/freezer.state", v2 = directory + "/cgroup.freeze"
+        let (control, value, done): (String, String, () -> Bool)
+        if FileManager.default.fileExists(atPath: v1) {
+            (control, value, done) = (v1, "FROZEN", { HostEnvironment.read(v1) == "FROZEN" })
+        } else if FileManager.default.fileExists(atPath: v2) {
+            (control, value, done) = (v2, "1", { (HostEnvironment.read(directory + "/cgroup.events") ?? "").contains("frozen 1") })
+        } else {
+            return
+        }
+        guard (try? value.write(toFile: control, atomically: false, encoding: .utf8)) != nil else { return }
+        let deadline = DispatchTime.now().uptimeNanoseconds + 2_000_000_000
+        while !done(), DispatchTime.now().uptimeNanoseconds < deadline { usleep(1000) }
+    }
 
     public var isRunning: Bool { process.isRunning }
     public var exitStatus: Int32? { process.exitStatus }

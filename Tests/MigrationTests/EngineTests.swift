@@ -31,10 +31,12 @@ struct EngineTests {
             let sourcePIDs = ContainerProcesses.hostPIDs(cgroupDirectories: source.directories)
             let doomed = sourcePIDs.allSatisfy { SourceTermination.isDoomed($0) }
             let restored = ContainerProcesses.hostPIDs(cgroupDirectories: destination.directories)
-            let stopped = !restored.isEmpty && restored.allSatisfy { pid in
+            // Held: stopped by CRIU (--leave-stopped), or in a frozen cgroup (CRIU restores
+            // the freezer state the dump found, FROZEN once the source freezes before CRIU).
+            let stopped = !restored.isEmpty && (destination.isFrozen || restored.allSatisfy { pid in
                 let state = HostEnvironment.read("/proc/\(pid)/stat")?.split(separator: ")").last?.split(separator: " ").first
                 return state == "T" || state == "t"
-            }
+            })
             lock.withLock { seen = (doomed, stopped, sourcePIDs.count) }
         }
     }

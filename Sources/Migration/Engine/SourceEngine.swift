@@ -238,6 +238,7 @@ public actor SourceEngine {
         let (dump, connection) = try await step("checkpoint") { () -> ((LazyDump, PageServerConnection), UInt64) in
             var options = DumpOptions(pid: c.initPID, imagesDirectory: c.imagesDirectory)
             options.freezerCgroup = c.cgroup.directory(for: "freezer")
+            options.freezeBeforeDump = true
             let connection = try PageServerConnection.make()
             options.lazyPagesSocket = connection.criu
             // Before CRIU freezes anything: a daemon that dies from here on finds this at its
