@@ -395,6 +395,9 @@ public final class DestinationEngine: Sendable {
         if lazy { host.pagesPending(true) }
         do {
             try restored.method.commit()
+            // The tasks run: tell the segment before the bookkeeping (records, limits), so
+            // clients find the container here as soon as it can answer.
+            host.announce(pid: restored.pid)
             try host.adopt(pid: restored.pid)
         } catch {
             // The source's tasks are doomed already: this copy was the only one.
@@ -405,7 +408,6 @@ public final class DestinationEngine: Sendable {
             end(.lost(why))
             throw GodwitError(why)
         }
-        host.announce(pid: restored.pid)
         afterCommit?(restored.method)
         if restored.method.kind == .copy {
             end(.moved)
