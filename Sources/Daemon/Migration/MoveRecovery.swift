@@ -63,7 +63,7 @@ enum MoveRecovery {
                                 driver: any MigrationDriver) async -> SourceRecovery.Outcome {
         let spec = context.containers.spec(record)
         guard let cgroup = try? driver.migrationCgroup(spec) else {
-            return entry.phase == .frozen ? .rolledBack : .lost("the container's cgroup is gone")
+            return entry.phase == .doomed ? .lost("the container's cgroup is gone") : .rolledBack
         }
         let client = try? context.trust?.client(for: entry.peer)
         defer { if let client { Task { try? await client.shutdown() } } }
