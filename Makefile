@@ -6,7 +6,7 @@ SWIFT ?= swift
 BUILD_DIR := .build/debug
 GODWIT := $(BUILD_DIR)/godwit
 
-.PHONY: all setup build test demo bench fuzz clean distclean
+.PHONY: all setup build test demo bench faults fuzz clean distclean
 
 all: build
 
@@ -31,6 +31,12 @@ bench: build
 	$(GODWIT) bench link
 	$(GODWIT) bench track --quick
 	$(GODWIT) bench migrate --quick
+
+# The fault matrix (issue 13): every phase of a move × link, daemon, CRIU, disk and client
+# faults, at 64 MiB (about 25 min). Table on stdout and in bench/results/<stamp>-faults/;
+# a subset runs in `make test` (FaultMatrixTests).
+faults: build
+	$(GODWIT) bench faults
 
 # libFuzzer targets (Fuzz/, scripts/fuzz.sh): hostile peer and client input, FUZZ_SECONDS
 # each; not part of `make test`. Crash inputs land in .build/fuzz/artifacts/.
