@@ -159,6 +159,9 @@ public actor SourceEngine {
     private func negotiate() async throws -> Transferring {
         let c = host.container
         let hooks = self.hooks
+        // From the first step on, a daemon that dies leaves a trace its successor records.
+        host.journal(SourceJournal(migrationID: "", peer: peer.name, container: c.name, phase: .negotiation,
+                                   initPID: c.initPID, imagesDirectory: c.imagesDirectory))
         let (strategy, reason) = try await step("negotiation") { () -> ((MigrationStrategy, String), UInt64) in
             try await hooks.reach(.negotiation)
             let theirs = try await peer.capabilities()

@@ -7,6 +7,9 @@ import Memory
 /// the end so that a daemon that died mid-move can finish the job at its next start.
 public struct SourceJournal: Codable, Sendable, Equatable {
     public enum Phase: String, Codable, Sendable {
+        /// Planning with the destination; no migration there yet (`migrationID` empty). A
+        /// restart only records that the move ended, and how.
+        case negotiation
         /// The destination accepted; the container runs here (files and pre-copy rounds go
         /// out). A restart then only has to tell the destination, and record the rollback:
         /// without this the move left no trace and the destination a Creating row until
@@ -18,6 +21,7 @@ public struct SourceJournal: Codable, Sendable, Equatable {
         case doomed
     }
 
+    /// Empty until the destination accepted.
     public var migrationID: String
     /// The remote the container moves to.
     public var peer: String
