@@ -204,6 +204,27 @@ public enum FaultOutput {
         return "\"" + field.replacingOccurrences(of: "\"", with: "\"\"").replacingOccurrences(of: "\n", with: " ") + "\""
     }
 
+    /// The note without the error's context list (host, url, operation...: in the CSV),
+    /// at most 200 characters: a table cell, not a log.
+    static func brief(_ note: String) -> String {
+        var text = note.replacingOccurrences(of: "|", with: "/").replacingOccurrences(of: "\n", with: " ")
+        for marker in [" (url: ", " (errno: ", " (host: "] {
+            while let range = text.range(of: marker) {
+                // Drop up to the matching parenthesis.
+                var depth = 0
+                var end = range.lowerBound
+                for index in text[range.lowerBound...].indices.dropFirst() {
+                    let c = text[index]
+                    if c == "(" { depth += 1 }
+                    if c == ")" { depth -= 1; if depth == 0 { end = text.index(after: index); break } }
+                }
+                if end == range.lowerBound { end = text.endIndex }
+                text.removeSubrange(range.lowerBound..<end)
+            }
+        }
+        return text.count > 200 ? String(text.prefix(199)) + "…" : text
+    }
+
     /// One row per phase, one column per fault: the overview.
     public static func grid(_ results: [FaultResult]) -> String {
         let phases = FaultPhase.allCases.filter { p in results.contains { $0.cell.phase == p } }
@@ -229,7 +250,7 @@ public enum FaultOutput {
             table.add([r.cell.phase.rawValue, r.cell.fault.rawValue, r.injected ? "yes" : "no", r.outcome.rawValue,
                        r.injected ? (r.survived ? "yes" : "no") : "–", r.outcome == .lost ? "yes" : (r.injected ? "no" : "–"),
                        r.memory ?? "–", r.moveFailed == true ? (r.reportedPhase ?? "none") : "–", r.verdict,
-                       r.note.replacingOccurrences(of: "|", with: "/").replacingOccurrences(of: "\n", with: " ")])
+                       brief(r.note)])
         }
         return table.markdown()
     }
