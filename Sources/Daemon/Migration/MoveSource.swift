@@ -48,7 +48,14 @@ struct MoveSource {
         } catch {
             // An HTTP client must be shut down before it goes, whatever the move did.
             try? await client.shutdown()
-            if let failed = await engine.failureReport { service.record(failed) }
+            if let failed = await engine.failureReport {
+                service.record(failed)
+                // Lost: the source's tasks were doomed at the commit. The row must not go on
+                // saying Running (the fault matrix found it so after every post-copy loss).
+                if failed.outcome == "lost" {
+                    _ = try? context.store.updateContainer(record.name) { $0.status = .stopped; $0.initProcess = nil }
+                }
+            }
             throw error
         }
         service.record(report)
