@@ -88,7 +88,7 @@ struct FaultsBench: AsyncParsableCommand {
                 let lab = try guardian.creating { try Lab.create(name: name, hosts: 2) }
                 let source = lab.hosts[0], destination = lab.hosts[1]
                 // The destination's own file system, so filling it fills nothing else.
-                _ = try Command.check(["mount", "-t", "tmpfs", "-o", "size=1g,mode=0700", "godwit-faults", destination.stateDirectory])
+                _ = try Command.check(["mount", "-t", "tmpfs", "-o", "size=512m,mode=0700", "godwit-faults", destination.stateDirectory])
                 tmpfs = destination.stateDirectory
                 let faultFile = lab.stateDirectory + "/fault-h1"
                 FileManager.default.createFile(atPath: faultFile, contents: Data())

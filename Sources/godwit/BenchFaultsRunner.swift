@@ -135,11 +135,18 @@ final class FaultRunner {
             notes.append("SIGKILLed \(pids.count) CRIU process(es) on \(host.name)")
         case .diskFull:
             let filler = destination.stateDirectory + "/.faults-filler"
-            var stats = statvfs()
-            guard statvfs(destination.stateDirectory, &stats) == 0 else { throw GodwitError.errno("statvfs", errno) }
-            let free = UInt64(stats.f_bavail) * UInt64(stats.f_frsize)
-            _ = try Command.run(["fallocate", "-l", String(free), filler])
+            func free() throws -> UInt64 {
+                var stats = statvfs()
+                guard statvfs(destination.stateDirectory, &stats) == 0 else { throw GodwitError.errno("statvfs", errno) }
+                return UInt64(stats.f_bavail) * UInt64(stats.f_frsize)
+            }
+            // Written until ENOSPC (a tmpfs refused large fallocates here): MiBs, then pages.
+            _ = try Command.run(["dd", "if=/dev/zero", "of=\(filler)", "bs=1M"])
+            _ = try Command.run(["dd", "if=/dev/zero", "of=\(filler)-rest", "bs=4096"])
+            let left = try free()
+            guard left < 64 << 10 else { throw GodwitError("h2's file system could not be filled (\(left / 1024) KiB left)") }
             // Held full until the move ends (removeFaults), however long that takes.
+            notes.append("h2's file system filled (\(left / 1024) KiB left)")
         case .clientKill:
             move.kill()
         }
@@ -149,7 +156,7 @@ final class FaultRunner {
     /// Links up, filler gone, no CRIU failures, no pause, unshaped.
     func removeFaults() {
         try? link(up: true)
-        try? FileManager.default.removeItem(atPath: destination.stateDirectory + "/.faults-filler")
+        for file in [".faults-filler", ".faults-filler-rest"] { try? FileManager.default.removeItem(atPath: destination.stateDirectory + "/" + file) }
         for directory in flagDirectory.values {
             for verb in ["dump", "restore"] { try? FileManager.default.removeItem(atPath: directory + "/fail-" + verb) }
         }
