@@ -229,9 +229,10 @@ final class FaultRunner {
         return result
     }
 
-    /// "... (host: h1, phase: images, outcome: ...)" → "images".
+    /// "... (host: h1, phase: images, outcome: ...)" → "images". The last one: CRIU's own
+    /// context ("phase: dump") comes before the engine's.
     static func phase(inError text: String) -> String? {
-        guard let range = text.range(of: "phase: ") else { return nil }
+        guard let range = text.range(of: "phase: ", options: .backwards) else { return nil }
         let rest = text[range.upperBound...]
         return String(rest.prefix { $0 != "," && $0 != ")" && $0 != "\n" })
     }
