@@ -33,7 +33,7 @@ bench: build
 	$(GODWIT) bench migrate --quick
 
 # The fault matrix (issue 13): every phase of a move × link, daemon, CRIU, disk and client
-# faults, at 64 MiB (about 12 min). Table on stdout and in bench/results/<stamp>-faults/;
+# faults, at 64 MiB (12-16 min). Table on stdout and in bench/results/<stamp>-faults/;
 # a subset runs in `make test` (FaultMatrixTests).
 faults: build
 	$(GODWIT) bench faults
