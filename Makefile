@@ -6,7 +6,7 @@ SWIFT ?= swift
 BUILD_DIR := .build/debug
 GODWIT := $(BUILD_DIR)/godwit
 
-.PHONY: all setup build release install uninstall test demo bench fuzz clean distclean
+.PHONY: all setup build release install uninstall test demo bench faults fuzz clean distclean
 
 all: build
 
@@ -51,6 +51,12 @@ bench: release
 	$(RELEASE_GODWIT) bench link
 	$(RELEASE_GODWIT) bench track --quick
 	$(RELEASE_GODWIT) bench migrate --quick
+
+# The fault matrix (issue 13): every phase of a move × link, daemon, CRIU, disk and client
+# faults, at 64 MiB (12-16 min). Table on stdout and in bench/results/<stamp>-faults/;
+# a subset runs in `make test` (FaultMatrixTests).
+faults: build
+	$(GODWIT) bench faults
 
 # libFuzzer targets (Fuzz/, scripts/fuzz.sh): hostile peer and client input, FUZZ_SECONDS
 # each; not part of `make test`. Crash inputs land in .build/fuzz/artifacts/.

@@ -11,15 +11,21 @@ public enum LabDaemons {
     /// Starts every host's daemon and waits until each answers on its socket. With
     /// `httpsPort`, each also listens for other daemons on ADDRESS:PORT (the socket answers
     /// only once that listener is up, so peers can be enrolled right away).
+    /// `arguments` and `environment` (per host name) are added to a host's daemon: the fault
+    /// matrix gives them a CRIU wrapper and a fault file.
     public static func start(_ lab: Lab, godwitd: String, extraFiles: [(host: String, image: String)] = [],
-                             httpsPort: Int? = nil) throws {
+                             httpsPort: Int? = nil, arguments: [String: [String]] = [:],
+                             environment: [String: [String: String]] = [:]) throws {
         guard access(godwitd, X_OK) == 0 else {
             throw GodwitError("godwitd not found at \(godwitd)", hint: "run `make build` first")
         }
         for host in lab.hosts {
             let config = try initialize(host, godwit: (godwitd as NSString).deletingLastPathComponent + "/godwit", httpsPort: httpsPort)
-            var argv = ["nsenter", "--net=" + host.netnsPath, godwitd, "--config", config, "--cgroup-root", host.cgroups.name]
+            let env = (environment[host.name] ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+            var argv = ["nsenter", "--net=" + host.netnsPath] + (env.isEmpty ? [] : ["env"] + env)
+                + [godwitd, "--config", config, "--cgroup-root", host.cgroups.name]
             for file in extraFiles { argv += ["--busybox-extra", "\(file.host):\(file.image)"] }
+            argv += arguments[host.name] ?? []
             // Not Foundation's Process: the daemon must hold no descriptor of ours.
             try DetachedProcess.spawn(argv, log: host.stateDirectory + "/godwitd.log")
         }

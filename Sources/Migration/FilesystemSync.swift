@@ -74,6 +74,10 @@ public enum FilesystemSync {
         do {
             peer = try channel()
         } catch {
+            // The tunnel is rsync's child and holds its stderr, which `wait` reads to EOF;
+            // it lives until its socket ends. Ended first, or the move hung here for good
+            // when the destination's daemon had died (found by the fault matrix).
+            shutdown(tunnel, Int32(SHUT_RDWR))
             rsync.kill()
             _ = rsync.wait()
             throw GodwitError.wrap(error, doing: "opening the filesystem sync channel for \(directory)")

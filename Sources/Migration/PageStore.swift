@@ -148,7 +148,18 @@ public final class PageStore {
                 let n = pwrite(p.fd, data.baseAddress! + i * pageSize + done, bytes - done,
                                off_t(Int(slots[i]) * pageSize + done))
                 if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw GodwitError.errno("writing pages to \(directory)", hint: "is the page store's filesystem full?") }
+                guard n > 0 else {
+                    let failure = GodwitError.errno("writing pages to \(directory)", hint: "is the page store's filesystem full?")
+                    // The index named these slots before the write: it must not keep a slot
+                    // that was never written. Read, it would end the file early ("failed:
+                    // Success", found by the fault matrix on a full disk), or, once a later
+                    // write grew the file past it, read as a hole: zeros served as memory.
+                    // Forgotten, the pages are fetched from the source instead.
+                    if let end = PageArithmetic.end(of: vaddr, pages: UInt64(count), pageSize: systemPageSize) {
+                        drop(nsPID: nsPID, range: vaddr..<end)
+                    }
+                    throw failure
+                }
                 done += n
             }
             i = j
@@ -237,7 +248,10 @@ public final class PageStore {
                 let n = pread(p.fd, buffer.baseAddress! + i * pageSize + done, bytes - done,
                               off_t(Int(slots[i]) * pageSize + done))
                 if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw GodwitError.errno("reading pages from \(directory)") }
+                guard n >= 0 else { throw GodwitError.errno("reading pages from \(directory)") }
+                guard n > 0 else {
+                    throw GodwitError("page store \(directory) ends before slot \(slots[i]) it holds a page in (process \(nsPID))")
+                }
                 done += n
             }
             i = j

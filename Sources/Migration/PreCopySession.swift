@@ -27,6 +27,8 @@ public final class PreCopySession {
     public let progress: ((String) -> Void)?
     /// Called as each round goes out: the round's progress and the bytes sent of it.
     public var roundProgress: ((RoundProgress, UInt64) -> Void)?
+    /// Called before each round's scan with its number (fault injection: a pause or a throw).
+    public var beforeRound: ((Int) throws -> Void)?
 
     public init(tracker: DirtyTracker, sender: PreCopySender, settings: ConvergenceSettings,
                 throttle: CPUThrottle? = nil, progress: ((String) -> Void)? = nil) {
@@ -53,6 +55,7 @@ public final class PreCopySession {
         var lastScan: UInt64?
         while true {
             round += 1
+            try beforeRound?(round)
             let scannedAt = DispatchTime.now().uptimeNanoseconds
             let scan = try tracker.scan(attachNew: true)
             // Counted once: DirtyScan sums its ranges on every read, and at stride 4 a

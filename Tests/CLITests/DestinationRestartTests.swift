@@ -17,7 +17,7 @@ struct DestinationRestartTests {
         defer { workload.stop() }
         // The source stops for a while right after dooming its tasks, before the commit.
         let sourceArgv = try lab.killDaemon("h1")
-        try lab.startDaemon("h1", argv: ["env", "GODWIT_FAULT=pause:doomed:15"] + sourceArgv)
+        try lab.startDaemon("h1", argv: ["env", "GODWIT_FAULT=pause:committing:15"] + sourceArgv)
         let (move, errors) = try MoveRollbackTests().startMove(lab, ["web", "h2:", "--mode", "stop-and-copy"])
         defer { if move.isRunning { move.terminate() } }
         let sourceJournal = lab.stateDirectory("h1") + "/containers/web/move-journal.json"

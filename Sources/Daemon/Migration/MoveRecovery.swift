@@ -134,9 +134,10 @@ enum MoveRecovery {
                                 driver: any MigrationDriver) async -> SourceRecovery.Outcome {
         let spec = context.containers.spec(record)
         guard let cgroup = try? driver.migrationCgroup(spec) else {
-            return entry.phase == .frozen ? .rolledBack : .lost("the container's cgroup is gone")
+            return entry.phase == .doomed ? .lost("the container's cgroup is gone") : .rolledBack
         }
-        let client = try? context.trust?.client(for: entry.peer)
+        // No migration on the destination yet (negotiation): nothing to ask it.
+        let client = entry.migrationID.isEmpty ? nil : try? context.trust?.client(for: entry.peer)
         defer { if let client { Task { try? await client.shutdown() } } }
         let id = entry.migrationID
         let destination = SourceRecovery.Destination(

@@ -39,9 +39,8 @@ struct MoveSource {
         }
         let client = try trust.client(for: request.target)
         let peer = PeerMigrationTransport(client: client, trust: trust)
-        // GODWIT_FAULT: fault injection for end-to-end tests (SourceHooks(fault:)).
         let engine = SourceEngine(host: host, peer: peer, request: request, progress: progress,
-                                  hooks: SourceHooks(fault: ProcessInfo.processInfo.environment["GODWIT_FAULT"]))
+                                  hooks: Self.faultHooks(container: record.name))
         let report: MoveReport
         do {
             report = try await engine.run()
@@ -49,12 +48,38 @@ struct MoveSource {
         } catch {
             // An HTTP client must be shut down before it goes, whatever the move did.
             try? await client.shutdown()
-            if let failed = await engine.failureReport { service.record(failed) }
+            if let failed = await engine.failureReport {
+                service.record(failed)
+                // Lost: the source's tasks were doomed at the commit. The row must not go on
+                // saying Running (the fault matrix found it so after every post-copy loss).
+                if failed.outcome == "lost" {
+                    _ = try? context.store.updateContainer(record.name) { $0.status = .stopped; $0.initProcess = nil }
+                }
+            }
             throw error
         }
         service.record(report)
         try await removeSource(spec: spec, cgroup: side.cgroup)
         return report
+    }
+
+    /// Fault injection for end-to-end tests and `godwit bench faults` (SourceHooks(fault:)):
+    /// `GODWIT_FAULT`, or the file named by `GODWIT_FAULT_FILE`, read at each move so one
+    /// daemon serves a whole fault matrix. Each point reached is announced on stderr (the
+    /// daemon's log), so a harness acts in the pause instead of guessing with sleeps.
+    static func faultHooks(container: String) -> SourceHooks {
+        let environment = ProcessInfo.processInfo.environment
+        var spec = environment["GODWIT_FAULT"]
+        if spec == nil, let file = environment["GODWIT_FAULT_FILE"], !file.isEmpty {
+            spec = (try? String(contentsOfFile: file, encoding: .utf8)) ?? nil
+        }
+        var hooks = SourceHooks(fault: spec)
+        guard hooks.isSet else { return hooks }
+        let what = spec?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        hooks.onReach = { point in
+            FileHandle.standardError.write(Data("godwitd: fault point \(point.rawValue) reached (move of \(container), \(what))\n".utf8))
+        }
+        return hooks
     }
 
     /// The destination runs the container: the source's copy goes (its tasks are dead).

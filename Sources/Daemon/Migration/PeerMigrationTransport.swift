@@ -46,7 +46,19 @@ struct PeerMigrationTransport: MigrationPeer {
 
         func beginRestore() async throws -> IncomingMigrationStatus { try await client.call(.POST, "/1.0/migrations/\(id)/restore") }
         func commit() async throws -> IncomingMigrationStatus { try await client.call(.POST, "/1.0/migrations/\(id)/commit") }
-        func status() async throws -> IncomingMigrationStatus { try await client.call(.GET, "/1.0/migrations/\(id)") }
+        /// A destination that answers 404 no longer knows the migration: its daemon restarted
+        /// and dropped what it had received (a restored copy included). Said as "aborted" with
+        /// why, so the source rolls back, or past the commit reports the loss, at once
+        /// instead of asking again for minutes (the fault matrix's commit × dst-kill).
+        func status() async throws -> IncomingMigrationStatus {
+            do {
+                return try await client.call(.GET, "/1.0/migrations/\(id)")
+            } catch let error as TrustError where error.status == 404 {
+                var status = IncomingMigrationStatus(id: id, phase: "aborted")
+                status.reason = "\(client.remote.name) no longer knows migration \(id) (its daemon restarted?): \(error.error.message)"
+                return status
+            }
+        }
 
         func abort(reason: String) async {
             _ = try? await client.send(.DELETE, "/1.0/migrations/\(id)", timeout: .seconds(30))

@@ -101,37 +101,74 @@ extension SourceEngine {
 
 /// Where a test can make the source fail, to prove the rollback from every state.
 ///
-/// Also the daemon's fault injection for end-to-end tests: `GODWIT_FAULT=fail:frozen` or
-/// `pause:frozen:30` in godwitd's environment (see `SourceHooks(fault:)`).
+/// Also the daemon's fault injection for end-to-end tests and `godwit bench faults`:
+/// `GODWIT_FAULT=fail:frozen` or `pause:frozen:30` in godwitd's environment (see
+/// `SourceHooks(fault:)`). A pause is a window in a known phase for a harness to act in
+/// (kill a daemon, cut the link); `onReach` tells it the window opened, so it needn't
+/// guess with sleeps. Off unless set: a point costs one optional check.
 public struct SourceHooks: Sendable {
+    /// The first four are the engine's states (the rollback test walks them); the others
+    /// are phases inside them that the fault matrix needs.
     public enum Point: String, Sendable, CaseIterable {
         case transferring, frozen, restoring, beforeCommit
-        /// After the source's tasks were doomed, before the commit is sent (pause only:
-        /// a failure here can't be rolled back).
-        case doomed
+        /// Before the first call to the destination (its capabilities).
+        case negotiation
+        /// At the start of a pre-copy round, the container running (`preCopyRound2`: round 2).
+        case preCopyRound
+        /// Frozen, before the images go to the destination.
+        case images
+        /// Past the point of no return: the source's tasks are doomed, the destination not
+        /// yet told to run them.
+        case committing
+        /// After a lazy commit, while the remaining pages stream to the destination.
+        case pageTransfer
     }
     public var failAt: Point?
     /// Sleep this long on reaching `pauseAt` (a window for a test to kill the daemon).
     public var pauseAt: Point?
     public var pauseSeconds = 0.0
+    /// Which pre-copy round `preCopyRound` means (1 is the first, full one).
+    public var round = 1
     public var onReach: (@Sendable (Point) -> Void)?
     public init(failAt: Point? = nil) { self.failAt = failAt }
 
-    /// "fail:POINT" or "pause:POINT:SECONDS"; anything else is no fault.
+    /// "fail:POINT" or "pause:POINT:SECONDS"; anything else is no fault. POINT may end in a
+    /// round number for `preCopyRound` ("preCopyRound2").
     public init(fault: String?) {
-        let words = (fault ?? "").split(separator: ":").map(String.init)
-        guard words.count >= 2, let point = Point(rawValue: words[1]) else { return }
-        if words[0] == "fail", point != .doomed { failAt = point }
+        let words = (fault ?? "").trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ":").map(String.init)
+        guard words.count >= 2 else { return }
+        var name = words[1]
+        var round = 1
+        if name.hasPrefix(Point.preCopyRound.rawValue), name.count > Point.preCopyRound.rawValue.count {
+            guard let n = Int(name.dropFirst(Point.preCopyRound.rawValue.count)), n >= 1, n <= 1000 else { return }
+            round = n
+            name = Point.preCopyRound.rawValue
+        }
+        guard let point = Point(rawValue: name) else { return }
+        self.round = round
+        if words[0] == "fail" { failAt = point }
         if words[0] == "pause", words.count == 3, let seconds = Double(words[2]), seconds.isFinite, seconds >= 0, seconds <= 3600 {
             pauseAt = point
             pauseSeconds = seconds
         }
     }
 
+    /// Whether any fault is set (else the daemon doesn't announce points).
+    public var isSet: Bool { failAt != nil || pauseAt != nil }
+
     func reach(_ point: Point) async throws {
         onReach?(point)
         if failAt == point { throw GodwitError("injected failure at \(point.rawValue)") }
         if pauseAt == point { try? await Task.sleep(for: .seconds(pauseSeconds)) }
+    }
+
+    /// Pre-copy rounds run on a blocking thread: announced and paused there. A failure
+    /// injected here is thrown by the round's thread.
+    func reachRound(_ n: Int) throws {
+        guard n == round, failAt == .preCopyRound || pauseAt == .preCopyRound else { return }
+        onReach?(.preCopyRound)
+        if failAt == .preCopyRound { throw GodwitError("injected failure at preCopyRound\(n)") }
+        Thread.sleep(forTimeInterval: pauseSeconds)
     }
 }
 

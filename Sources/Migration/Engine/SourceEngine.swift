@@ -158,7 +158,12 @@ public actor SourceEngine {
 
     private func negotiate() async throws -> Transferring {
         let c = host.container
+        let hooks = self.hooks
+        // From the first step on, a daemon that dies leaves a trace its successor records.
+        host.journal(SourceJournal(migrationID: "", peer: peer.name, container: c.name, phase: .negotiation,
+                                   initPID: c.initPID, imagesDirectory: c.imagesDirectory))
         let (strategy, reason) = try await step("negotiation") { () -> ((MigrationStrategy, String), UInt64) in
+            try await hooks.reach(.negotiation)
             let theirs = try await peer.capabilities()
             let planned = try MovePlanner.plan(requested: request.mode, source: try await host.capabilities(), destination: theirs,
                                                container: .init(memoryBytes: host.memoryBytes(), config: c.config))
@@ -172,6 +177,8 @@ public actor SourceEngine {
             mode: strategy, sourceHost: host.hostName, criuVersion: try await host.capabilities().criuVersion))
         self.session = session
         revert.add("destination: remove its copy") { await session.abort(reason: "the source rolled the move back") }
+        host.journal(SourceJournal(migrationID: session.id, peer: peer.name, container: c.name, phase: .transferring,
+                                   initPID: c.initPID, imagesDirectory: c.imagesDirectory))
         let t = Transferring(session: session, behaviour: strategy.behaviour)
         enter(.transferring(t))
         try await hooks.reach(.transferring)
@@ -199,6 +206,7 @@ public actor SourceEngine {
         revert.add("close the pre-copy channel") { close(fd) }
         let writer = PageRecordWriter(sink: FileDescriptorStream(fd: fd, owns: false))
         let progress = self.progress
+        let hooks = self.hooks
         let resident = host.memoryBytes()
         // The tracker and the writer go to the rounds' thread and come back after it.
         let handed = HandOff((tracker, writer))
@@ -208,6 +216,7 @@ public actor SourceEngine {
                 let session = PreCopySession(tracker: tracker, sender: PreCopySender(writer: writer), settings: settings,
                                              throttle: settings.autoConverge ? try? CPUThrottle(cgroup: c.cgroup) : nil,
                                              progress: { progress.note($0) })
+                if hooks.isSet { session.beforeRound = { try hooks.reachRound($0) } }
                 session.roundProgress = { round, bytes in
                     progress.advance(bytes, expected: UInt64(round.dirtyPages) * systemPageSize, round: round,
                                      force: round.pagesSent == 0)
@@ -327,6 +336,7 @@ public actor SourceEngine {
         }
         let imageBytes = directorySize(c.imagesDirectory)
         try await step("images", expected: imageBytes) {
+            try await hooks.reach(.images)
             let bytes = try await blocking { () throws -> UInt64 in
                 let fd = try t.session.open(.images)
                 defer { close(fd) }
@@ -429,7 +439,7 @@ public actor SourceEngine {
         host.journal(SourceJournal(migrationID: restoring.frozen.transferring.session.id, peer: peer.name, container: c.name,
                                    phase: .doomed, initPID: c.initPID, imagesDirectory: c.imagesDirectory))
         doomedTasks = try host.doom()
-        try await hooks.reach(.doomed)
+        try? await hooks.reach(.committing)
         let t = Self.now()
         let status = try await confirmCommit(restoring.frozen.transferring.session)
         phases.append(MovePhase(name: "commit", millis: millis(since: t)))
@@ -456,6 +466,7 @@ public actor SourceEngine {
             // The rest of memory streams; done when every page is there.
             let t = Self.now()
             phase = "background page transfer"
+            try? await hooks.reach(.pageTransfer)
             // The peer's number: checked, never trusted to convert or multiply.
             let lazyPages = UInt64(exactly: max(0, status.lazyPages ?? 0)) ?? 0
             let (product, overflow) = lazyPages.multipliedReportingOverflow(by: systemPageSize)

@@ -3,16 +3,25 @@ import Checkpoint
 import GodwitCore
 import Memory
 
-/// Where a move out of this host stands, kept on disk from the freeze to the end so that
-/// a daemon that died mid-move can finish the job at its next start.
+/// Where a move out of this host stands, kept on disk from the destination's acceptance to
+/// the end so that a daemon that died mid-move can finish the job at its next start.
 public struct SourceJournal: Codable, Sendable, Equatable {
     public enum Phase: String, Codable, Sendable {
+        /// Planning with the destination; no migration there yet (`migrationID` empty). A
+        /// restart only records that the move ended, and how.
+        case negotiation
+        /// The destination accepted; the container runs here (files and pre-copy rounds go
+        /// out). A restart then only has to tell the destination, and record the rollback:
+        /// without this the move left no trace and the destination a Creating row until
+        /// its abandon timer (found by the fault matrix).
+        case transferring
         /// CRIU may hold the container frozen; its tasks were not doomed.
         case frozen
         /// The commit was decided: the tasks are (being) killed; the destination decides.
         case doomed
     }
 
+    /// Empty until the destination accepted.
     public var migrationID: String
     /// The remote the container moves to.
     public var peer: String
