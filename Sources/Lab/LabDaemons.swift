@@ -91,6 +91,18 @@ public enum LabDaemons {
         }
     }
 
+    /// The godwitd of one lab host: started from its configuration file (in its state
+    /// directory) or with its --state-dir.
+    public static func pid(of host: LabHost, labDirectory: String) -> pid_t? {
+        running(labDirectory: labDirectory).first { pid in
+            guard let bytes = HostEnvironment.readBytes("/proc/\(pid)/cmdline") else { return false }
+            let args = bytes.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            if let i = args.firstIndex(of: "--config"), i + 1 < args.count { return args[i + 1] == host.stateDirectory + "/godwitd.yaml" }
+            guard let i = args.firstIndex(of: "--state-dir"), i + 1 < args.count else { return false }
+            return args[i + 1] == host.stateDirectory
+        }
+    }
+
     static func socketAnswers(_ path: String) -> Bool {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }

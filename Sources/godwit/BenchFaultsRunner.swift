@@ -316,14 +316,7 @@ final class FaultRunner {
         }
     }
 
-    func daemonPID(_ host: LabHost) -> pid_t? {
-        LabDaemons.running(labDirectory: lab.stateDirectory).first { pid in
-            guard let bytes = HostEnvironment.readBytes("/proc/\(pid)/cmdline") else { return false }
-            let args = bytes.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-            guard let i = args.firstIndex(of: "--state-dir"), i + 1 < args.count else { return false }
-            return args[i + 1] == host.stateDirectory
-        }
-    }
+    func daemonPID(_ host: LabHost) -> pid_t? { LabDaemons.pid(of: host, labDirectory: lab.stateDirectory) }
 
     /// SIGKILL (a crash), then a new daemon after `seconds`, waiting until it answers.
     func restartDaemon(_ host: LabHost, after seconds: Double) throws {
