@@ -259,6 +259,10 @@ public final class LazyPageProxy: @unchecked Sendable {
         _ = finished.wait(timeout: .now() + 10)
     }
 
+    /// The source can no longer serve pages (its daemon restarted and its CRIU went with
+    /// it): end the session now instead of waiting out the link's grace period.
+    public func sourceGone(_ why: String) { fail(why) }
+
     func fail(_ why: String) {
         let (first, onFailure) = state.withLock { s in
             let first = s.failure == nil && !s.completed

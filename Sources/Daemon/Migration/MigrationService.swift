@@ -110,6 +110,10 @@ public final class MigrationService: Sendable {
             let engine = try self.incoming().migration(try context.parameters.require("id"), caller: try Self.caller(context))
             return try APIRoutes.sync(try await blocking { try engine.commitIdempotent() })
         }
+        router.post("/1.0/migrations/:id/source-lost") { _, context in
+            let engine = try self.incoming().migration(try context.parameters.require("id"), caller: try Self.caller(context))
+            return try APIRoutes.sync(engine.sourceLost(reason: "its CRIU page server is gone"))
+        }
         router.post("/1.0/migrations/reports") { request, context in
             // The source's final report, so `godwit info` shows the move on this side too;
             // only from the host that moved that container here.

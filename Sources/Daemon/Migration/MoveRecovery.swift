@@ -149,7 +149,8 @@ enum MoveRecovery {
                 let status: IncomingMigrationStatus? = try? await client?.call(.POST, "/1.0/migrations/\(id)/commit")
                 return status?.phase
             },
-            abort: { _ = try? await client?.send(.DELETE, "/1.0/migrations/\(id)", timeout: .seconds(30)) })
+            abort: { _ = try? await client?.send(.DELETE, "/1.0/migrations/\(id)", timeout: .seconds(30)) },
+            sourceLost: { _ = try? await client?.send(.POST, "/1.0/migrations/\(id)/source-lost", timeout: .seconds(30)) })
         return await SourceRecovery.recover(entry, cgroup: cgroup, destination: destination)
     }
 

@@ -64,6 +64,10 @@ struct PeerMigrationTransport: MigrationPeer {
             _ = try? await client.send(.DELETE, "/1.0/migrations/\(id)", timeout: .seconds(30))
         }
 
+        func sourceLost() async {
+            _ = try? await client.send(.POST, "/1.0/migrations/\(id)/source-lost", timeout: .seconds(30))
+        }
+
         func deliver(_ report: MoveReport) async {
             _ = try? await client.call(.POST, "/1.0/migrations/reports", body: report) as [String: String]
         }

@@ -428,6 +428,20 @@ public final class DestinationEngine: Sendable {
         return status()
     }
 
+    /// A source daemon that restarted during a lazy move's background transfer: its CRIU
+    /// page server went with it, so the pages still missing here will never come. Ends the
+    /// wait at once as lost (instead of after the link's grace period). Nothing to do in
+    /// any other state: before the commit the source rolls back with `abort`.
+    public func sourceLost(reason: String) -> IncomingMigrationStatus {
+        touch()
+        let method: (any RestoreMethod)? = shared.withLock { s in
+            if case .committed(let r) = s.state { return r.method }
+            return nil
+        }
+        (method as? LazyRestore)?.sourceGone("the source lost its page server: \(reason)")
+        return status()
+    }
+
     /// A commit that already happened answers with the status, not an error.
     struct CommitRepeated: Error {}
 

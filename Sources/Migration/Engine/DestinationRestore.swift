@@ -290,6 +290,10 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
     /// The proxy, once the restore started it (tests cut its link).
     var pageProxy: LazyPageProxy? { parts.withLock { $0.proxy } }
     private var proxy: LazyPageProxy? { parts.withLock { $0.proxy } }
+
+    /// After the commit: the source says its page server is gone; the wait for the rest
+    /// of memory ends as lost (the tasks are killed before they can read missing pages).
+    public func sourceGone(_ why: String) { proxy?.sourceGone(why) }
     private var daemon: LazyPagesDaemon? { parts.withLock { $0.daemon } }
     private let pushDone = DispatchGroup()
 

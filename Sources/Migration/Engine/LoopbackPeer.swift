@@ -164,6 +164,7 @@ public final class LoopbackPeer: MigrationPeer, Sendable {
 
         func status() async throws -> IncomingMigrationStatus { engine.status() }
         func abort(reason: String) async { await engine.abort(reason: reason) }
+        func sourceLost() async { _ = engine.sourceLost(reason: "the source's page server ended") }
         func deliver(_ report: MoveReport) async { peer.collected.withLock { $0.reports.append(report) } }
         func close() async {}
     }

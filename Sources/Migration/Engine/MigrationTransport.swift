@@ -54,6 +54,9 @@ public protocol MigrationSession: Sendable {
     func status() async throws -> IncomingMigrationStatus
     /// Before the commit: the destination removes everything it has of this migration.
     func abort(reason: String) async
+    /// After a lazy commit: the source can't serve the missing pages any more (its CRIU
+    /// page server is gone); the destination ends its wait as lost at once.
+    func sourceLost() async
     /// The source's final report, so the destination's history has it too.
     func deliver(_ report: MoveReport) async
     /// Ends the session's connections.

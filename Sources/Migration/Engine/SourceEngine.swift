@@ -520,6 +520,9 @@ public actor SourceEngine {
                     relayEndedAt = at
                     if Double(Self.now() - at) / 1e9 > 10 {
                         pageSessionOver = true
+                        // The destination would otherwise wait out its grace period with
+                        // its tasks stuck on pages that can't come.
+                        await session.sourceLost()
                         throw GodwitError("the container was lost after its commit: \(failure)")
                     }
                 }

@@ -58,9 +58,11 @@ public enum SourceRecovery {
         public var status: @Sendable () async -> String?
         public var commit: @Sendable () async -> String?
         public var abort: @Sendable () async -> Void
+        /// After a lazy commit: this host can't serve the missing pages any more.
+        public var sourceLost: @Sendable () async -> Void
         public init(status: @escaping @Sendable () async -> String?, commit: @escaping @Sendable () async -> String?,
-                    abort: @escaping @Sendable () async -> Void) {
-            self.status = status; self.commit = commit; self.abort = abort
+                    abort: @escaping @Sendable () async -> Void, sourceLost: @escaping @Sendable () async -> Void) {
+            self.status = status; self.commit = commit; self.abort = abort; self.sourceLost = sourceLost
         }
     }
 
@@ -79,8 +81,13 @@ public enum SourceRecovery {
         }
         // Past the point of no return: the destination holds the only copy, or nobody does.
         switch await destination.status() {
-        case "done", "fetching":
+        case "done":
             return .moved
+        case "fetching":
+            // The old daemon's relay held CRIU's page-server connection; it reset when the
+            // daemon died, so CRIU's page server is gone and the missing pages with it.
+            await destination.sourceLost()
+            return .lost("this daemon restarted during the background page transfer; CRIU's page server went with it")
         case "restored":
             if let phase = await destination.commit(), ["done", "fetching"].contains(phase) { return .moved }
             return .lost("the destination did not take the commit after this daemon restarted")
