@@ -171,11 +171,14 @@ final class FaultRunner {
 
     // MARK: after the move
 
-    /// Waits until nothing moves any more: no move operation on h1, no journal left.
+    /// Waits until nothing moves any more: no move operation on h1, no journal left, and
+    /// no row still Creating on h2 (a destination may finish recording a container that
+    /// already runs, e.g. once a full disk has room again).
     private func settle(_ name: String, notes: inout [String]) {
         let journal = source.stateDirectory + "/containers/\(name)/move-journal.json"
         let settled = every(0.5, timeout: 120) {
             !FileManager.default.fileExists(atPath: journal) && !self.movesRunning(on: self.source)
+                && self.listed(name, on: self.destination) != "Creating"
         }
         if !settled { notes.append("still moving 120 s after the client ended") }
     }

@@ -37,11 +37,16 @@ enum MoveRecovery {
         var keep = Set<String>()
         for record in records {
             let path = incomingJournalPath(context, record.name)
-            guard let journal = DestinationJournal.read(path) else { continue }
+            guard var journal = DestinationJournal.read(path) else { continue }
             let spec = context.containers.spec(record)
             let cgroup = try? driver.migrationCgroup(spec)
             let tasks = cgroup?.processes() ?? []
             let intact = cgroup != nil && tasks.contains(journal.pid)
+            // "restored" on disk but the tasks run: the commit ran and the journal's next
+            // write failed (a full disk). Held back, they would be abandoned: adopt them.
+            if journal.phase == .restored, intact, let cgroup, !cgroup.isFrozen, !tasks.allSatisfy(Self.isStopped) {
+                journal.phase = .committing
+            }
             let why: String
             if journal.mode.behaviour.restore == .lazy {
                 why = "the daemon on \(context.options.hostName) restarted during the lazy restore; its page server went with it"
@@ -87,6 +92,12 @@ enum MoveRecovery {
                 details: ["recovered": why]))
         }
         return keep
+    }
+
+    /// Stopped by a signal or ptrace (CRIU's --leave-stopped), per /proc/PID/stat.
+    static func isStopped(_ pid: pid_t) -> Bool {
+        let state = HostEnvironment.read("/proc/\(pid)/stat")?.split(separator: ")").last?.split(separator: " ").first
+        return state == "T" || state == "t"
     }
 
     static func run(_ context: DaemonContext, driver: any MigrationDriver) async {

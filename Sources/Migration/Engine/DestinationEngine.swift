@@ -395,10 +395,6 @@ public final class DestinationEngine: Sendable {
         if lazy { host.pagesPending(true) }
         do {
             try restored.method.commit()
-            // The tasks run: tell the segment before the bookkeeping (records, limits), so
-            // clients find the container here as soon as it can answer.
-            host.announce(pid: restored.pid)
-            try host.adopt(pid: restored.pid)
         } catch {
             // The source's tasks are doomed already: this copy was the only one.
             restored.method.abort()
@@ -408,6 +404,10 @@ public final class DestinationEngine: Sendable {
             end(.lost(why))
             throw GodwitError(why)
         }
+        // The tasks run: tell the segment before the bookkeeping (records, limits), so
+        // clients find the container here as soon as it can answer.
+        host.announce(pid: restored.pid)
+        adoptKeepingItRunning(pid: restored.pid)
         afterCommit?(restored.method)
         if restored.method.kind == .copy {
             end(.moved)
@@ -440,6 +440,27 @@ public final class DestinationEngine: Sendable {
         }
         (method as? LazyRestore)?.sourceGone("the source lost its page server: \(reason)")
         return status()
+    }
+
+    /// Records the running container (row, limits). Once its tasks run it is the only copy
+    /// (the source's are doomed), so a failure here must not kill it: a full disk (found by
+    /// the fault matrix: commit × dst-disk-full) is retried every 5 s until the record can
+    /// be written, and a restarted daemon finds the tasks running and adopts them
+    /// (MoveRecovery.incoming).
+    private func adoptKeepingItRunning(pid: pid_t) {
+        do { try host.adopt(pid: pid); return } catch {
+            let why = (error as? GodwitError)?.message ?? "\(error)"
+            shared.withLock { $0.errors.append("adopting the running container: \(why) (retried every 5 s)") }
+        }
+        let host = host
+        Task.detached {
+            while true {
+                try? await Task.sleep(for: .seconds(5))
+                if (try? host.adopt(pid: pid)) != nil { return }
+                // Gone (killed, or it exited): nothing left to record as running.
+                if kill(pid, 0) != 0 { return }
+            }
+        }
     }
 
     /// A commit that already happened answers with the status, not an error.
