@@ -74,9 +74,8 @@ struct InitCommand: AsyncParsableCommand {
             // Tokens are used once, below: they don't belong in the file.
             var written = configuration
             written.remotes = []
-            try FileManager.default.createDirectory(atPath: (config as NSString).deletingLastPathComponent,
-                                                    withIntermediateDirectories: true)
-            try Self.writeOwnerOnly(written.yaml(), to: config)
+            // Root only: it names the state directory and the CRIU godwitd runs.
+            try AtomicFile.write(Data(written.yaml().utf8), to: URL(fileURLWithPath: config))
             CLI.note("wrote \(config); start godwitd (or restart it) to use it")
             try await addRemotes(configuration)
         }
@@ -98,15 +97,6 @@ struct InitCommand: AsyncParsableCommand {
         // NAT by default, as LXD's lxdbr0.
         return try ManagedNetwork(name: network, mode: .nat, address: try InterfaceAddress(nat ?? "10.99.1.1/24"),
                                   containers: try containers.map(Subnet.init), gateway: try gateway.map(Self.ipv4))
-    }
-
-    /// Whole or not at all, root only (it names the state directory and CRIU godwitd runs).
-    static func writeOwnerOnly(_ text: String, to path: String) throws {
-        let temporary = path + ".tmp"
-        guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
-            throw GodwitError("cannot write \(temporary)", hint: "run as root, or give another --config")
-        }
-        guard rename(temporary, path) == 0 else { throw GodwitError.errno("rename \(temporary) to \(path)") }
     }
 
     static func ipv4(_ s: String) throws -> IPv4 {

@@ -38,16 +38,12 @@ public struct DestinationJournal: Codable, Sendable, Equatable {
     public static func read(_ path: String) -> DestinationJournal? { JournalFile.read(DestinationJournal.self, from: path) }
 }
 
-/// A journal on disk: written whole or not at all (temporary file, then rename),
-/// owner-only, and read back only if small and well-formed.
+/// A journal on disk: written whole or not at all (AtomicFile, owner-only, not fsynced: it
+/// serves a restarted daemon, and is written inside the frozen window), and read back only
+/// if small and well-formed.
 enum JournalFile {
     static func write(_ value: some Encodable, to path: String) throws {
-        let data = try JSONEncoder().encode(value)
-        let temporary = path + ".tmp"
-        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]) else {
-            throw GodwitError("cannot write the move journal \(temporary)")
-        }
-        guard rename(temporary, path) == 0 else { throw GodwitError.errno("rename \(temporary)") }
+        try AtomicFile.write(try JSONEncoder().encode(value), to: URL(fileURLWithPath: path), durable: false)
     }
 
     static func read<T: Decodable>(_ type: T.Type, from path: String) -> T? {

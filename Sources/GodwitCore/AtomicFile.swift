@@ -1,12 +1,15 @@
 import Foundation
-import GodwitCore
 
 /// Writes a file so that readers (and the next start after a crash) see either the old
 /// content or the new, never a torn mix: temp file in the same directory, fsync, rename,
 /// fsync of the directory. The mode is set at creation, so a private key is never readable
 /// by others, not even for the moment between write and chmod.
-enum AtomicFile {
-    static func write(_ data: Data, to url: URL, mode: mode_t = 0o600) throws {
+///
+/// `durable: false` skips both fsyncs: for files that only need to survive the daemon's
+/// death, not the machine's, and are written where a disk flush would cost (the move
+/// journals, written while the container is frozen).
+public enum AtomicFile {
+    public static func write(_ data: Data, to url: URL, mode: mode_t = 0o600, durable: Bool = true) throws {
         let directory = url.deletingLastPathComponent()
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true,
@@ -36,13 +39,13 @@ enum AtomicFile {
                 offset += written
             }
         }
-        guard fsync(fd) == 0 else { throw GodwitError.errno("fsync(\(temporary.path))") }
+        if durable { guard fsync(fd) == 0 else { throw GodwitError.errno("fsync(\(temporary.path))") } }
         close(fd)
         closed = true
         guard rename(temporary.path, url.path) == 0 else {
             throw GodwitError.errno("rename(\(temporary.path), \(url.path))")
         }
-        let dirFD = open(directory.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let dirFD = durable ? open(directory.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1
         if dirFD >= 0 {
             // Makes the rename itself durable; failure here loses nothing already written.
             fsync(dirFD)
@@ -52,7 +55,7 @@ enum AtomicFile {
 
     /// nil when the file does not exist; any other failure is an error (a state file we
     /// cannot read must not be mistaken for an empty one).
-    static func read(_ url: URL) throws -> Data? {
+    public static func read(_ url: URL) throws -> Data? {
         guard FileManager.default.fileExists(atPath: url.path) else { return nil }
         do {
             return try Data(contentsOf: url)
