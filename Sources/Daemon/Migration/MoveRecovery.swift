@@ -96,7 +96,7 @@ enum MoveRecovery {
 
     /// Stopped by a signal or ptrace (CRIU's --leave-stopped), per /proc/PID/stat.
     static func isStopped(_ pid: pid_t) -> Bool {
-        let state = HostEnvironment.read("/proc/\(pid)/stat")?.split(separator: ")").last?.split(separator: " ").first
+        let state = HostEnvironment.procStatFields("/proc/\(pid)/stat")?.first
         return state == "T" || state == "t"
     }
 
