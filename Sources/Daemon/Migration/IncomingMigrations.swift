@@ -250,11 +250,17 @@ final class DaemonDestinationHost: DestinationHost, Sendable {
     }
 
     func adopt(pid: pid_t) throws {
-        let identity = try driver.adoptIncoming(try spec(), pid: pid)
-        try context.store.updateContainer(name) {
-            $0.status = .running
-            $0.initProcess = identity
-            $0.lastMigration = Date()
+        do {
+            let identity = try driver.adoptIncoming(try spec(), pid: pid)
+            try context.store.updateContainer(name) {
+                $0.status = .running
+                $0.initProcess = identity
+                $0.lastMigration = Date()
+            }
+        } catch {
+            // The engine retries (the container runs: it is never killed for this).
+            context.events.log("error", "container \(name) runs but could not be recorded: \((error as? GodwitError)?.message ?? "\(error)")")
+            throw error
         }
     }
 

@@ -448,10 +448,8 @@ public final class DestinationEngine: Sendable {
     /// be written, and a restarted daemon finds the tasks running and adopts them
     /// (MoveRecovery.incoming).
     private func adoptKeepingItRunning(pid: pid_t) {
-        do { try host.adopt(pid: pid); return } catch {
-            let why = (error as? GodwitError)?.message ?? "\(error)"
-            shared.withLock { $0.errors.append("adopting the running container: \(why) (retried every 5 s)") }
-        }
+        // The host says why it failed (its log); here it is only retried.
+        if (try? host.adopt(pid: pid)) != nil { return }
         let host = host
         Task.detached {
             while true {
