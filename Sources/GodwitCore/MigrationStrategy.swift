@@ -41,8 +41,14 @@ public enum MigrationStrategy: String, Codable, Sendable, CaseIterable, Comparab
 /// How the destination gets the memory the final dump left on the frozen source.
 public enum RestoreKind: String, Sendable {
     /// Fetch every page the page store lacks, rebuild CRIU's images, restore: nothing is
-    /// left on the source when the destination runs (stop-and-copy, pre-copy).
+    /// left on the source when the destination runs, and nothing depends on the daemon
+    /// (stop-and-copy).
     case copy
+    /// Fetch every page the page store lacks (nothing is left on the source when the
+    /// destination runs), then restore behind `criu lazy-pages` served from the local
+    /// store alone: no memory-sized work in the freeze (pre-copy). Until every page is in
+    /// the tasks they depend on this daemon, as a lazy restore does.
+    case localLazy
     /// Restore at once behind `criu lazy-pages`; the rest arrives on fault and in the
     /// background after the commit (post-copy, hybrid).
     case lazy
@@ -79,7 +85,7 @@ public struct PreCopy: StrategyBehaviour {
     public var strategy: MigrationStrategy { .preCopy }
     public var roundsWhileRunning: Bool { true }
     public var finalDirtySet: FinalDirtySet { .inline }
-    public var restore: RestoreKind { .copy }
+    public var restore: RestoreKind { .localLazy }
 }
 
 public struct PostCopy: StrategyBehaviour {

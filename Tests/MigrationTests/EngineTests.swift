@@ -203,7 +203,7 @@ struct EngineTests {
         let table = MigrationStrategy.allCases.map { s in (s, s.behaviour.roundsWhileRunning, s.behaviour.finalDirtySet, s.behaviour.restore) }
         #expect(table.map(\.1) == [false, true, false, true])
         #expect(table.map(\.2) == [.none, .inline, .none, .pushed])
-        #expect(table.map(\.3) == [.copy, .copy, .lazy, .lazy])
+        #expect(table.map(\.3) == [.copy, .localLazy, .lazy, .lazy])
         #expect(MigrationStrategy.allCases.allSatisfy { $0.behaviour.strategy == $0 })
     }
 

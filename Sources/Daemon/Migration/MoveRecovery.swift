@@ -48,7 +48,7 @@ enum MoveRecovery {
                 journal.phase = .committing
             }
             let why: String
-            if journal.mode.behaviour.restore == .lazy {
+            if journal.mode.behaviour.restore != .copy {
                 why = "the daemon on \(context.options.hostName) restarted during the lazy restore; its page server went with it"
             } else if !intact {
                 why = "the daemon on \(context.options.hostName) restarted and the restored tasks are gone"

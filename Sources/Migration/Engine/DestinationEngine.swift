@@ -59,7 +59,7 @@ public final class DestinationEngine: Sendable {
             case .receiving: "receiving"
             case .restoring: "restoring"
             case .restored: "restored"
-            case .committed(let r): r.method.kind == .lazy ? "fetching" : "done"
+            case .committed(let r): r.method.kind == .copy ? "done" : "fetching"
             case .finished(let o): o.phase
             }
         }
@@ -388,7 +388,8 @@ public final class DestinationEngine: Sendable {
                 throw GodwitError("migration \(id) is \(s.state.name): nothing restored to commit")
             }
         }
-        let lazy = restored.method.kind == .lazy
+        // Lazy and local-lazy: the tasks run before all their pages are in them.
+        let lazy = restored.method.kind != .copy
         // Before the tasks run: a daemon that dies from here on leaves a successor that
         // runs this copy (the source's tasks are doomed) instead of removing it.
         host.journal(.committing, pid: restored.pid)
@@ -530,14 +531,13 @@ public final class DestinationEngine: Sendable {
                                              allLocalAfterCommitMillis: figures.allLocalAfterCommitMillis, lost: figures.lost)
         status.roundsReceived = rounds
         status.lazyPages = figures.lazyPages
-        if kind == .lazy {
+        status.pagesFromStore = figures.pagesFromStore
+        if kind != .copy {
             status.pagesServedLocally = figures.pagesServedLocally
             status.pagesPushed = figures.pagesPushed
             status.pagesFetchedOnFault = figures.pagesFetchedOnFault
             status.pagesFetchedTwice = figures.pagesFetchedTwice
             status.pagesRequestedTwice = figures.pagesRequestedTwice
-        } else {
-            status.pagesFromStore = figures.pagesFromStore
         }
         if case .committed = shared.withLock({ $0.state }) { status.link = method?.linkDown }
         switch outcome {

@@ -88,6 +88,7 @@ extension RestoreKind {
         switch self {
         case .copy: CopyRestore(target: target, store: store)
         case .lazy: LazyRestore(target: target, store: store)
+        case .localLazy: LocalLazyRestore(target: target, store: store)
         }
     }
 }
@@ -160,10 +161,41 @@ public class RestoreBase: @unchecked Sendable {
     func killRestored() {
         try? target.cgroup.kill()
     }
+
+    /// Copies from the frozen source every lazy page the store lacks: afterwards the store
+    /// holds all of the container's memory.
+    func fetchMissing(from client: PageServerClient, lazyEntries: [(id: Int32, entries: [PagemapEntry])]) throws {
+        let t = Self.now()
+        // Only what the store lacks: unchanged pre-copied pages are not sent twice. No
+        // bridging (1): across hosts the GETs are pipelined, and at stride 4 bridging would
+        // fetch every page of a dirty region instead of the quarter that changed.
+        let plan = CopyRestore.missingPages(lazyEntries, store: store, bridge: 1)
+        let store = self.store
+        try client.fetch(plan.requests) { id, vaddr, pages, bytes in
+            try store.store(nsPID: id, vaddr: vaddr, count: pages, data: bytes)
+        }
+        update {
+            $0.fetchMillis = Self.millis(since: t); $0.pagesFetched = client.pagesFetched; $0.lazyPages = plan.lazyPages
+            $0.pagesFromStore = plan.lazyPages - plan.missingPages
+        }
+    }
+
+    /// After the commit of a restore that holds every page: the source's dump may end.
+    /// The destination runs either way: the source's tasks are already doomed, so a
+    /// failed CLOSE only means the source's dump ends in an error. In the background:
+    /// CRIU's answer to CLOSE was seen to take a minute under load, and the commit call
+    /// must not time out (the source would report the container lost).
+    func closeSource(_ handed: HandOff<PageServerClient>) {
+        let thread = Thread { [self] in
+            do { _ = try handed.value.close() } catch { update { $0.notes.append("CLOSE to the source failed: \(error)") } }
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
 }
 
-/// Stop-and-copy and pre-copy: fetch every page the store lacks from the frozen source,
-/// rebuild CRIU's images, restore normally. When the tasks run, nothing is left on the
+/// Stop-and-copy: fetch every page the store lacks from the frozen source, rebuild CRIU's
+/// images, restore normally (eager: after the restore nothing depends on this daemon). When the tasks run, nothing is left on the
 /// source; CLOSE then lets the source's dump complete.
 public final class CopyRestore: RestoreBase, RestoreMethod, @unchecked Sendable {
     public var kind: RestoreKind { .copy }
@@ -173,23 +205,12 @@ public final class CopyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
     public func restore(pages fd: Int32, push: Int32?) throws -> pid_t {
         if let push { close(push) }
         let images = target.restore.imagesDirectory
-        var t = Self.now()
         let client = PageServerClient(connected: fd, peer: "source")
         self.client.withLock { $0 = HandOff(client) }
         let rebuilder = ImageRebuilder(directory: images)
-        // Only what the store lacks: unchanged pre-copied pages are not sent twice. No
-        // bridging (1): across hosts the GETs are pipelined, and at stride 4 bridging would
-        // fetch every page of a dirty region instead of the quarter that changed.
-        let plan = try Self.missingPages(rebuilder.lazyEntries(), store: store, bridge: 1)
+        try fetchMissing(from: client, lazyEntries: rebuilder.lazyEntries())
         let store = self.store
-        try client.fetch(plan.requests) { id, vaddr, pages, bytes in
-            try store.store(nsPID: id, vaddr: vaddr, count: pages, data: bytes)
-        }
-        update {
-            $0.fetchMillis = Self.millis(since: t); $0.pagesFetched = client.pagesFetched; $0.lazyPages = plan.lazyPages
-            $0.pagesFromStore = plan.lazyPages - plan.missingPages
-        }
-        t = Self.now()
+        let t = Self.now()
         let rebuilt = try rebuilder.rebuild { id, vaddr, pages, buffer in
             let held = try store.read(nsPID: id, vaddr: vaddr, count: pages, into: buffer)
             if held.contains(false) {
@@ -208,16 +229,9 @@ public final class CopyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
     public func commit() throws {
         try release()
         guard let handed = client.withLock({ c -> HandOff<PageServerClient>? in defer { c = nil }; return c }) else { return }
-        // The destination runs either way: the source's tasks are already doomed, so a
-        // failed CLOSE only means the source's dump ends in an error. In the background:
-        // CRIU's answer to CLOSE was seen to take a minute under load, and the commit call
-        // must not time out (the source would report the container lost).
-        let thread = Thread { [self] in
-            do { _ = try handed.value.close() } catch { update { $0.notes.append("CLOSE to the source failed: \(error)") } }
-        }
-        thread.stackSize = 1 << 20
-        thread.start()
+        closeSource(handed)
     }
+
 
     public func waitUntilLocal(timeout: TimeInterval) -> IncomingFigures { figures }
 
@@ -298,14 +312,20 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
     private let pushDone = DispatchGroup()
 
     public func restore(pages fd: Int32, push: Int32?) throws -> pid_t {
+        let upstream: LazyPageUpstream = TCPPageServerUpstream(connected: fd)
+        return try restore(upstream: wrapUpstream?(upstream) ?? upstream, push: push, fromSource: true)
+    }
+
+    /// `fromSource`: the upstream is the source's page server, whose channel may break and
+    /// come back; otherwise it is the local store alone (LocalLazyRestore).
+    func restore(upstream: LazyPageUpstream, push: Int32?, fromSource: Bool) throws -> pid_t {
         if let push { parts.withLock { $0.pushFD = push } }
         let images = target.restore.imagesDirectory
         let t = Self.now()
-        let upstream: LazyPageUpstream = TCPPageServerUpstream(connected: fd)
-        let proxy = try LazyPageProxy(store: store, upstream: wrapUpstream?(upstream) ?? upstream)
+        let proxy = try LazyPageProxy(store: store, upstream: upstream)
         // The source reconnects a page channel that broke (once it doomed its tasks, the
         // only way on): the faulting threads wait that long for it.
-        proxy.keepAcrossBreaks(graceSeconds: graceSeconds)
+        if fromSource { proxy.keepAcrossBreaks(graceSeconds: graceSeconds) }
         // Each round trip through the daemons' channel is slow next to CRIU's own TCP:
         // fetch 1 MiB per background GET instead of lazy-pages' 64 KiB.
         proxy.readAheadPages = LazyPageProxy.remoteReadAheadPages
@@ -316,7 +336,7 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         }, uniquingKeysWith: { a, _ in a })
         // CLOSE would let the source's dump complete (killing the source): not before the
         // source has doomed its tasks and called commit().
-        proxy.holdClose()
+        if fromSource { proxy.holdClose() }
         proxy.start()
         parts.withLock { $0.proxy = proxy }
         if let push { startPush(push, into: proxy) }

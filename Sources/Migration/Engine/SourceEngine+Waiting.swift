@@ -54,6 +54,36 @@ extension SourceEngine {
         return status
     }
 
+    /// Local-lazy restores (pre-copy): after the commit the destination fills the tasks'
+    /// memory from its own store; nothing more comes from here. The move is done when it
+    /// says so ("done"), so that a finished move means a container that no longer depends
+    /// on the destination's daemon. Stalls (no answer, no change) end the wait as progress
+    /// does in every other wait.
+    func waitUntilLoaded(_ session: any MigrationSession, after commitStatus: IncomingMigrationStatus) async throws -> IncomingMigrationStatus {
+        var status = commitStatus
+        var lastChange = Self.now()
+        var lastServed = status.pagesServedLocally ?? 0
+        var lastError: String?
+        while status.phase == "fetching" {
+            try? await Task.sleep(for: .milliseconds(50))
+            do {
+                status = try await session.status()
+                lastError = nil
+            } catch {
+                lastError = (error as? GodwitError)?.message ?? "\(error)"
+            }
+            let served = status.pagesServedLocally ?? 0
+            if served != lastServed { lastServed = served; lastChange = Self.now() }
+            if Double(Self.now() - lastChange) / 1e9 > Self.stallSeconds {
+                throw GodwitError("\(peer.name) stopped answering while it loaded the container's memory: \(lastError ?? "no progress")")
+            }
+        }
+        guard status.phase == "done" else {
+            throw GodwitError("the container was lost after its commit: \(status.lost ?? status.reason ?? status.phase)")
+        }
+        return status
+    }
+
     /// How long the source keeps asking a destination it can't reach to commit, after its
     /// own tasks are doomed. Past it the container is reported lost (it may still run there:
     /// the report says to look).

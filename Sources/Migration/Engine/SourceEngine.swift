@@ -243,6 +243,10 @@ public actor SourceEngine {
         try? FileManager.default.removeItem(atPath: c.imagesDirectory)
         let freezeAt = Self.now()
         var finalSync: Task<SyncStats, Error>?
+        var finalScan: Task<HandOff<(DirtyScan, RoundStats)>, Error>?
+        let finalRound = (report.rounds?.count ?? 0) + 1
+        let inline = t.behaviour.finalDirtySet == .inline
+        let scanning = tracker.flatMap { tracker in writer.flatMap { w in precopyFD.map { HandOff((tracker, w, $0)) } } }
         let host = self.host
         let (dump, connection) = try await step("checkpoint") { () -> ((LazyDump, PageServerConnection), UInt64) in
             var options = DumpOptions(pid: c.initPID, imagesDirectory: c.imagesDirectory)
@@ -293,6 +297,29 @@ public actor SourceEngine {
             finalSync = sync
             // No rsync may still write while the destination removes its copy.
             revert.add("wait for the final filesystem sync") { _ = await sync.result }
+            // The final scan needs the tasks held, not CRIU's dump: it runs alongside the
+            // dump (race-free: nothing runs once the cgroup is frozen). It tells the
+            // destination which stored pages changed since they were sent; pre-copy sends
+            // their contents right behind it, read from the held tasks; hybrid pushes them
+            // in the background after the freeze.
+            if let scanning {
+                let scan = Task {
+                    try await blocking { () throws -> HandOff<(DirtyScan, RoundStats)> in
+                        guard poll(timeout: 60, { host.isHeldStill() || !d.isRunning }), d.isRunning else {
+                            throw GodwitError("CRIU's dump ended before the container was frozen")
+                        }
+                        let (tracker, writer, fd) = scanning.value
+                        let scan = try tracker.scan(attachNew: false)
+                        let sender = PreCopySender(writer: writer)
+                        let sent = inline ? try sender.sendRound(scan, round: finalRound, tracker: nil)
+                                          : try sender.sendInvalidations(scan, round: finalRound)
+                        shutdown(fd, Int32(SHUT_WR))
+                        return HandOff((scan, sent))
+                    }
+                }
+                finalScan = scan
+                revert.add("wait for the final scan") { _ = await scan.result }
+            }
             try await blocking { try d.waitUntilServing() }
             return ((d, connection), 0)
         }
@@ -300,26 +327,17 @@ public actor SourceEngine {
         enter(.frozen(frozen))
         try await hooks.reach(.frozen)
 
-        // The final scan (race-free: CRIU holds the tasks) tells the destination which
-        // stored pages changed since they were sent. Pre-copy sends their contents right
-        // behind it, read from the held tasks; hybrid pushes them in the background.
-        if let tracker, let writer, let precopyFD {
-            let finalRound = (report.rounds?.count ?? 0) + 1
-            let inline = t.behaviour.finalDirtySet == .inline
-            let handed = HandOff((tracker, writer))
+        if let finalScan, let tracker {
+            // What is left of the scan that started with the dump (this phase only shows
+            // the part of it that outlasted CRIU).
             let (scan, sent) = try await step(inline ? "final scan + dirty pages" : "final scan") { () -> ((DirtyScan, RoundStats), UInt64) in
-                try await blocking { () throws -> ((DirtyScan, RoundStats), UInt64) in
-                    let (tracker, writer) = handed.value
-                    let scan = try tracker.scan(attachNew: false)
-                    // Marker-free protection: CRIU dumped no phantom pages; let go now.
-                    tracker.close()
-                    let sender = PreCopySender(writer: writer)
-                    let sent = inline ? try sender.sendRound(scan, round: finalRound, tracker: nil)
-                                      : try sender.sendInvalidations(scan, round: finalRound)
-                    shutdown(precopyFD, Int32(SHUT_WR))
-                    return ((scan, sent), sent.bytesSent)
-                }
+                let result = try await finalScan.value.value
+                return (result, result.1.bytesSent)
             }
+            // Marker-free protection: CRIU dumped no phantom pages. Let go only now: the
+            // registrations stay as CRIU saw them for its whole dump.
+            let handed = HandOff(tracker)
+            await blocking { handed.value.close() }
             memory.finalDirtyPages = scan.dirtyPages
             if inline { memory.pagesPushed = sent.dataPages + sent.zeroPages }
             progress.note("final scan: \(scan.dirtyPages) pages dirty since the last round")
@@ -395,7 +413,9 @@ public actor SourceEngine {
         memory.lazyPages = restored.lazyPages
         if !lazily {
             phases.append(MovePhase(name: "destination: fetch", millis: restored.fetchMillis))
-            phases.append(MovePhase(name: "destination: rebuild", millis: restored.rebuildMillis))
+            if frozen.transferring.behaviour.restore == .copy {
+                phases.append(MovePhase(name: "destination: rebuild", millis: restored.rebuildMillis))
+            }
             memory.pagesFetched = restored.pagesFetched
             memory.pagesFromStore = restored.pagesFromStore
         }
@@ -548,6 +568,10 @@ public actor SourceEngine {
             memory.pagesFetchedTwice = status.pagesFetchedTwice
             memory.pageReconnects = relay.reconnects
             report.memory = memory
+            report.allLocalMillis = status.allLocalAfterCommitMillis.map { $0 + (report.frozenMillis ?? 0) }
+        } else if restoring.frozen.transferring.behaviour.restore == .localLazy {
+            phase = "loading memory on \(peer.name)"
+            let status = try await waitUntilLoaded(session, after: commitStatus)
             report.allLocalMillis = status.allLocalAfterCommitMillis.map { $0 + (report.frozenMillis ?? 0) }
         }
         report.memory = memory
