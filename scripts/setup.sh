@@ -13,7 +13,7 @@ cd "$ROOT"
 # tar: CRIU saves tmpfs with the host's tar. util-linux: nsenter/unshare. kmod: modprobe
 # for veth/bridge/nf_tables modules. libxxhash-dev/libzstd-dev/pkg-config: build deps.
 # libsqlite3-dev: the daemon keeps its state in SQLite (GRDB links the system library).
-PACKAGES=(busybox-static rsync iproute2 pkg-config libxxhash-dev libzstd-dev nftables tar
+PACKAGES=(busybox-static rsync iproute2 pkg-config libxxhash-dev libzstd-dev nftables tar zstd
   util-linux procps kmod libsqlite3-dev)
 PIPE_MAX_WANTED=4194304
 

@@ -105,9 +105,10 @@ public struct CRIU: Sendable {
         return CRIU(binary: binary)
     }
 
-    public func dumpArguments(_ o: DumpOptions, logFile: String = "dump.log") -> [String] {
-        var args = ["dump", "-t", String(o.pid), "-D", o.imagesDirectory, "-o", logFile,
-                    "--network-lock", CRIUNetworkLock.backend]
+    public func dumpArguments(_ o: DumpOptions, log: CRIULogFile? = nil) -> [String] {
+        let log = log ?? CRIULogFile.named("dump.log", directory: o.imagesDirectory)
+        var args = ["dump", "-t", String(o.pid), "-D", o.imagesDirectory] + log.arguments
+            + ["--network-lock", CRIUNetworkLock.backend]
         if o.tcpEstablished { args.append("--tcp-established") }
         if o.skipInFlight { args.append("--skip-in-flight") }
         if o.manageCgroups { args.append("--manage-cgroups=full") }
@@ -123,9 +124,10 @@ public struct CRIU: Sendable {
         return args
     }
 
-    public func restoreArguments(_ o: RestoreOptions, logFile: String = "restore.log") -> [String] {
-        var args = ["restore", "-D", o.imagesDirectory, "-o", logFile, "-d", "--pidfile", o.pidFile,
-                    "--root", o.rootfs, "--network-lock", CRIUNetworkLock.backend]
+    public func restoreArguments(_ o: RestoreOptions, log: CRIULogFile? = nil) -> [String] {
+        let log = log ?? CRIULogFile.named("restore.log", directory: o.imagesDirectory)
+        var args = ["restore", "-D", o.imagesDirectory] + log.arguments
+            + ["-d", "--pidfile", o.pidFile, "--root", o.rootfs, "--network-lock", CRIUNetworkLock.backend]
         if o.tcpEstablished { args.append("--tcp-established") }
         if o.manageCgroups { args.append("--manage-cgroups=full") }
         if let root = o.cgroupRoot { args += ["--cgroup-root", root] }
@@ -144,7 +146,8 @@ public struct CRIU: Sendable {
         try OwnerOnly.directory(options.imagesDirectory)
         let drain = options.acceptQueueDrain.flatMap { ListenQueueDrain.begin(pid: options.pid, timeout: $0) }
         defer { drain?.end() }
-        let run = try run(dumpArguments(options), directory: options.imagesDirectory, log: "dump.log", phase: "dump")
+        let log = CRIULogFile.named("dump.log", directory: options.imagesDirectory)
+        let run = try run(dumpArguments(options, log: log), directory: options.imagesDirectory, logPath: log.path, phase: "dump")
         // A stateful stop keeps these until the next start.
         OwnerOnly.restrictFiles(in: options.imagesDirectory)
         return run
@@ -154,7 +157,8 @@ public struct CRIU: Sendable {
     public func restore(_ options: RestoreOptions) throws -> (pid: Int32, run: CRIURun) {
         // CRIU refuses to overwrite a pidfile.
         try? FileManager.default.removeItem(atPath: options.pidFile)
-        let run = try run(restoreArguments(options), directory: options.imagesDirectory, log: "restore.log", phase: "restore")
+        let log = CRIULogFile.named("restore.log", directory: options.imagesDirectory)
+        let run = try run(restoreArguments(options, log: log), directory: options.imagesDirectory, logPath: log.path, phase: "restore")
         guard let text = HostEnvironment.read(options.pidFile), let pid = Int32(text) else {
             throw GodwitError("CRIU restore finished but wrote no pid to \(options.pidFile)",
                               context: [("phase", "restore"), ("log", run.logPath)])
@@ -183,10 +187,9 @@ public struct CRIU: Sendable {
         try CRIUProcess(launcher + [binary.path] + args, pageServerSocket: pageServerSocket)
     }
 
-    private func run(_ args: [String], directory: String, log: String, phase: String) throws -> CRIURun {
+    private func run(_ args: [String], directory: String, logPath: String, phase: String) throws -> CRIURun {
         let start = Date()
         let result = try Command.run(launcher + [binary.path] + args)
-        let logPath = directory + "/" + log
         let wall = Date().timeIntervalSince(start)
         guard result.succeeded else {
             let line = CRIULog.firstError(path: logPath) ?? result.lastErrorLine

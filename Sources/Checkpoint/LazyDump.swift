@@ -24,7 +24,8 @@ public final class LazyDump: Sendable {
         self.options = options
         self.address = address
         try OwnerOnly.directory(options.imagesDirectory)
-        logPath = options.imagesDirectory + "/dump.log"
+        let log = CRIULogFile.named("dump.log", directory: options.imagesDirectory)
+        logPath = log.path
         try? FileManager.default.removeItem(atPath: logPath)
         // CRIU's end is CRIU's alone once it started (or never will be): it must not be held
         // open here, or CRIU's exit would not end the connection.
@@ -32,7 +33,7 @@ public final class LazyDump: Sendable {
         let drain = options.acceptQueueDrain.flatMap { ListenQueueDrain.begin(pid: options.pid, timeout: $0) }
         if options.freezeBeforeDump, let freezer = options.freezerCgroup { Self.freezeFirst(freezer) }
         do {
-            process = try criu.start(criu.dumpArguments(options), pageServerSocket: options.lazyPagesSocket)
+            process = try criu.start(criu.dumpArguments(options, log: log), pageServerSocket: options.lazyPagesSocket)
         } catch {
             drain?.end()
             throw error

@@ -24,14 +24,14 @@ public final class LazyPagesDaemon: Sendable {
     }
 
     /// `statusFD`: CRIU writes a byte there once restore may connect (see `waitUntilReady`).
-    public static func arguments(from source: PageSource, directory: String, logFile: String = "lazy-pages.log",
+    public static func arguments(from source: PageSource, directory: String, log: CRIULogFile? = nil,
                                  statusFD: Int32? = nil) -> [String] {
         var args = ["lazy-pages", "--page-server"]
         switch source {
         case .address(let address): args += ["--address", address.address, "--port", String(address.port)]
         case .inheritedSocket: args += ["--ps-socket", String(CRIUProcess.pageServerFD)]
         }
-        args += ["-D", directory, "-o", logFile]
+        args += ["-D", directory] + (log ?? CRIULogFile.named("lazy-pages.log", directory: directory)).arguments
         if let statusFD { args += ["--status-fd", String(statusFD)] }
         return args
     }
@@ -50,10 +50,11 @@ public final class LazyPagesDaemon: Sendable {
 
     private init(criu: CRIU, source: PageSource, socket: Int32?, directory: String) throws {
         self.directory = directory
-        logPath = directory + "/lazy-pages.log"
+        let log = CRIULogFile.named("lazy-pages.log", directory: directory)
+        logPath = log.path
         socketPath = directory + "/lazy-pages.socket"
         try? FileManager.default.removeItem(atPath: socketPath)
-        process = try criu.start(Self.arguments(from: source, directory: directory, statusFD: CRIUProcess.statusFD),
+        process = try criu.start(Self.arguments(from: source, directory: directory, log: log, statusFD: CRIUProcess.statusFD),
                                  pageServerSocket: socket)
     }
 

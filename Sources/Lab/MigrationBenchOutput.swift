@@ -147,8 +147,28 @@ public enum BenchOutput {
     /// The talk's result slides as one picture: a panel per metric (downtime as the app sees
     /// it, as the network sees it, total time), groups per memory size and stride, one bar
     /// per mode (median) with a min–max whisker.
+    /// Ticks of a logarithmic axis: 1, 2 and 5 times each power of ten from `minimum` up to
+    /// the first at or above `maximum`.
+    public static func logTicks(minimum: Double, maximum: Double) -> [Double] {
+        guard minimum > 0, maximum.isFinite, minimum.isFinite else { return [1, 10] }
+        var ticks: [Double] = []
+        var power = pow(10, floor(log10(minimum)))
+        while ticks.count < 40 {
+            for m in [1.0, 2, 5] where m * power >= minimum * 0.999 {
+                ticks.append(m * power)
+                if m * power >= maximum { return ticks }
+            }
+            power *= 10
+        }
+        return ticks
+    }
+
+    /// Downtimes span 50 ms to 10 s in one chart: on a linear axis every sub-second bar is a
+    /// sliver next to stop-and-copy's. These panels are logarithmic (from 10 ms).
+    public static let logarithmicMetrics: Set<BenchMetric> = [.appDowntime, .networkDowntime, .frozen]
+
     public static func svg(_ summaries: [BenchSummary], title: String,
-                           metrics: [BenchMetric] = [.appDowntime, .networkDowntime, .total]) -> String {
+                           metrics: [BenchMetric] = [.appDowntime, .networkDowntime, .frozen, .total]) -> String {
         let groups = Array(Set(summaries.map { GroupKey(sizeMiB: $0.configuration.sizeMiB, stride: $0.configuration.stride) }))
             .sorted { a, b in
                 let order = { (s: Int) in BenchArguments.allStrides.firstIndex(of: s) ?? s }
@@ -173,11 +193,19 @@ public enum BenchOutput {
             let panelTop = top + Double(index) * (panelHeight + panelGap)
             let bottom = panelTop + panelHeight
             let maximum = summaries.compactMap { $0.stat(metric)?.max }.max() ?? 0
-            let ticks = ticks(maximum: maximum)
+            let logarithmic = logarithmicMetrics.contains(metric)
+            let floorValue = 10.0
+            let ticks = logarithmic ? logTicks(minimum: floorValue, maximum: max(maximum, floorValue * 10)) : ticks(maximum: maximum)
             let scaleMax = ticks.last ?? 1
-            let y = { (v: Double) in bottom - (scaleMax > 0 ? v / scaleMax : 0) * panelHeight }
-            out.append(String(format: #"<text x="%.1f" y="%.1f" font-size="13" font-weight="bold">%@ (median, whisker min–max)</text>"#,
-                              left, panelTop - 10, xml(metric.title)))
+            let y = { (v: Double) -> Double in
+                if logarithmic {
+                    let span = log10(scaleMax) - log10(floorValue)
+                    return bottom - (span > 0 ? (log10(max(v, floorValue)) - log10(floorValue)) / span : 0) * panelHeight
+                }
+                return bottom - (scaleMax > 0 ? v / scaleMax : 0) * panelHeight
+            }
+            out.append(String(format: #"<text x="%.1f" y="%.1f" font-size="13" font-weight="bold">%@ (median, whisker min–max%@)</text>"#,
+                              left, panelTop - 10, xml(metric.title), logarithmic ? "; logarithmic" : ""))
             for tick in ticks {
                 out.append(String(format: #"<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="rgb(221,221,221)"/>"#, left, y(tick), left + plotWidth, y(tick)))
                 out.append(String(format: #"<text x="%.1f" y="%.1f" text-anchor="end">%@</text>"#, left - 6, y(tick) + 4, xml(tickLabel(tick))))

@@ -36,6 +36,9 @@ struct MigrateBench: AsyncParsableCommand {
     @Flag(help: "The quick profile: 256 MiB, strides 4,0, 1 repetition; other options override it.") var quick = false
     @Option(help: "Seconds memtouch keeps writing before the move.") var warmSeconds: Double = 3
     @Option(help: "Results directory (default: bench/results/<timestamp> in the checkout).") var output: String?
+    @Flag(inversion: .prefixedNo,
+          help: "Keep CRIU's debug logs (-v4, timestamped) of every run under raw/criu/; they cost CRIU a little time, in every mode alike.")
+    var criuLogs = true
     @Option(help: "Skip the runs that would start after this many minutes (default: 9 with --quick, else none).")
     var maxMinutes: Double?
 
@@ -84,15 +87,34 @@ struct MigrateBench: AsyncParsableCommand {
             note("bench migrate (\(plan.profile)): \(plan.runCount) runs in lab \(name) at \(plan.bandwidth ?? "unshaped"); results in \(directory)")
             do {
                 let lab = try guardian.creating { try Lab.create(name: name, hosts: 2, bandwidth: try Self.rate(bandwidth)) }
+                // Each daemon (and this process, for the baselines) spools CRIU's logs; the
+                // runner files them per run.
+                let spool = criuLogs ? directory + "/raw/criu/spool" : nil
+                var environment: [String: [String: String]] = [:]
+                if let spool {
+                    for host in lab.hosts { environment[host.name] = [CRIULogFile.directoryVariable: spool + "/" + host.name] }
+                    setenv(CRIULogFile.directoryVariable, spool + "/bench", 1)
+                }
                 try LabDaemons.start(lab, godwitd: GodwitPaths.sibling("godwitd"),
                                      extraFiles: [(workloads[0], "usr/bin/memtouch"), (workloads[1], "usr/bin/udpecho")],
-                                     httpsPort: LabDaemons.httpsPort)
+                                     httpsPort: LabDaemons.httpsPort, environment: environment)
                 try await LabTrust.enrollAll(lab)
                 let limit = maxMinutes ?? (quick ? 9 : nil)
                 let runner = BenchRunner(lab: lab, criu: criu, godwit: LabCommand.executable, warmSeconds: warmSeconds,
                                          rawDirectory: directory + "/raw",
-                                         deadline: limit.map { started.addingTimeInterval($0 * 60) })
+                                         deadline: limit.map { started.addingTimeInterval($0 * 60) }, criuSpool: spool)
                 let samples = runner.runAll(plan)
+                if let spool {
+                    runner.fileCRIULogs("after-last-run")
+                    try? FileManager.default.removeItem(atPath: spool)
+                    unsetenv(CRIULogFile.directoryVariable)
+                    // About 2 MB of text per GiB moved and run: one compressed archive
+                    // (`tar --zstd -xf raw/criu.tar.zst` unpacks it).
+                    let raw = directory + "/raw"
+                    if (try? Command.run(["tar", "--zstd", "-cf", raw + "/criu.tar.zst", "-C", raw, "criu"]))?.succeeded == true {
+                        try? FileManager.default.removeItem(atPath: raw + "/criu")
+                    }
+                }
                 // The daemons' logs go with the lab: keep them for the post-mortem of failed moves.
                 for host in lab.hosts {
                     try? FileManager.default.copyItem(atPath: host.stateDirectory + "/godwitd.log",
@@ -124,6 +146,7 @@ struct MigrateBench: AsyncParsableCommand {
         let machine = BenchMachine.describe(criuVersion: criuVersion, bandwidth: plan.bandwidth,
                                             commit: commit?.succeeded == true ? commit!.stdout.trimmingCharacters(in: .whitespacesAndNewlines) : nil)
         let table = BenchOutput.markdown(summaries)
+        let breakdown = FrozenBreakdown.markdown(samples)
         let sizes = plan.sizesMiB.map { "\($0) MiB" }.joined(separator: ", ")
         let heading = "memtouch moved h1 → h2 at \(plan.bandwidth ?? "unshaped"), \(sizes)"
         let minutes = String(format: "%.1f", seconds / 60)
@@ -136,12 +159,12 @@ struct MigrateBench: AsyncParsableCommand {
             (stop-and-copy and pre-copy ÷ criu-page-server, post-copy and hybrid ÷ criu-lazy).
 
             \(table)
-
+            \(breakdown.isEmpty ? "" : "\n## Frozen window by phase (median ms)\n\nFrom the freeze to the commit, per top-level phase of the move's report; ↳ rows are the destination's parts of the restore phase before them; other = frozen time no phase accounts for.\n\n" + breakdown + "\n")
             ## Machine
 
             \(machine.markdown)
 
-            Chart: chart.svg. Per configuration: summary.csv. Per run: raw/runs.csv, raw/samples.json.
+            Chart: chart.svg. Per configuration: summary.csv, frozen-phases.csv. Per run: raw/runs.csv, raw/samples.json.
             How to read these: docs/benchmarks.md.
 
             """
@@ -150,6 +173,7 @@ struct MigrateBench: AsyncParsableCommand {
         }
         try save(markdown, "results.md")
         try save(BenchOutput.summaryCSV(summaries), "summary.csv")
+        try save(FrozenBreakdown.csv(samples), "frozen-phases.csv")
         try save(BenchOutput.runsCSV(samples), "raw/runs.csv")
         try save(BenchOutput.svg(summaries, title: "godwit bench migrate: " + heading), "chart.svg")
         let encoder = JSONEncoder()
@@ -158,6 +182,7 @@ struct MigrateBench: AsyncParsableCommand {
         try Data(encoder.encode(machine)).write(to: URL(fileURLWithPath: directory + "/machine.json"))
         try Data(encoder.encode(plan)).write(to: URL(fileURLWithPath: directory + "/plan.json"))
         print(table)
+        if !breakdown.isEmpty { print("\nFrozen window by phase (median ms):\n" + breakdown) }
         print("\n\(samples.count) runs in \(minutes) min; results in \(directory) (results.md, summary.csv, chart.svg, raw/)")
     }
 

@@ -22,8 +22,14 @@ final class BenchRunner {
     private var unavailable: [BenchStrategy: String] = [:]
     private var counter = 0
 
-    init(lab: Lab, criu: CRIU, godwit: String, warmSeconds: Double, rawDirectory: String, deadline: Date? = nil) {
+    /// Where the daemons and the baselines write CRIU's -v4 logs (one folder per writer);
+    /// after each run they are filed under raw/criu/<run>/.
+    let criuSpool: String?
+
+    init(lab: Lab, criu: CRIU, godwit: String, warmSeconds: Double, rawDirectory: String, deadline: Date? = nil,
+         criuSpool: String? = nil) {
         self.lab = lab; self.criu = criu; self.godwit = godwit; self.warmSeconds = warmSeconds; self.rawDirectory = rawDirectory
+        self.criuSpool = criuSpool
         self.deadline = deadline
         source = lab.hosts[0]; destination = lab.hosts[1]
     }
@@ -53,6 +59,8 @@ final class BenchRunner {
                 }
                 if sample.outcome == .skipped, let why = sample.note { unavailable[configuration.strategy] = why }
                 samples.append(sample)
+                fileCRIULogs(String(format: "%03d-", samples.count) + "\(configuration.strategy.rawValue)-s\(configuration.stride)-"
+                             + "\(configuration.sizeMiB)M-r\(repetition)")
                 let figures = [("app", sample.appDowntimeMillis), ("net", sample.networkDowntimeMillis), ("total", sample.totalMillis)]
                     .compactMap { label, value in value.map { "\(label) \(BenchOutput.figure($0)) ms" } }.joined(separator: ", ")
                 note("[\(samples.count)/\(total)] \(label): \(sample.outcome.rawValue)"
@@ -61,6 +69,20 @@ final class BenchRunner {
             }
         }
         return samples
+    }
+
+    /// Moves what the spool holds into raw/criu/RUN/WRITER/ (nothing when logs are off).
+    func fileCRIULogs(_ run: String) {
+        guard let criuSpool else { return }
+        let fm = FileManager.default
+        for writer in (try? fm.contentsOfDirectory(atPath: criuSpool)) ?? [] {
+            let from = criuSpool + "/" + writer
+            let files = (try? fm.contentsOfDirectory(atPath: from)) ?? []
+            guard !files.isEmpty else { continue }
+            let to = "\((criuSpool as NSString).deletingLastPathComponent)/\(run)/\(writer)"
+            try? fm.createDirectory(atPath: to, withIntermediateDirectories: true)
+            for file in files { try? fm.moveItem(atPath: from + "/" + file, toPath: to + "/" + file) }
+        }
     }
 
     // MARK: one run

@@ -242,14 +242,72 @@ import Testing
         var skipped = MigrationBenchStatisticsTests.sample(.preCopy, app: 0, total: 0, outcome: .skipped)
         skipped.note = "not implemented yet"
         let svg = BenchOutput.svg(BenchSummary.summarize([MigrationBenchStatisticsTests.sample(.stopAndCopy, app: 900, total: 1000), skipped]),
-                                  title: "t")
+                                  title: "t", metrics: [.appDowntime, .networkDowntime, .total])
         #expect(svg.components(separatedBy: ">n/a</text>").count - 1 == 3)  // pre-copy in each of the three panels
         #expect(svg.contains("pre-copy"))  // still in the legend
+    }
+
+    @Test func downtimePanelsAreLogarithmicSoSubSecondBarsShow() {
+        #expect(BenchOutput.logTicks(minimum: 10, maximum: 10466) == [10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000])
+        #expect(BenchOutput.logTicks(minimum: 10, maximum: 100) == [10, 20, 50, 100])
+        let summaries = BenchSummary.summarize([MigrationBenchStatisticsTests.sample(.stopAndCopy, app: 10000, total: 11000),
+                                                MigrationBenchStatisticsTests.sample(.preCopy, app: 100, total: 12000)])
+        let svg = BenchOutput.svg(summaries, title: "t", metrics: [.appDowntime])
+        #expect(svg.contains("logarithmic"))
+        // 100 ms next to 10 s: a hundredth of the other bar on a linear axis, a third here.
+        let heights = svg.split(separator: "\n").filter { $0.contains("</title></rect>") }.compactMap { line -> Double? in
+            guard let r = line.range(of: "height=\""), let end = line[r.upperBound...].firstIndex(of: "\"") else { return nil }
+            return Double(line[r.upperBound..<end])
+        }
+        #expect(heights.count == 2)
+        if heights.count == 2 { #expect(heights.min()! / heights.max()! > 0.3) }
     }
 
     @Test func ticksCoverTheMaximum() {
         #expect(BenchOutput.ticks(maximum: 9.3) == [0, 2, 4, 6, 8, 10])
         #expect(BenchOutput.ticks(maximum: 2600).last! >= 2600)
         #expect(BenchOutput.ticks(maximum: 0) == [0, 1])
+    }
+}
+
+/// The frozen window's breakdown: only Godwit's moves, only the phases between the freeze
+/// and the commit, medians per phase, and the unaccounted rest.
+struct FrozenBreakdownTests {
+    static func run(_ strategy: MigrationStrategy, frozen: Double, checkpoint: Double, restore: Double) -> BenchSample {
+        var s = BenchSample(configuration: BenchConfiguration(strategy: .move(strategy), stride: 4, sizeMiB: 256), repetition: 1,
+                            outcome: .moved,
+                            phases: [BenchPhase(name: "pre-copy", millis: 5000, bytes: 1),
+                                     BenchPhase(name: "checkpoint", millis: checkpoint, bytes: 0),
+                                     BenchPhase(name: "memory + restore", millis: restore, bytes: 0),
+                                     BenchPhase(name: "destination: criu restore", millis: restore / 2, bytes: 0),
+                                     BenchPhase(name: "commit", millis: 10, bytes: 0)])
+        s.frozenMillis = frozen
+        return s
+    }
+
+    @Test func mediansOfTheWindowsPhasesAndTheRest() {
+        let samples = [Self.run(.preCopy, frozen: 400, checkpoint: 100, restore: 200),
+                       Self.run(.preCopy, frozen: 500, checkpoint: 300, restore: 100),
+                       Self.run(.preCopy, frozen: 450, checkpoint: 200, restore: 150)]
+        let rows = FrozenBreakdown.rows(samples)
+        #expect(rows.count == 1)
+        #expect(rows.first?.phases["checkpoint"] == 200)
+        #expect(rows.first?.phases["memory + restore"] == 150)
+        #expect(rows.first?.phases["pre-copy"] == nil)
+        #expect(rows.first?.frozen == 450)
+        #expect(rows.first?.other == 90)  // 400-310, 500-410, 450-360
+        let table = FrozenBreakdown.markdown(samples)
+        #expect(table.contains("↳ criu restore"))
+        #expect(table.split(separator: "\n").first.map { !$0.contains("pre-copy") } == true)
+        #expect(FrozenBreakdown.csv(samples).split(separator: "\n").count == 2)
+    }
+
+    @Test func baselinesAndFailedRunsAreLeftOut() {
+        var failed = Self.run(.hybrid, frozen: 1, checkpoint: 1, restore: 1)
+        failed.outcome = .failed
+        let baseline = BenchSample(configuration: BenchConfiguration(strategy: .criuLazy, stride: 4, sizeMiB: 256), repetition: 1,
+                                   outcome: .moved, phases: [BenchPhase(name: "checkpoint", millis: 1, bytes: 0)])
+        #expect(FrozenBreakdown.rows([failed, baseline]).isEmpty)
+        #expect(FrozenBreakdown.markdown([failed, baseline]).isEmpty)
     }
 }

@@ -1,0 +1,94 @@
+import Foundation
+import GodwitCore
+
+/// Where a move's frozen time goes: the phases of Godwit's report that lie between the
+/// freeze and the commit, as one table (median over the repetitions that moved). The
+/// destination's sub-phases ("destination: ...") are part of the restore phase before
+/// them; "other" is the frozen time no top-level phase accounts for (polling, requests,
+/// the gaps between phases), so a row adds up to the frozen median only approximately
+/// (medians of parts are not parts of the median).
+public enum FrozenBreakdown {
+    /// The top-level phases of the frozen window, in the order a move runs them.
+    public static let windowPhases = ["checkpoint", "final scan", "final scan + dirty pages", "final filesystem sync",
+                                      "images", "memory + restore", "restore (lazy)", "commit"]
+    static let nestedPrefix = "destination: "
+
+    public struct Row: Sendable, Equatable {
+        public var configuration: BenchConfiguration
+        public var runs: Int
+        public var frozen: Double?
+        /// Phase name → median ms (only phases the runs had).
+        public var phases: [String: Double]
+        public var other: Double?
+    }
+
+    public static func rows(_ samples: [BenchSample]) -> [Row] {
+        let moved = samples.filter { $0.outcome == .moved && !$0.phases.isEmpty && !$0.configuration.strategy.isBaseline }
+        let groups = Dictionary(grouping: moved, by: \.configuration)
+        return groups.keys.sorted().map { configuration in
+            let runs = groups[configuration] ?? []
+            var phases: [String: Double] = [:]
+            for name in columns(runs) {
+                let values = runs.compactMap { run in run.phases.first { $0.name == name }?.millis }
+                if let stat = BenchStat(values) { phases[name] = stat.median }
+            }
+            let others = runs.compactMap { run -> Double? in
+                guard let frozen = run.frozenMillis else { return nil }
+                let inside = run.phases.filter { windowPhases.contains($0.name) }.reduce(0) { $0 + $1.millis }
+                return max(0, frozen - inside)
+            }
+            return Row(configuration: configuration, runs: runs.count, frozen: BenchStat(runs.compactMap(\.frozenMillis))?.median,
+                       phases: phases, other: BenchStat(others)?.median)
+        }
+    }
+
+    /// The window's phases (and sub-phases) that occur in `samples`, in run order.
+    static func columns(_ samples: [BenchSample]) -> [String] {
+        var names: [String] = []
+        for sample in samples {
+            var inWindow = false
+            for phase in sample.phases {
+                if phase.name == windowPhases[0] { inWindow = true }
+                guard inWindow, windowPhases.contains(phase.name) || phase.name.hasPrefix(nestedPrefix) else { continue }
+                if !names.contains(phase.name) { names.append(phase.name) }
+                if phase.name == "commit" { break }
+            }
+        }
+        return names
+    }
+
+    public static func markdown(_ samples: [BenchSample]) -> String {
+        let rows = rows(samples)
+        guard !rows.isEmpty else { return "" }
+        let names = columns(samples.filter { $0.outcome == .moved })
+        var table = TextTable(header: ["size", "stride", "mode", "runs", "frozen"] + names.map(label) + ["other"])
+        for row in rows {
+            let c = row.configuration
+            table.add(["\(c.sizeMiB) MiB", "\(c.stride)", c.strategy.rawValue, "\(row.runs)", cell(row.frozen)]
+                      + names.map { cell(row.phases[$0]) } + [cell(row.other)])
+        }
+        return table.markdown()
+    }
+
+    public static func csv(_ samples: [BenchSample]) -> String {
+        let rows = rows(samples)
+        let names = columns(samples.filter { $0.outcome == .moved })
+        var lines = [(["size_mib", "stride", "mode", "runs", "frozen_ms"] + names.map { $0 + " ms" } + ["other_ms"])
+            .map(BenchOutput.csvField).joined(separator: ",")]
+        for row in rows {
+            let c = row.configuration
+            let fields = ["\(c.sizeMiB)", "\(c.stride)", c.strategy.rawValue, "\(row.runs)", number(row.frozen)]
+                + names.map { number(row.phases[$0]) } + [number(row.other)]
+            lines.append(fields.map(BenchOutput.csvField).joined(separator: ","))
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// Sub-phases are indented with "↳" so the table shows what they belong to.
+    static func label(_ name: String) -> String {
+        name.hasPrefix(nestedPrefix) ? "↳ " + name.dropFirst(nestedPrefix.count) : name
+    }
+
+    static func cell(_ value: Double?) -> String { value.map(BenchOutput.figure) ?? "-" }
+    static func number(_ value: Double?) -> String { value.map { String(format: "%.3f", $0) } ?? "" }
+}
