@@ -110,6 +110,10 @@ public struct IncomingMigrationStatus: Codable, Sendable, Equatable {
     public var restoreMillis: Double
     public var pagesFetched: Int
     public var allLocalAfterCommitMillis: Double?
+    /// In the answer to the commit: how long the restored tasks had been running when the
+    /// answer was made (the bookkeeping after the thaw). The source subtracts it, so that
+    /// its frozen time ends when the tasks run, without comparing two hosts' clocks.
+    public var runningForMillis: Double?
     public var lost: String?
     /// Why the destination gave up (phase "aborted"): a failed restore, the source's abort.
     public var reason: String?
@@ -285,6 +289,7 @@ extension IncomingMigrationStatus {
         restoreMillis = try required(millis(.restoreMillis), .restoreMillis)
         pagesFetched = try required(count(.pagesFetched), .pagesFetched)
         allLocalAfterCommitMillis = try millis(.allLocalAfterCommitMillis)
+        runningForMillis = try millis(.runningForMillis)
         lost = try c.decodeIfPresent(String.self, forKey: .lost)
         reason = try c.decodeIfPresent(String.self, forKey: .reason)
         roundsReceived = try count(.roundsReceived)

@@ -42,19 +42,23 @@ public enum FrozenBreakdown {
         }
     }
 
-    /// The window's phases (and sub-phases) that occur in `samples`, in run order.
+    /// The window's phases that occur in `samples`, in the order a move runs them, each
+    /// followed by the sub-phases reported right after it.
     static func columns(_ samples: [BenchSample]) -> [String] {
-        var names: [String] = []
+        var nested: [String: [String]] = [:]
+        var present = Set<String>()
         for sample in samples {
-            var inWindow = false
+            var parent: String?
             for phase in sample.phases {
-                if phase.name == windowPhases[0] { inWindow = true }
-                guard inWindow, windowPhases.contains(phase.name) || phase.name.hasPrefix(nestedPrefix) else { continue }
-                if !names.contains(phase.name) { names.append(phase.name) }
-                if phase.name == "commit" { break }
+                if windowPhases.contains(phase.name) {
+                    parent = phase.name
+                    present.insert(phase.name)
+                } else if phase.name.hasPrefix(nestedPrefix), let parent, !(nested[parent] ?? []).contains(phase.name) {
+                    nested[parent, default: []].append(phase.name)
+                }
             }
         }
-        return names
+        return windowPhases.filter(present.contains).flatMap { [$0] + (nested[$0] ?? []) }
     }
 
     public static func markdown(_ samples: [BenchSample]) -> String {

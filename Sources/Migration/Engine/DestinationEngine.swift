@@ -405,6 +405,7 @@ public final class DestinationEngine: Sendable {
             end(.lost(why))
             throw GodwitError(why)
         }
+        let ranAt = DispatchTime.now().uptimeNanoseconds
         // The tasks run: tell the segment before the bookkeeping (records, limits), so
         // clients find the container here as soon as it can answer.
         host.announce(pid: restored.pid)
@@ -426,7 +427,9 @@ public final class DestinationEngine: Sendable {
                 }
             }
         }
-        return status()
+        var answer = status()
+        answer.runningForMillis = Double(DispatchTime.now().uptimeNanoseconds - ranAt) / 1e6
+        return answer
     }
 
     /// A source daemon that restarted during a lazy move's background transfer: its CRIU

@@ -327,17 +327,16 @@ public actor SourceEngine {
         enter(.frozen(frozen))
         try await hooks.reach(.frozen)
 
-        if let finalScan, let tracker {
+        if let finalScan {
             // What is left of the scan that started with the dump (this phase only shows
             // the part of it that outlasted CRIU).
             let (scan, sent) = try await step(inline ? "final scan + dirty pages" : "final scan") { () -> ((DirtyScan, RoundStats), UInt64) in
                 let result = try await finalScan.value.value
                 return (result, result.1.bytesSent)
             }
-            // Marker-free protection: CRIU dumped no phantom pages. Let go only now: the
-            // registrations stay as CRIU saw them for its whole dump.
-            let handed = HandOff(tracker)
-            await blocking { handed.value.close() }
+            // The tracker is let go after the move (run's defer), not here: closing the
+            // userfaultfd clears the write protection of every registered page, work
+            // proportional to memory that has no place in the freeze.
             memory.finalDirtyPages = scan.dirtyPages
             if inline { memory.pagesPushed = sent.dataPages + sent.zeroPages }
             progress.note("final scan: \(scan.dirtyPages) pages dirty since the last round")
@@ -459,11 +458,18 @@ public actor SourceEngine {
         host.journal(SourceJournal(migrationID: restoring.frozen.transferring.session.id, peer: peer.name, container: c.name,
                                    phase: .doomed, initPID: c.initPID, imagesDirectory: c.imagesDirectory))
         doomedTasks = try host.doom()
+        // Alongside the commit request, not before it: it is not downtime of the copy
+        // that is about to run.
+        let host = self.host
+        Task.detached { host.silence() }
         try? await hooks.reach(.committing)
         let t = Self.now()
         let status = try await confirmCommit(restoring.frozen.transferring.session)
         phases.append(MovePhase(name: "commit", millis: millis(since: t)))
-        report.frozenMillis = Double(Self.now() - restoring.frozen.frozenAt) / 1e6
+        // Frozen until the tasks ran there: the destination's bookkeeping after the thaw
+        // (records, ARP) is not downtime. Its own duration, so no clocks are compared.
+        let ranFor = min(status.runningForMillis ?? 0, millis(since: t))
+        report.frozenMillis = Double(Self.now() - restoring.frozen.frozenAt) / 1e6 - ranFor
         progress.note("running on \(peer.name)")
         return (committed, status)
     }

@@ -26,6 +26,12 @@ public protocol SourceHost: Sendable {
     func resume()
     /// Persists where a move stands (nil: no move), for the next daemon if this one dies.
     func journal(_ entry: SourceJournal?)
+    /// After the doom: the doomed copy's network goes quiet (best effort).
+    func silence()
+}
+
+extension SourceHost {
+    public func silence() {}
 }
 
 /// The source container: where its processes, files and CRIU are.
@@ -84,6 +90,26 @@ public struct ContainerSourceHost: SourceHost {
     public func memoryBytes() -> UInt64? { container.cgroup.anonymousMemoryBytes }
     public func isHeldStill() -> Bool { container.cgroup.isHeldStill }
     public func doom() throws -> Int { try SourceTermination.killAll(cgroup: container.cgroup) }
+
+    /// A lazy dump keeps the doomed tasks, and so their network namespace, until the last
+    /// page left (seconds, for post-copy). CRIU's network lock is an inet table: it drops
+    /// IP, not ARP, so the doomed copy's kernel went on answering the client's ARP probes
+    /// with the container's MAC, and the bridges learnt that MAC back at this host's port:
+    /// clients lost the container, which ran elsewhere, for up to seconds after the
+    /// destination's gratuitous ARP. Its links go down instead (the page channel runs in
+    /// the daemon's namespace, not the container's).
+    public func silence() {
+        let net = "--net=/proc/\(container.initPID)/ns/net"
+        guard let links = try? Command.run(["nsenter", net, "ip", "-o", "link", "show"]), links.succeeded else { return }
+        for line in links.stdout.split(separator: "\n") {
+            // "2: eth0@if7: <...>": the name up to "@" or ":".
+            let fields = line.split(separator: ":", maxSplits: 2)
+            guard fields.count >= 2 else { continue }
+            let name = fields[1].trimmingCharacters(in: .whitespaces).split(separator: "@").first.map(String.init) ?? ""
+            guard !name.isEmpty, name != "lo" else { continue }
+            _ = try? Command.run(["nsenter", net, "ip", "link", "set", "dev", name, "down"])
+        }
+    }
 
     public func resume() {
         try? container.cgroup.thaw()
