@@ -61,6 +61,7 @@ extension LazyPageProxy {
     /// down; a failed send is a break when breaks are survived. Caller holds the lock.
     func sendUpstream(_ p: Pending, _ s: inout State) throws {
         guard s.linkDownSince == nil, let wire = p.wire else { return }
+        s.trace.add("send \(p.nsPID) 0x\(String(p.vaddr, radix: 16)) \(p.fetchPages)\(p.isPrefetch ? " prefetch" : "") inFlight=\(s.inFlight.count)")
         do { try send(wire, to: s.upstream!) } catch {
             guard s.graceSeconds > 0 else { throw error }
             linkBroke(&s, epoch: s.upstreamEpoch, why: "\(error)")
@@ -104,6 +105,7 @@ extension LazyPageProxy {
                     s.upstreamIdle = true
                     return .waitLink(s.graceSeconds - down)
                 }
+                walkAhead(&s)
                 guard let p = s.inFlight.first else { return s.completed ? .exit : s.sleep() }
                 return .read(Fetch(isClose: p.isClose, nsPID: p.nsPID, vaddr: p.vaddr, pages: p.pages, fetchPages: p.fetchPages,
                                    request: p.request, upstream: s.upstream!, epoch: s.upstreamEpoch, id: ObjectIdentifier(p)))
@@ -161,8 +163,16 @@ extension LazyPageProxy {
                     // request went out again on the new one, and that answer counts.
                     guard current(s) else { return }
                     let p = s.inFlight.removeFirst()  // `head`: only this thread removes GETs
+                    if p.isWalk {
+                        s.walk.inFlightPages -= p.fetchPages
+                        if nr < p.fetchPages {
+                            s.walk.retry.append((p.nsPID, p.vaddr + UInt64(nr * pageSize), p.fetchPages - nr))
+                            s.walk.finished = false
+                        }
+                    }
                     for i in 0..<p.fetchPages { s.fetching.remove(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
                     s.stats.pagesFetched += nr
+                    s.trace.add("answer \(p.nsPID) 0x\(String(p.vaddr, radix: 16)) \(nr)")
                     let answered = min(nr, p.pages)
                     if answered < p.pages && !p.isPrefetch { s.stats.shortReplies += 1 }
                     for i in 0..<nr {
@@ -199,6 +209,7 @@ extension LazyPageProxy {
                         for i in 0..<p.fetchPages { s.fetching.remove(Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(i * pageSize))) }
                     }
                     s.inFlight.removeAll { $0.isPrefetch }
+                    s.walk.inFlightPages = 0
                     let needed = s.inFlight.contains { !$0.isClose }
                     var deferredFailure: String?
                     if !needed, let close = s.inFlight.first(where: { $0.isClose }) {

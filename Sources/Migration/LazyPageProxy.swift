@@ -107,9 +107,13 @@ public final class LazyPageProxy: @unchecked Sendable {
         var deferred = false
         /// Fetched for the store only: never in the reply queue, nobody waits for it.
         var isPrefetch = false
+        /// A GET of the background walk (counted in its window).
+        var isWalk = false
         /// What went (or goes, once the source reconnects) to the source for it; sent
         /// again on a new connection until its answer arrived whole.
         var wire: PageServerHeader?
+        /// When lazy-pages asked (uptime ns; for the trace).
+        var receivedAt: UInt64 = 0
         init(request: PageServerHeader, nsPID: Int32, vaddr: UInt64, pages: Int, isClose: Bool = false) {
             self.request = request; self.nsPID = nsPID; self.vaddr = vaddr; self.pages = pages; self.isClose = isClose
         }
@@ -150,6 +154,10 @@ public final class LazyPageProxy: @unchecked Sendable {
         var linkDownSince: UInt64?
         var linkDownReason = ""
         var reconnects = 0
+        var trace = ProxyTrace()
+        var walk = BackgroundWalk()
+        /// lazy-pages sent CLOSE: the source gets no new GET after it.
+        var closeSeen = false
     }
 
     /// What the upstream thread needs of the request it reads the answer to, outside the lock.
@@ -254,6 +262,7 @@ public final class LazyPageProxy: @unchecked Sendable {
             return (s.completed, s.upstream)
         }
         if !done { upstream?.abort() }
+        state.withLock { $0.trace.write() }
         let downFD = state.withLock { $0.downFD }
         if downFD >= 0 { shutdown(downFD, Int32(SHUT_RDWR)) }
         _ = finished.wait(timeout: .now() + 10)
@@ -327,6 +336,11 @@ public final class LazyPageProxy: @unchecked Sendable {
                 s.stats.pagesRequestedTwice += 1
             }
             let p = Pending(request: header, nsPID: nsPID, vaddr: vaddr, pages: pages)
+            if s.trace.enabled {
+                p.receivedAt = ProxyTrace.now()
+                let ahead = s.inFlight.reduce(0) { $0 + $1.fetchPages }
+                s.trace.add("get \(nsPID) 0x\(String(vaddr, radix: 16)) \(pages) queued=\(s.queue.count) upstreamPagesAhead=\(ahead)", at: p.receivedAt)
+            }
             s.queue.append(p)
             if s.fetching.contains(Key(ns: nsPID, vaddr: vaddr)) {
                 p.deferred = true
@@ -364,7 +378,9 @@ public final class LazyPageProxy: @unchecked Sendable {
         // make the window's addresses wrap (the request itself was checked not to).
         let room = Int(clamping: PageArithmetic.pagesBeforeEnd(of: p.vaddr, pageSize: UInt64(pageSize)))
         let asked = min(p.pages, Self.maxReplyPages)
-        let limit = min(room, background ? max(asked, s.readAheadPages) : max(asked, s.faultReadAheadPages))
+        var limit = min(room, background ? max(asked, s.readAheadPages) : max(asked, s.faultReadAheadPages))
+        // With the walk, lazy-pages' background GETs stay small: a fault queues behind them.
+        if background && s.walk.windowPages > 0 { limit = min(limit, s.walk.chunkPages) }
         var missing = 0
         while missing < limit {
             let key = Key(ns: p.nsPID, vaddr: p.vaddr + UInt64(missing * pageSize))
@@ -379,7 +395,7 @@ public final class LazyPageProxy: @unchecked Sendable {
         s.stats.forwardedRequests += 1
         changed(&s)
         try sendUpstream(p, &s)
-        if background, s.readAheadPages > missing {
+        if background, s.walk.windowPages == 0, s.readAheadPages > missing {
             let windowEnd = PageArithmetic.end(of: p.vaddr, pages: UInt64(s.readAheadPages), pageSize: UInt64(pageSize)) ?? UInt64.max
             try prefetchHoles(like: p.request, nsPID: p.nsPID, from: p.vaddr + UInt64(missing * pageSize), budget: s.readAheadPages - missing,
                               windowEnd: windowEnd, &s)
@@ -433,6 +449,7 @@ public final class LazyPageProxy: @unchecked Sendable {
     private func handleClose(header: PageServerHeader) {
         let upstream = state.withLock { s -> (any LazyPageUpstream)? in
             let p = Pending(request: header, nsPID: 0, vaddr: 0, pages: 0, isClose: true)
+            s.closeSeen = true
             s.queue.append(p)
             if s.holdingClose && s.upstreamError == nil {
                 // Before the commit CLOSE must not reach the source: it would complete the
@@ -512,6 +529,10 @@ public final class LazyPageProxy: @unchecked Sendable {
             guard let reply = head.reply else { throw GodwitError("page proxy: a ready answer without a header") }
             try writeDown(reply.encode(), s)
             try writeDown(head.data, s)
+            if s.trace.enabled {
+                let waited = Double(ProxyTrace.now() - head.receivedAt) / 1e6
+                s.trace.add("reply \(head.nsPID) 0x\(String(head.vaddr, radix: 16)) \(head.pages) waited=\(String(format: "%.1f", waited))")
+            }
             for i in 0..<head.pages { s.delivered.insert(Key(ns: head.nsPID, vaddr: head.vaddr + UInt64(i * pageSize))) }
         }
     }

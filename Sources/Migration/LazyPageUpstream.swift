@@ -134,4 +134,6 @@ public struct LazyProxyStats: Sendable, Equatable {
     public var shortReplies = 0
     /// GETs the proxy sent on its own for the holes in a read-ahead window (see `lazyRuns`).
     public var prefetchRequests = 0
+    /// GETs of the proxy's background walk (see LazyPageProxy+Background.swift).
+    public var backgroundRequests = 0
 }

@@ -408,7 +408,10 @@ public final class DestinationEngine: Sendable {
         let ranAt = DispatchTime.now().uptimeNanoseconds
         // The tasks run: tell the segment before the bookkeeping (records, limits), so
         // clients find the container here as soon as it can answer.
+        let proxy = (restored.method as? LazyRestore)?.pageProxy
+        proxy?.mark("announcing")
         host.announce(pid: restored.pid)
+        proxy?.mark("announced")
         adoptKeepingItRunning(pid: restored.pid)
         afterCommit?(restored.method)
         if restored.method.kind == .copy {

@@ -330,6 +330,13 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         // fetch 1 MiB per background GET instead of lazy-pages' 64 KiB.
         proxy.readAheadPages = LazyPageProxy.remoteReadAheadPages
         proxy.faultReadAheadPages = LazyPageProxy.remoteFaultReadAheadPages
+        // Post-copy: the proxy's own pipelined walk moves the memory (from now, before the
+        // restore even runs), smallest process first. Hybrid: no walk, the source pushes
+        // what the store lacks, and a walk would fetch the same pages again.
+        if push == nil {
+            proxy.backgroundWindowPages = LazyPageProxy.remoteBackgroundWindowPages
+            proxy.backgroundChunkPages = LazyPageProxy.remoteBackgroundChunkPages
+        }
         let lazy = try ImageRebuilder(directory: images).lazyEntries()
         proxy.lazyRuns = Dictionary(lazy.map { item in
             (item.id, item.entries.map { $0.vaddr..<($0.vaddr + UInt64($0.pages) * systemPageSize) }.sorted { $0.lowerBound < $1.lowerBound })
@@ -380,7 +387,9 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         // session: the tasks must not run on pages that will never come.
         if let why = proxy?.upstreamFailure { throw GodwitError("the page channel broke before the commit: \(why)") }
         proxy?.releaseClose()
+        proxy?.mark("commit: thawing")
         try release()
+        proxy?.mark("commit: tasks run")
     }
 
     /// Waits until every page is local (or the session failed, which loses the container:
