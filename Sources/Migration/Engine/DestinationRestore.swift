@@ -333,7 +333,7 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
         // Post-copy: the proxy's own pipelined walk moves the memory (from now, before the
         // restore even runs), smallest process first. Hybrid: no walk, the source pushes
         // what the store lacks, and a walk would fetch the same pages again.
-        if push == nil {
+        if push == nil && fromSource {
             proxy.backgroundWindowPages = LazyPageProxy.remoteBackgroundWindowPages
             proxy.backgroundChunkPages = LazyPageProxy.remoteBackgroundChunkPages
         }
