@@ -29,7 +29,7 @@ public enum FrozenBreakdown {
             let runs = groups[configuration] ?? []
             var phases: [String: Double] = [:]
             for name in columns(runs) {
-                let values = runs.compactMap { run in run.phases.first { $0.name == name }?.millis }
+                let values = runs.compactMap { run in keyed(run)[name] }
                 if let stat = BenchStat(values) { phases[name] = stat.median }
             }
             let others = runs.compactMap { run -> Double? in
@@ -42,19 +42,41 @@ public enum FrozenBreakdown {
         }
     }
 
-    /// The window's phases that occur in `samples`, in the order a move runs them, each
-    /// followed by the sub-phases reported right after it.
+    /// A sub-phase's key names its parent: "restore (lazy)/destination: criu restore".
+    static let separator: Character = "/"
+
+    /// One run's window phases in run order, as (key, ms); a sub-phase is keyed under the
+    /// top-level phase before it.
+    static func ordered(_ sample: BenchSample) -> [(key: String, millis: Double)] {
+        var out: [(key: String, millis: Double)] = []
+        var parent: String?
+        for phase in sample.phases {
+            if windowPhases.contains(phase.name) {
+                parent = phase.name
+                out.append((phase.name, phase.millis))
+            } else if phase.name.hasPrefix(nestedPrefix), let parent {
+                out.append((parent + String(separator) + phase.name, phase.millis))
+            }
+        }
+        return out
+    }
+
+    static func keyed(_ sample: BenchSample) -> [String: Double] {
+        Dictionary(ordered(sample).map { ($0.key, $0.millis) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    /// The window's phase keys that occur in `samples`, in the order a move runs them, each
+    /// followed by its sub-phases.
     static func columns(_ samples: [BenchSample]) -> [String] {
         var nested: [String: [String]] = [:]
         var present = Set<String>()
         for sample in samples {
-            var parent: String?
-            for phase in sample.phases {
-                if windowPhases.contains(phase.name) {
-                    parent = phase.name
-                    present.insert(phase.name)
-                } else if phase.name.hasPrefix(nestedPrefix), let parent, !(nested[parent] ?? []).contains(phase.name) {
-                    nested[parent, default: []].append(phase.name)
+            for (key, _) in ordered(sample) {
+                if let cut = key.firstIndex(of: separator) {
+                    let parent = String(key[..<cut])
+                    if !(nested[parent] ?? []).contains(key) { nested[parent, default: []].append(key) }
+                } else {
+                    present.insert(key)
                 }
             }
         }
@@ -89,8 +111,10 @@ public enum FrozenBreakdown {
     }
 
     /// Sub-phases are indented with "↳" so the table shows what they belong to.
-    static func label(_ name: String) -> String {
-        name.hasPrefix(nestedPrefix) ? "↳ " + name.dropFirst(nestedPrefix.count) : name
+    static func label(_ key: String) -> String {
+        guard let cut = key.firstIndex(of: separator) else { return key }
+        let name = key[key.index(after: cut)...]
+        return name.hasPrefix(nestedPrefix) ? "↳ " + name.dropFirst(nestedPrefix.count) : String(name)
     }
 
     static func cell(_ value: Double?) -> String { value.map(BenchOutput.figure) ?? "-" }
