@@ -460,8 +460,10 @@ public actor SourceEngine {
         doomedTasks = try host.doom()
         // Alongside the commit request, not before it: it is not downtime of the copy
         // that is about to run.
-        let host = self.host
-        Task.detached { host.silence() }
+        let host = self.host, progress = self.progress
+        Task.detached {
+            if let why = host.silence() { progress.note("the doomed copy's links stay up: \(why)") }
+        }
         try? await hooks.reach(.committing)
         let t = Self.now()
         let status = try await confirmCommit(restoring.frozen.transferring.session)

@@ -26,12 +26,12 @@ public protocol SourceHost: Sendable {
     func resume()
     /// Persists where a move stands (nil: no move), for the next daemon if this one dies.
     func journal(_ entry: SourceJournal?)
-    /// After the doom: the doomed copy's network goes quiet (best effort).
-    func silence()
+    /// After the doom: the doomed copy's network goes quiet (best effort). Returns why not.
+    func silence() -> String?
 }
 
 extension SourceHost {
-    public func silence() {}
+    public func silence() -> String? { nil }
 }
 
 /// The source container: where its processes, files and CRIU are.
@@ -98,17 +98,22 @@ public struct ContainerSourceHost: SourceHost {
     /// clients lost the container, which ran elsewhere, for up to seconds after the
     /// destination's gratuitous ARP. Its links go down instead (the page channel runs in
     /// the daemon's namespace, not the container's).
-    public func silence() {
+    public func silence() -> String? {
         let net = "--net=/proc/\(container.initPID)/ns/net"
-        guard let links = try? Command.run(["nsenter", net, "ip", "-o", "link", "show"]), links.succeeded else { return }
+        let links: CommandResult
+        do { links = try Command.run(["nsenter", net, "ip", "-o", "link", "show"]) } catch { return "\(error)" }
+        guard links.succeeded else { return links.lastErrorLine }
+        var failures: [String] = []
         for line in links.stdout.split(separator: "\n") {
             // "2: eth0@if7: <...>": the name up to "@" or ":".
             let fields = line.split(separator: ":", maxSplits: 2)
             guard fields.count >= 2 else { continue }
             let name = fields[1].trimmingCharacters(in: .whitespaces).split(separator: "@").first.map(String.init) ?? ""
             guard !name.isEmpty, name != "lo" else { continue }
-            _ = try? Command.run(["nsenter", net, "ip", "link", "set", "dev", name, "down"])
+            let down = try? Command.run(["nsenter", net, "ip", "link", "set", "dev", name, "down"])
+            if down?.succeeded != true { failures.append("\(name): \(down?.lastErrorLine ?? "ip did not run")") }
         }
+        return failures.isEmpty ? nil : failures.joined(separator: "; ")
     }
 
     public func resume() {
