@@ -128,6 +128,15 @@ public struct ConvergencePolicy: Sendable {
             return .anotherRound(reason: "\(head), \(unchangedText) < goal 100 % → next round", throttlePercent: nil)
         }
         if unchanged >= Double(settings.goalPercent) {
+            // The goal alone (LXD's rule) can stop with a dirty set that still needs far
+            // more than the downtime target in the freeze. While another round at least
+            // halves the dirty set it pays for itself: it copies those pages now, with the
+            // container running, and the final set shrinks with it.
+            if let pause = predictedPause(dirtyPages: o.dirtyPages), pause > settings.downtimeTarget,
+               let previous = previousDirty, o.dirtyPages * 2 <= previous {
+                return .anotherRound(reason: "\(head), \(unchangedText) ≥ goal \(settings.goalPercent) % but predicted pause \(Self.millis(pause)) > downtime \(Self.millis(settings.downtimeTarget)) and the dirty set halves each round → next round",
+                                     throttlePercent: nil)
+            }
             return .finalPhase(reason: "\(head), \(unchangedText) ≥ goal \(settings.goalPercent) % → final phase")
         }
         if let pause = predictedPause(dirtyPages: o.dirtyPages), pause <= settings.downtimeTarget {

@@ -44,6 +44,21 @@ import Testing
         #expect(d[2].reason.hasPrefix("round 3: 2,900 pages dirty (11.3 MiB)"))
     }
 
+    @Test func goalMetButThePauseIsLongAndRoundsStillHalveTheDirtySet() {
+        // memtouch at stride 4 over 1 GiB: round 2 finds 17 % dirty (83 % unchanged ≥ 70 %),
+        // which would take 1.5 s frozen at 119 MB/s; the next round quarters it.
+        let d = run(ConvergenceSettings(goalPercent: 70, downtimeTarget: 0.3), dirty: [262_144, 45_000, 10_000, 2_000],
+                    resident: 262_144, bytesPerSecond: 119e6)
+        #expect(d.count == 4, "\(d.map(\.reason))")
+        #expect(!d[1].isFinal && d[1].reason.contains("halves"), "\(d[1].reason)")
+        #expect(!d[2].isFinal, "\(d[2].reason)")  // 10,000 pages: 344 ms > 300 ms
+        #expect(d[3].isFinal && d[3].reason.contains("≥ goal 70 %"), "\(d[3].reason)")
+        // A dirty set that shrinks less than by half: the goal stops it (LXD's rule).
+        let slow = run(ConvergenceSettings(goalPercent: 70, downtimeTarget: 0.3), dirty: [262_144, 45_000, 30_000],
+                       resident: 262_144, bytesPerSecond: 119e6)
+        #expect(slow.count == 3 && slow[2].isFinal, "\(slow.map(\.reason))")
+    }
+
     @Test func goal100RunsUntilNothingIsDirtyOrTheLimit() {
         let clean = run(ConvergenceSettings(goalPercent: 100, maxRounds: 10), dirty: [10_000, 30, 5, 0, 7])
         #expect(clean.count == 4 && clean[3].isFinal && clean[3].reason.contains("nothing left dirty"))
