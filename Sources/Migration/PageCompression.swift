@@ -61,25 +61,30 @@ public enum Zstd {
     }
 }
 
-/// When to compress, per writer. `auto` compresses while the link is the bottleneck:
+/// When to compress, per move. `auto` compresses while the link is the bottleneck:
 /// sending R raw bytes takes R/link, compressing them takes R/zstd + R·ratio/link, so
 /// compression wins when link < zstd·(1 − ratio). The writer measures all three as it goes:
 /// zstd's speed and ratio from the chunks it compresses, the link from the time raw chunks'
-/// writes take (blocked in the socket, or waiting for the cap). Compressed chunks don't
-/// measure the link: their small writes fit in the socket's buffers and would make any link
-/// look fast. So one chunk in `probeEvery` goes the other way, to keep both figures fresh.
-/// A frame that doesn't shrink is never sent (the writer sends those pages raw).
+/// writes take (blocked in the socket, or waiting for the cap). Only the second and later
+/// raw chunks in a row count: the first after a pause fits in the socket's buffers (and the
+/// cap's burst) and would make any link look fast, and so do small writes. So while
+/// compressing, two chunks in `probeEvery` go raw to keep the link's figure fresh; while
+/// sending raw, one chunk in `probeEvery` is compressed to keep zstd's. A frame that
+/// doesn't shrink is never sent (the writer sends those pages raw).
 public final class PageCompressionPolicy: @unchecked Sendable {
     public enum Mode: String, Sendable { case auto, on, off }
 
     public let mode: Mode
-    static let probeEvery = 16
+    static let probeEvery = 32
+    /// Raw writes smaller than this don't tell the link's rate.
+    static let measuredWrite = 64 * 1024
 
     private let lock = NSLock()
     private var linkBytesPerSecond: Double?
     private var zstdBytesPerSecond: Double?
     private var ratio: Double?
     private var chunks = 0
+    private var lastWasRaw = false
     private var sent = (pages: 0, raw: UInt64(0), wire: UInt64(0))
 
     public init(mode: Mode) { self.mode = mode }
@@ -88,7 +93,10 @@ public final class PageCompressionPolicy: @unchecked Sendable {
     public var compressed: (pages: Int, raw: UInt64, wire: UInt64) { lock.withLock { sent } }
 
     func noteSent(pages: Int, raw: Int, wire: Int) {
-        lock.withLock { sent = (sent.pages + pages, sent.raw + UInt64(raw), sent.wire + UInt64(wire)) }
+        lock.withLock {
+            sent = (sent.pages + pages, sent.raw + UInt64(raw), sent.wire + UInt64(wire))
+            lastWasRaw = false
+        }
     }
 
     /// Whether to compress the next chunk.
@@ -101,8 +109,9 @@ public final class PageCompressionPolicy: @unchecked Sendable {
                 chunks += 1
                 guard let zstd = zstdBytesPerSecond, let ratio else { return true }
                 guard let link = linkBytesPerSecond else { return false }
-                let wins = link < zstd * (1 - ratio)
-                return chunks % Self.probeEvery == 0 ? !wins : wins
+                let phase = chunks % Self.probeEvery
+                if link < zstd * (1 - ratio) { return phase != 0 && phase != 1 }
+                return phase == 0
             }
         }
     }
@@ -118,9 +127,13 @@ public final class PageCompressionPolicy: @unchecked Sendable {
 
     /// A raw chunk of `bytes` written to the link in `nanos` (blocked in the socket or the cap).
     public func noteRawWrite(bytes: Int, nanos: UInt64) {
-        guard bytes > 0 else { return }
         let seconds = max(1e-9, Double(nanos) / 1e9)
-        lock.withLock { linkBytesPerSecond = Self.blend(linkBytesPerSecond, Double(bytes) / seconds) }
+        lock.withLock {
+            if lastWasRaw, bytes >= Self.measuredWrite {
+                linkBytesPerSecond = Self.blend(linkBytesPerSecond, Double(bytes) / seconds)
+            }
+            lastWasRaw = true
+        }
     }
 
     /// The estimates so far (bytes/s of the link and of zstd, compressed/raw), for reports and tests.
