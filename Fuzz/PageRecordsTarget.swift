@@ -66,10 +66,8 @@ func wire(_ input: [UInt8]) -> [UInt8] {
     return stream
 }
 
-let compressor = try! Zstd.Compressor()
-
 func zstdFrame(_ data: [UInt8]) -> [UInt8] {
-    guard !data.isEmpty else { return [] }
+    guard !data.isEmpty, let compressor = try? Zstd.Compressor() else { return [] }
     var out = [UInt8](repeating: 0, count: data.count + 4096)
     let n = data.withUnsafeBytes { d in out.withUnsafeMutableBytes { compressor.compress(d, into: $0) } }
     return Array(out.prefix(n ?? 0))
