@@ -8,6 +8,7 @@ import PackageDescription
 //   Daemon       godwitd's library: state store, operations, events, images, REST routes
 //   Client       the CLI's side of the REST API over the daemon's unix socket
 //   Checkpoint   the only module that knows CRIU (binary, flags, images, logs)
+//   CZstd        Debian's libzstd: compressed page records between daemons
 //   Memory       dirty tracking (uffd-wp + PAGEMAP_SCAN, soft-dirty, hashing), page reading
 //   HostCheck    what this host supports, and which migration strategies follow from it
 //   Lab          simulated hosts on one machine: netns, fabric bridge, tbf shaping
@@ -44,11 +45,12 @@ let package = Package(
         .target(name: "API", dependencies: ["GodwitCore"]),
         .target(name: "Checkpoint", dependencies: ["GodwitCore", "CGodwit"]),
         .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .target(name: "Memory", dependencies: ["CGodwit", "GodwitCore", "CXXHash"]),
         .target(name: "HostCheck", dependencies: ["GodwitCore", "Checkpoint", "Memory"]),
         .target(name: "Lab", dependencies: ["GodwitCore", "Memory"]),
         .target(name: "Runtime", dependencies: ["GodwitCore", "API"]),
-        .target(name: "Migration", dependencies: ["CGodwit", "GodwitCore", "API", "Checkpoint", "Memory"]),
+        .target(name: "Migration", dependencies: ["CGodwit", "GodwitCore", "API", "Checkpoint", "Memory", "CZstd"]),
         .target(
             name: "Trust",
             dependencies: [

@@ -10,7 +10,10 @@ import Memory
 // record's payload (count pages of the payload byte, for a pages record) and its XXH3
 // checksum, so the fuzzer gets past the checksum to the interesting part; control bit 0
 // keeps the version byte as given (else 1), bit 1 corrupts the checksum, bit 2 cuts the
-// stream inside the record.
+// stream inside the record. A compressed record (kind 6) gets a real zstd frame of (count pages of
+// the payload byte, one page more or less with control bit 3 or 4) and its length word;
+// bit 5 flips a byte of that frame, bit 6 replaces the length with the next 4 input bytes.
+// (Also built with PageRecord+Zstd.swift and PageCompression.swift, linked to libzstd.)
 
 final class BytesSource: ByteSource {
     let bytes: [UInt8]
@@ -44,6 +47,15 @@ func wire(_ input: [UInt8]) -> [UInt8] {
             payload = [UInt8](repeating: fill, count: count * pageSize)
             payloadBudget -= count
         }
+        if header[0] == PageRecord.zstdPagesKind, count <= payloadBudget {
+            let pages = max(0, count + (control & 8 != 0 ? 1 : 0) - (control & 16 != 0 ? 1 : 0))
+            payloadBudget -= pages
+            var frame = zstdFrame([UInt8](repeating: fill, count: pages * pageSize))
+            if control & 32 != 0, !frame.isEmpty { frame[Int(fill) % frame.count] ^= 0x5A }
+            var length = UInt32(frame.count)
+            if control & 64 != 0 { length = input.integer(UInt32.self) }
+            payload = littleEndian(length) + frame
+        }
         var sum = header.withUnsafeBytes { h in payload.withUnsafeBytes { p in PageHash.xxh3([h, p]) } }
         if control & 2 != 0 { sum ^= 1 }
         var record = header + payload + littleEndian(sum)
@@ -52,6 +64,13 @@ func wire(_ input: [UInt8]) -> [UInt8] {
         if control & 4 != 0 { break }
     }
     return stream
+}
+
+func zstdFrame(_ data: [UInt8]) -> [UInt8] {
+    guard !data.isEmpty, let compressor = try? Zstd.Compressor() else { return [] }
+    var out = [UInt8](repeating: 0, count: data.count + 4096)
+    let n = data.withUnsafeBytes { d in out.withUnsafeMutableBytes { compressor.compress(d, into: $0) } }
+    return Array(out.prefix(n ?? 0))
 }
 
 func fuzzOne(_ bytes: [UInt8]) {
@@ -91,9 +110,10 @@ func fuzzOne(_ bytes: [UInt8]) {
 }
 
 func fuzzSeeds() -> [String: [UInt8]] {
-    func record(_ kind: PageRecord.Kind, pid: Int32 = 7, vaddr: UInt64 = 0x40_0000, count: UInt32 = 0, round: UInt32 = 1,
+    func record(_ kind: PageRecord.Kind?, pid: Int32 = 7, vaddr: UInt64 = 0x40_0000, count: UInt32 = 0, round: UInt32 = 1,
                 fill: UInt8 = 0xAB) -> [UInt8] {
-        [0] + PageRecord.header(kind: kind, nsPID: pid, vaddr: vaddr, pageCount: count, round: round) + [fill]
+        // nil: the compressed kind.
+        [0] + PageRecord.header(rawKind: kind?.rawValue ?? PageRecord.zstdPagesKind, nsPID: pid, vaddr: vaddr, pageCount: count, round: round) + [fill]
     }
     let round = record(.roundStart) + record(.forgetProcess) + record(.pages, count: 2)
         + record(.zero, vaddr: 0x50_0000, count: 3) + record(.drop, vaddr: 0x40_1000, count: 1)
@@ -101,5 +121,7 @@ func fuzzSeeds() -> [String: [UInt8]] {
     let top = record(.roundStart, round: 2) + record(.zero, pid: 9, vaddr: UInt64.max - 2 * systemPageSize + 1, count: 1, round: 2)
         + record(.drop, pid: 9, vaddr: 0xffff_ffff_0000_0000, count: .max, round: 2) + record(.roundEnd, vaddr: 3, count: 1, round: 2)
     let manyProcesses = record(.roundStart) + (1...20).flatMap { record(.zero, pid: $0, count: 1) } + record(.roundEnd, vaddr: 21, count: 20)
-    return ["round": round, "top": top, "processes": manyProcesses]
+    let compressed = record(.roundStart) + record(nil, count: 4) + [8] + Array(record(nil, vaddr: 0x60_0000, count: 2).dropFirst())
+        + record(.roundEnd, vaddr: 4, count: 6)
+    return ["round": round, "top": top, "processes": manyProcesses, "zstd": compressed]
 }

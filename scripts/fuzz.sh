@@ -31,7 +31,7 @@ SWIFTFLAGS=(-O -g -swift-version 6 -parse-as-library "${SANITIZE[@]}")
 # Sources per target (besides the driver), and whether it needs Memory.
 sources_of() {
   case $1 in
-    page-records) echo Sources/Migration/PageRecord.swift Sources/Migration/PageStore.swift Sources/Migration/PreCopyReceiver.swift ;;
+    page-records) echo Sources/Migration/PageRecord.swift Sources/Migration/PageRecord+Zstd.swift Sources/Migration/PageCompression.swift Sources/Migration/PageStore.swift Sources/Migration/PreCopyReceiver.swift ;;
     peer-stream) echo Sources/Trust/PeerStreamFraming.swift ;;
     criu-images|page-server-header) echo Sources/Checkpoint/*.swift ;;
     config) echo Sources/API/*.swift ;;
@@ -90,13 +90,13 @@ build_target() {
   local inputs=(Fuzz/FuzzSupport.swift "$(driver_of "$t")" "${sources[@]}")
   local objects=("$MODULES/GodwitCore.o")
   case $t in
-    page-records) objects+=("$MODULES/Memory.o" "$MODULES"/CGodwit/*.o -lxxhash) ;;
+    page-records) objects+=("$MODULES/Memory.o" "$MODULES"/CGodwit/*.o -lxxhash -lzstd) ;;
     # Checkpoint calls the C shim (pidfd_getfd for TCP sockets left in repair mode).
     criu-images|page-server-header) objects+=("$MODULES"/CGodwit/*.o) ;;
   esac
   if stale "$bin" "${inputs[@]}" "$MODULES/GodwitCore.o" "$MODULES/Memory.o" "$0"; then
     echo "fuzz: building $t"
-    swiftc "${SWIFTFLAGS[@]}" -module-name "Fuzz_${t//-/_}" -I "$MODULES" -I "$MODULES/CGodwit" -I Sources/CXXHash \
+    swiftc "${SWIFTFLAGS[@]}" -module-name "Fuzz_${t//-/_}" -I "$MODULES" -I "$MODULES/CGodwit" -I Sources/CXXHash -I Sources/CZstd \
       "${inputs[@]}" "${objects[@]}" -o "$bin" 2> >(grep -v "Cannot export local symbol '__asan" >&2)
   fi
 }

@@ -15,6 +15,8 @@ public enum ConfigKey {
         case string
         /// One of these words.
         case choice([String])
+        /// A link rate as tc writes it ("100mbit", "1gbit", "50mbps" = 50 MB/s), or "unlimited".
+        case rate
     }
 
     public struct Definition: Sendable {
@@ -45,6 +47,10 @@ public enum ConfigKey {
               help: "post-copy and hybrid can lose the container if the link fails after the commit. ask: only when `godwit move --mode` names them; true: `--mode auto` may pick them too; false: never"),
         .init(key: "migration.postcopy.grace", kind: .seconds(1...3600), defaultValue: "180",
               help: "after a post-copy or hybrid commit, how long the page channel may stay down (s) while the hosts reconnect; past it the container is lost"),
+        .init(key: "migration.bandwidth", kind: .rate, defaultValue: "unlimited",
+              help: "cap on the memory pages a move sends, e.g. 100mbit, 1gbit or 50mbps (bytes/s, as in tc); `godwit move --bandwidth` wins"),
+        .init(key: "migration.compression", kind: .choice(["auto", "on", "off"]), defaultValue: "auto",
+              help: "zstd compression of memory pages on the wire: auto (only while the link is slower than compressing), on (every chunk that shrinks), off"),
     ]
 
     /// `environment.NAME` keys carry the init's environment; anything else must be defined above.
@@ -108,6 +114,10 @@ public enum ConfigKey {
         case .choice(let words):
             guard words.contains(value) else { throw bad("one of " + words.joined(separator: ", ")) }
             return value
+        case .rate:
+            do { return try MigrationBandwidth.parse(value)?.description ?? "unlimited" } catch let error as GodwitError {
+                throw GodwitError("invalid value for \(key): \(error.message)", hint: error.hint ?? definition.help)
+            }
         }
     }
 
@@ -162,8 +172,31 @@ public struct ContainerConfig: Codable, Sendable, Equatable {
         let parsed = self["migration.postcopy.grace"].flatMap { Int($0) } ?? 180
         return min(max(parsed, 1), 3600)
     }
+    /// migration.bandwidth: nil when unlimited (or unreadable: values are validated on the way in).
+    public var migrationBandwidth: Bandwidth? {
+        self["migration.bandwidth"].flatMap { try? MigrationBandwidth.parse($0) }
+    }
+    /// migration.compression: auto, on or off.
+    public var migrationCompression: String { self["migration.compression"] ?? "auto" }
     /// migration.incremental.memory.tracker: nil for auto (the host check's choice).
     public var forcedTracker: DirtyTrackerKind? { self["migration.incremental.memory.tracker"].flatMap(DirtyTrackerKind.init(rawValue:)) }
+}
+
+/// The cap on a move's memory pages, as `godwit move --bandwidth`, the REST request and
+/// `migration.bandwidth` take it: one parser, so all three refuse the same inputs alike.
+public enum MigrationBandwidth {
+    /// Below this a move of even a small container takes minutes: surely a typo (kbit for mbit).
+    public static let minimum = Bandwidth(bitsPerSecond: 1_000_000)
+
+    /// nil for "unlimited"; throws for anything that is not a rate from 1mbit to 100tbit.
+    public static func parse(_ text: String) throws -> Bandwidth? {
+        if text == "unlimited" { return nil }
+        let rate = try Bandwidth(parsing: text)
+        guard rate >= minimum else {
+            throw GodwitError("rate '\(text)' is below \(minimum)", hint: "give at least 1mbit (bps is bytes/s, as in tc), or `unlimited`")
+        }
+        return rate
+    }
 }
 
 /// Sizes as users write them: binary (KiB, MiB, GiB) and decimal (kB, MB, GB) units.

@@ -13,13 +13,16 @@ public struct MoveRequest: Codable, Sendable, Equatable {
     public var newName: String?
     /// nil: auto (the planner picks from both hosts' checks); on the wire "auto".
     public var mode: MigrationStrategy?
+    /// Cap on the memory pages of this move (`--bandwidth`, also `unlimited`); nil: the
+    /// container's migration.bandwidth. Wins over the key.
+    public var bandwidth: MoveBandwidth?
 
-    public init(target: String, newName: String? = nil, mode: MigrationStrategy? = nil) {
-        self.target = target; self.newName = newName; self.mode = mode
+    public init(target: String, newName: String? = nil, mode: MigrationStrategy? = nil, bandwidth: MoveBandwidth? = nil) {
+        self.target = target; self.newName = newName; self.mode = mode; self.bandwidth = bandwidth
     }
 
     enum CodingKeys: String, CodingKey {
-        case target, mode
+        case target, mode, bandwidth
         case newName = "new_name"
     }
 
@@ -31,6 +34,13 @@ public struct MoveRequest: Codable, Sendable, Equatable {
         do { mode = try MigrationStrategy.parse(mode: text) } catch {
             throw DecodingError.dataCorruptedError(forKey: .mode, in: c, debugDescription: "\(error)")
         }
+        // A rate string ("100mbit"), checked as the CLI checks it: never a raw number a
+        // client could overflow.
+        if let rate = try c.decodeIfPresent(String.self, forKey: .bandwidth) {
+            do { bandwidth = try MoveBandwidth(parsing: rate) } catch {
+                throw DecodingError.dataCorruptedError(forKey: .bandwidth, in: c, debugDescription: "\(error)")
+            }
+        }
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -38,7 +48,21 @@ public struct MoveRequest: Codable, Sendable, Equatable {
         try c.encode(target, forKey: .target)
         try c.encodeIfPresent(newName, forKey: .newName)
         try c.encode(mode?.rawValue ?? "auto", forKey: .mode)
+        try c.encodeIfPresent(bandwidth?.description, forKey: .bandwidth)
     }
+}
+
+/// A move's own bandwidth setting, given with the request.
+public enum MoveBandwidth: Sendable, Equatable, CustomStringConvertible {
+    case unlimited
+    case limited(Bandwidth)
+
+    public init(parsing text: String) throws {
+        self = try MigrationBandwidth.parse(text).map { .limited($0) } ?? .unlimited
+    }
+
+    public var rate: Bandwidth? { if case .limited(let b) = self { b } else { nil } }
+    public var description: String { rate?.description ?? "unlimited" }
 }
 
 /// One strategy as one host can play it.
@@ -60,9 +84,17 @@ public struct PeerCapabilities: Codable, Sendable, Equatable {
     /// "4.2.1"; nil when CRIU is missing or unusable.
     public var criuVersion: String?
     public var strategies: [StrategyOffer]
+    /// Page-record extensions this host reads as a destination ("zstd": compressed page
+    /// records). Absent in older hosts' answers: the source then sends plain records only.
+    public var pageRecordFeatures: [String]?
 
-    public init(host: String, criuVersion: String?, strategies: [StrategyOffer]) {
+    /// What this version of Godwit reads.
+    public static let currentPageRecordFeatures = ["zstd"]
+
+    public init(host: String, criuVersion: String?, strategies: [StrategyOffer],
+                pageRecordFeatures: [String]? = PeerCapabilities.currentPageRecordFeatures) {
         self.host = host; self.criuVersion = criuVersion; self.strategies = strategies
+        self.pageRecordFeatures = pageRecordFeatures
     }
 }
 
@@ -192,6 +224,19 @@ public struct MoveMemoryFigures: Codable, Sendable, Equatable {
     /// Post-copy and hybrid: how often the source reconnected a page channel that broke
     /// after the commit.
     public var pageReconnects: Int?
+    /// The cap on memory pages of this move ("100mbit"), and where it came from
+    /// ("--bandwidth" or "migration.bandwidth"); nil: uncapped.
+    public var bandwidthLimit: String?
+    public var bandwidthLimitSource: String?
+    /// Page compression: the setting and what became of it ("auto", "on", "off",
+    /// "off (the destination can't read it)").
+    public var compression: String?
+    /// Page payloads sent compressed, and their bytes before and after (nil: none sent).
+    public var pagesCompressed: Int?
+    public var compressedRawBytes: UInt64?
+    public var compressedWireBytes: UInt64?
+    /// Time the sender waited for the cap (ms).
+    public var bandwidthWaitMillis: Double?
 
     public init() {}
 }

@@ -53,6 +53,19 @@ extension MoveReport {
             if let n = m.pagesFetchedTwice, n > 0 { parts.append("\(n) FETCHED TWICE") }
             if let n = m.pageReconnects, n > 0 { parts.append("page channel reconnected \(n) time\(n == 1 ? "" : "s") after a broken link") }
             if !parts.isEmpty { lines.append("  memory: " + parts.joined(separator: ", ")) }
+            var link: [String] = []
+            if let cap = m.bandwidthLimit {
+                link.append("pages capped at \(cap) (\(m.bandwidthLimitSource ?? "?"))"
+                            + (m.bandwidthWaitMillis.map { ", waited \(ms($0)) for it" } ?? ""))
+            }
+            if let mode = m.compression {
+                var text = "compression \(mode)"
+                if let n = m.pagesCompressed, let raw = m.compressedRawBytes, let wire = m.compressedWireBytes, raw > 0 {
+                    text += String(format: ": %d pages, %@ sent as %@ (%.0f %%)", n, bytes(raw), bytes(wire), Double(wire) / Double(raw) * 100)
+                }
+                link.append(text)
+            }
+            if !link.isEmpty { lines.append("  link: " + link.joined(separator: "; ")) }
         }
         return lines.joined(separator: "\n")
     }

@@ -280,6 +280,8 @@ public struct BenchPlan: Codable, Sendable, Equatable {
     /// tc rate syntax, e.g. 1gbit; nil: unshaped.
     public var bandwidth: String?
     public var profile: String
+    /// migration.compression of the containers Godwit moves (nil: the key's default, auto).
+    public var compression: String? = nil
 
     public init(strategies: [BenchStrategy], strides: [Int], sizesMiB: [Int], repetitions: Int, bandwidth: String?, profile: String) {
         self.strategies = strategies; self.strides = strides; self.sizesMiB = sizesMiB

@@ -18,6 +18,10 @@ import Memory
 ///    24  ...                 payload: pageCount*4096 bytes for .pages, nothing otherwise
 ///     .  u64 checksum        XXH3-64 of header + payload
 ///
+/// Kind 6, zstd pages (only to a destination that announced "zstd", see PeerCapabilities) carries
+/// the same pages as a zstd frame: payload = u32 frame length + frame (PageRecord+Zstd.swift).
+/// The reader hands it on as the `.pages` record it decompresses to.
+///
 /// Per-record checksums (not per round) let the receiver reject a corrupt record at once
 /// instead of after buffering a whole round; the roundEnd record's counts catch a lost
 /// or duplicated record. Zero pages travel as `.zero` records: 32 bytes for any run.
@@ -35,6 +39,10 @@ public struct PageRecord: Sendable, Equatable {
         case forgetProcess = 5
         case roundEnd = 15
     }
+
+    /// The kind byte of a compressed pages record. Not a `Kind`: nobody past the reader ever
+    /// sees one (it hands on the `.pages` record the frame holds).
+    public static let zstdPagesKind: UInt8 = 6
 
     public static let headerSize = 24
     public static let trailerSize = 8
@@ -65,9 +73,13 @@ public struct PageRecord: Sendable, Equatable {
     }
 
     static func header(kind: Kind, nsPID: pid_t, vaddr: UInt64, pageCount: UInt32, round: UInt32) -> [UInt8] {
+        header(rawKind: kind.rawValue, nsPID: nsPID, vaddr: vaddr, pageCount: pageCount, round: round)
+    }
+
+    static func header(rawKind: UInt8, nsPID: pid_t, vaddr: UInt64, pageCount: UInt32, round: UInt32) -> [UInt8] {
         var h = [UInt8](repeating: 0, count: headerSize)
         h.withUnsafeMutableBytes { p in
-            p.storeBytes(of: kind.rawValue, toByteOffset: 0, as: UInt8.self)
+            p.storeBytes(of: rawKind, toByteOffset: 0, as: UInt8.self)
             p.storeBytes(of: version, toByteOffset: 1, as: UInt8.self)
             p.storeBytes(of: nsPID.littleEndian, toByteOffset: 4, as: Int32.self)
             p.storeBytes(of: vaddr.littleEndian, toByteOffset: 8, as: UInt64.self)
@@ -160,23 +172,47 @@ public final class FileDescriptorStream: ByteSink, ByteSource, Sendable {
 public final class PageRecordWriter {
     public let sink: ByteSink
     public private(set) var bytesWritten: UInt64 = 0
+    /// nil: pages always go raw (the destination can't read compressed records, or they are off).
+    public let compression: PageCompressionPolicy?
+    var compressor: Zstd.Compressor?
+    var frameBuffer: UnsafeMutableRawBufferPointer?
 
-    public init(sink: ByteSink) { self.sink = sink }
+    public init(sink: ByteSink, compression: PageCompressionPolicy? = nil) {
+        self.sink = sink
+        self.compression = compression?.mode == .off ? nil : compression
+    }
+
+    deinit { frameBuffer?.deallocate() }
 
     public func write(_ kind: PageRecord.Kind, nsPID: pid_t = 0, vaddr: UInt64 = 0, pageCount: UInt32 = 0,
                       round: UInt32, payload: UnsafeRawBufferPointer? = nil) throws {
         guard kind != .pages || payload?.count == Int(pageCount) * Int(systemPageSize) else {
             throw GodwitError("page stream: a pages record of \(pageCount) pages with \(payload?.count ?? 0) bytes of payload")
         }
-        let h = PageRecord.header(kind: kind, nsPID: nsPID, vaddr: vaddr, pageCount: pageCount, round: round)
+        if kind == .pages, let compression, let payload,
+           try writeCompressed(nsPID: nsPID, vaddr: vaddr, pageCount: pageCount, round: round, pages: payload, policy: compression) {
+            return
+        }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try writeFramed(kind.rawValue, nsPID: nsPID, vaddr: vaddr, pageCount: pageCount, round: round, payload: payload)
+        if kind == .pages, let payload {
+            compression?.noteRawWrite(bytes: payload.count, nanos: DispatchTime.now().uptimeNanoseconds - t0)
+        }
+    }
+
+    /// Header, payload parts, checksum over all of them.
+    func writeFramed(_ rawKind: UInt8, nsPID: pid_t, vaddr: UInt64, pageCount: UInt32, round: UInt32,
+                     payload: UnsafeRawBufferPointer?, prefix: UnsafeRawBufferPointer? = nil) throws {
+        let h = PageRecord.header(rawKind: rawKind, nsPID: nsPID, vaddr: vaddr, pageCount: pageCount, round: round)
         let empty = UnsafeRawBufferPointer(start: nil, count: 0)
         try h.withUnsafeBytes { hb in
-            let body = payload ?? empty
-            var sum = PageHash.xxh3([hb, body]).littleEndian
+            let body = payload ?? empty, head = prefix ?? empty
+            var sum = PageHash.xxh3([hb, head, body]).littleEndian
             try sink.write(hb)
+            if head.count > 0 { try sink.write(head) }
             if body.count > 0 { try sink.write(body) }
             try withUnsafeBytes(of: &sum) { try sink.write($0) }
-            bytesWritten += UInt64(hb.count + body.count + 8)
+            bytesWritten += UInt64(hb.count + head.count + body.count + 8)
         }
     }
 }
@@ -184,7 +220,10 @@ public final class PageRecordWriter {
 /// Reads and checks records.
 public final class PageRecordReader {
     public let source: ByteSource
-    public private(set) var bytesRead: UInt64 = 0
+    public internal(set) var bytesRead: UInt64 = 0
+    /// Compressed records read (each handed on as the `.pages` record it holds).
+    public internal(set) var compressedRecords = 0
+    var decompressor: Zstd.Decompressor?
 
     public init(source: ByteSource) { self.source = source }
 
@@ -199,6 +238,10 @@ public final class PageRecordReader {
              UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
              UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt32.self)),
              UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 20, as: UInt32.self)))
+        }
+        if version == PageRecord.version, rawKind == PageRecord.zstdPagesKind {
+            try Self.check(kind: .pages, nsPID: nsPID, vaddr: vaddr, count: count)
+            return try readCompressed(header: h, nsPID: nsPID, vaddr: vaddr, count: count, round: round)
         }
         guard version == PageRecord.version, let kind = PageRecord.Kind(rawValue: rawKind) else {
             throw GodwitError("page stream: unknown record (kind \(rawKind), version \(version))",

@@ -83,13 +83,17 @@ public final class PageServerRelay: Sendable {
     private let writing = Mutex(())
     private let group = DispatchGroup()
     let criu: Int32
+    /// The move's cap on memory pages (nil: none); the answers thread pays for each piece
+    /// of an answer before it forwards it.
+    let limiter: RateLimiter?
     /// What CRIU answered so far (page data and statuses), as relayed to the destination.
     public var bytesToDestination: UInt64 { session.withLock { $0.bytesToDestination } }
 
     /// Relays `channel` to CRIU over a connection made before the dump (`PageServerConnection`,
     /// our end, already resetting on close); the relay owns both descriptors from now on.
-    public init(channel: Int32, connected criu: Int32) {
+    public init(channel: Int32, connected criu: Int32, limiter: RateLimiter? = nil) {
         self.criu = criu
+        self.limiter = limiter
         session = Mutex(Session(channel: channel))
         group.enter()
         spawn { [self] in answers() }
@@ -254,6 +258,7 @@ public final class PageServerRelay: Sendable {
             return s.channel
         }
         guard channel >= 0 else { return }
+        limiter?.take(bytes.count)
         if Self.writeFull(channel, bytes) {
             session.withLock { $0.bytesToDestination &+= UInt64(bytes.count) }
         } else {

@@ -1,3 +1,4 @@
+import API
 import ArgumentParser
 import Checkpoint
 import Foundation
@@ -27,6 +28,8 @@ struct MigrateBench: AsyncParsableCommand {
             """)
 
     @Option(help: "Link rate of each lab host, e.g. 1gbit, 500mbit, or unlimited.") var bandwidth: String = "1gbit"
+    @Option(help: "Page compression of Godwit's moves: auto, on or off (the containers' migration.compression; default auto).")
+    var compression: String?
     @Option(help: "Comma-separated: stop-and-copy, pre-copy, post-copy, hybrid, criu-page-server, criu-lazy; or all, godwit, baselines (default: all).")
     var modes: String?
     @Option(help: "Comma-separated memtouch strides: 1, 2, 4 (write every Nth page), 0 (write none) (default: 1,2,4,0).")
@@ -49,6 +52,7 @@ struct MigrateBench: AsyncParsableCommand {
         if let sizes { plan.sizesMiB = try BenchArguments.sizes(sizes) }
         if let repetitions { plan.repetitions = try BenchArguments.repetitions(repetitions) }
         plan.bandwidth = try Self.rate(bandwidth).map { _ in bandwidth }
+        plan.compression = try compression.map { try ConfigKey.validate("migration.compression", $0) }
         if modes != nil || strides != nil || sizes != nil || repetitions != nil { plan.profile += " (modified)" }
         return plan
     }
@@ -103,6 +107,7 @@ struct MigrateBench: AsyncParsableCommand {
                 let runner = BenchRunner(lab: lab, criu: criu, godwit: LabCommand.executable, warmSeconds: warmSeconds,
                                          rawDirectory: directory + "/raw",
                                          deadline: limit.map { started.addingTimeInterval($0 * 60) }, criuSpool: spool)
+                runner.launchConfig = plan.compression.map { ["-c", "migration.compression=\($0)"] } ?? []
                 let samples = runner.runAll(plan)
                 if let spool {
                     runner.fileCRIULogs("after-last-run")
@@ -149,6 +154,7 @@ struct MigrateBench: AsyncParsableCommand {
         let breakdown = FrozenBreakdown.markdown(samples)
         let sizes = plan.sizesMiB.map { "\($0) MiB" }.joined(separator: ", ")
         let heading = "memtouch moved h1 → h2 at \(plan.bandwidth ?? "unshaped"), \(sizes)"
+            + (plan.compression.map { ", compression \($0)" } ?? "")
         let minutes = String(format: "%.1f", seconds / 60)
         let markdown = """
             # godwit bench migrate: \(plan.profile) profile

@@ -16,6 +16,8 @@ final class BenchRunner {
     /// Runs that would start after this are skipped (the quick profile's 10-minute promise).
     let deadline: Date?
     let source: LabHost, destination: LabHost
+    /// `-c key=value` for every container launched (the bench's --compression).
+    var launchConfig: [String] = []
     static let responderPort: UInt16 = 7777
     static let reportPath = "/tmp/memtouch.json"
     /// Modes `move` answered "not implemented" for: their other runs are skipped.
@@ -234,7 +236,7 @@ final class Workload {
     func containerRootfs(on host: LabHost) -> String { host.stateDirectory + "/containers/\(name)/rootfs" }
 
     func launch() throws {
-        try runner.checkGodwit(["launch", "--dir", host.stateDirectory, "busybox", name])
+        try runner.checkGodwit(["launch", "--dir", host.stateDirectory, "busybox", name] + runner.launchConfig)
         let list = try runner.checkGodwit(["list", "--dir", host.stateDirectory, "--format", "json"])
         guard let rows = try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]],
               let row = rows.first(where: { $0["name"] as? String == name }),

@@ -28,12 +28,16 @@ struct MoveCommand: AsyncParsableCommand {
     @Argument(help: "Container name.") var name: String
     @Argument(help: "REMOTE: or REMOTE:NEWNAME.") var target: String
     @Option(help: "auto, stop-and-copy, pre-copy, post-copy or hybrid.") var mode: String = "auto"
+    @Option(help: ArgumentHelp("Cap on the memory pages this move sends, e.g. 100mbit, 1gbit or 50mbps (bytes/s, as in tc); unlimited lifts the container's migration.bandwidth.",
+                               valueName: "rate"))
+    var bandwidth: String?
     @Option(help: "human or json") var format: OutputFormat = .human
 
     func run() async throws {
         try await CLI.run {
             try ContainerName.validate(name)
             let strategy = try MigrationStrategy.parse(mode: mode)
+            let cap = try bandwidth.map { try MoveBandwidth(parsing: $0) }
             guard let colon = target.firstIndex(of: ":"), colon != target.startIndex else {
                 throw GodwitError("target '\(target)' names no remote", hint: "write REMOTE: or REMOTE:NEWNAME, e.g. `godwit move \(name) h2:`")
             }
@@ -41,7 +45,8 @@ struct MoveCommand: AsyncParsableCommand {
             let newName = String(target[target.index(after: colon)...])
             if !newName.isEmpty { try ContainerName.validate(newName) }
             let client = daemon.client
-            let operation = try await client.move(name, MoveRequest(target: remote, newName: newName.isEmpty ? nil : newName, mode: strategy))
+            let operation = try await client.move(name, MoveRequest(target: remote, newName: newName.isEmpty ? nil : newName, mode: strategy,
+                                                                     bandwidth: cap))
             var meter = ProgressMeter()
             let done: OperationInfo
             do {

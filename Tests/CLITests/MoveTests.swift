@@ -110,6 +110,26 @@ struct MoveTests {
         #expect(info.stdout.contains("post-copy"), "info lacks the last move: \(info.stdout)")
     }
 
+    /// `--bandwidth` from the CLI through both daemons: the flag wins over the key, the page
+    /// transfer keeps to the cap (64 MiB at 200 Mbit/s: at least 2.7 s), memory verifies.
+    @Test func aCappedMoveKeepsToItsRate() throws {
+        let lab = try MoveLab()
+        defer { lab.tearDown() }
+        let workload = try Workload(lab: lab, name: "slow", host: "h1", memoryMiB: 64, tcp: false)
+        defer { workload.stop() }
+        #expect(try lab.on("h1", ["config", "set"], ["slow", "migration.bandwidth", "1gbit"]).succeeded)
+        let result = try lab.on("h1", ["move"], ["slow", "h2:", "--mode", "stop-and-copy", "--bandwidth", "200mbit", "--format", "json"])
+        try #require(result.succeeded, "capped move failed: \(result.stderr)")
+        let report = try APICoding.decoder().decode(MoveReport.self, from: Data(result.stdout.utf8))
+        #expect(report.outcome == "moved")
+        #expect(report.memory?.bandwidthLimit == "200mbit" && report.memory?.bandwidthLimitSource == "--bandwidth")
+        let pages = try #require(report.phases.first { $0.name == "memory + restore" })
+        #expect(pages.bytes > 60 << 20, "\(pages.bytes) bytes of pages")
+        let rate = Double(pages.bytes) / (pages.millis / 1000)
+        #expect(rate < 25e6 * 1.15, "pages at \(rate / 1e6) MB/s, cap 25")
+        try workload.expectHealthy(on: "h2")
+    }
+
     @Test func autoPicksAStrategyBothHostsSupportAndSaysWhy() throws {
         let lab = try MoveLab()
         defer { lab.tearDown() }
@@ -148,6 +168,8 @@ struct MoveTests {
             (["nope", "h2:"], "nope"),
             (["c1", "h2:"], "already exists"),
             (["c1", "h2:Bad_Name"], "name"),
+            (["c1", "h2:", "--bandwidth", "fast"], "invalid rate"),
+            (["c1", "h2:", "--bandwidth", "100kbit"], "below 1mbit"),
         ]
         for (arguments, words) in cases {
             let result = try lab.on("h1", ["move"], arguments)

@@ -92,7 +92,7 @@ extension MigrationLab {
 
     /// Moves `container` with the shipping engine through a loopback peer.
     func engineMove(_ container: RunningContainer, strategy: MigrationStrategy, tag: String, config: [String: String] = [:],
-                    destinationImage: String? = nil, hooks: SourceHooks = SourceHooks(),
+                    destinationImage: String? = nil, hooks: SourceHooks = SourceHooks(), bandwidth: MoveBandwidth? = nil,
                     prepare: (LoopbackPeer) -> Void = { _ in }) async throws -> EngineMove {
         let source = try capabilitiesPair()
         let criu = try criu(in: nil)
@@ -107,7 +107,7 @@ extension MigrationLab {
         let peer = LoopbackPeer(name: "lab-destination", directory: imagesRoot + "/dst-" + tag,
                                 capabilities: { capabilities }, makeHost: { _ in destination })
         let lines = Lines()
-        let engine = SourceEngine(host: host, peer: peer, request: MoveRequest(target: "lab-destination", mode: strategy),
+        let engine = SourceEngine(host: host, peer: peer, request: MoveRequest(target: "lab-destination", mode: strategy, bandwidth: bandwidth),
                                   progress: ProgressReporter(interval: .seconds(1)) { lines.append($0.text) }, hooks: hooks)
         prepare(peer)
         let result: Result<MoveReport, Error>

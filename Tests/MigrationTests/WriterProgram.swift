@@ -6,14 +6,16 @@ import GodwitCore
 /// generation), so it can verify all of its memory after a move, and it keeps writing
 /// while pre-copy runs.
 ///
-///   gwwriter SIZE_MIB RESERVE_MIB PAGES_PER_TICK TICK_US FORK [NO_UFFD]
+///   gwwriter SIZE_MIB RESERVE_MIB PAGES_PER_TICK TICK_US FORK [NO_UFFD [COMPRESSIBLE]]
 ///
 /// Maps RESERVE_MIB (>= SIZE_MIB) of private anonymous memory and touches only the first
 /// SIZE_MIB (a sparse mapping). Every tick it rewrites PAGES_PER_TICK pages (0 = idle: it
 /// sleeps and writes nothing at all) and writes its tick counter to /tmp/counter.<pid>.
 /// SIGUSR1: verify every page, write "ok <pages> <ticks> <max gap µs>" or "bad <page>" to
 /// /tmp/verify.<pid>. FORK=1: a child does the same on its own copy. NO_UFFD=1: a seccomp
-/// filter makes userfaultfd(2) fail with EPERM (as container profiles do). pid = as seen inside.
+/// filter makes userfaultfd(2) fail with EPERM (as container profiles do). COMPRESSIBLE=1:
+/// only a page's first word is random, the others count up (zstd shrinks such pages ~50×;
+/// the default pattern doesn't shrink at all). pid = as seen inside.
 /// The max gap is the longest CLOCK_REALTIME interval between two loop iterations: across a
 /// move it is the pause the application saw (CLOCK_MONOTONIC would hide it: CRIU restores
 /// into a time namespace that continues from the dump).
@@ -51,11 +53,16 @@ enum WriterProgram {
     static uint32_t *gen;
     static size_t pages;
     static const size_t words = 4096 / 8;
+    static int compressible = 0;
+
+    static inline uint64_t word(uint64_t base, size_t k) {
+        return compressible ? (k ? k : base) : base ^ (k * 0x9e3779b97f4a7c15ULL);
+    }
 
     static void fill(size_t p) {
         uint64_t base = mix64(((uint64_t)p << 32) ^ gen[p] ^ (uint64_t)getpid() << 20);
         uint64_t *w = mem + p * words;
-        for (size_t k = 0; k < words; k++) w[k] = base ^ (k * 0x9e3779b97f4a7c15ULL);
+        for (size_t k = 0; k < words; k++) w[k] = word(base, k);
     }
 
     static long check(void) {
@@ -63,7 +70,7 @@ enum WriterProgram {
             uint64_t base = mix64(((uint64_t)p << 32) ^ gen[p] ^ (uint64_t)getpid() << 20);
             uint64_t *w = mem + p * words;
             for (size_t k = 0; k < words; k++)
-                if (w[k] != (base ^ (k * 0x9e3779b97f4a7c15ULL))) return (long)p;
+                if (w[k] != word(base, k)) return (long)p;
         }
         return -1;
     }
@@ -98,6 +105,7 @@ enum WriterProgram {
         int do_fork = atoi(argv[5]);
         if (reserve < size) reserve = size;
         if (argc > 6 && atoi(argv[6]) && block_userfaultfd()) return 2;
+        compressible = argc > 7 && atoi(argv[7]);
         for (int fd = 3; fd < 1024; fd++) close(fd);
         signal(SIGUSR1, on_usr1);
         signal(SIGTERM, on_term);

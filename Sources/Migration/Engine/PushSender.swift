@@ -23,8 +23,9 @@ public final class PushSender: Sendable {
         return push
     }
 
-    /// Starts sending on `fd` (owned from now on: shut down and closed when done).
-    public init(scan: DirtyScan, round: Int, fd: Int32) {
+    /// Starts sending on `fd` (owned from now on: shut down and closed when done), at the
+    /// move's cap and compression.
+    public init(scan: DirtyScan, round: Int, fd: Int32, link: MoveLink? = nil) {
         self.fd = fd
         let t0 = DispatchTime.now().uptimeNanoseconds
         group.enter()
@@ -32,7 +33,8 @@ public final class PushSender: Sendable {
         let thread = Thread { [self] in
             defer { group.leave() }
             do {
-                let sent = try PreCopySender(writer: PageRecordWriter(sink: FileDescriptorStream(fd: fd, owns: false)))
+                let sink = FileDescriptorStream(fd: fd, owns: false)
+                let sent = try PreCopySender(writer: link?.writer(onto: sink) ?? PageRecordWriter(sink: sink))
                     .sendRound(Self.pushScan(scan.value), round: round, tracker: nil)
                 outcome.withLock { $0.stats = sent }
             } catch {

@@ -91,6 +91,8 @@ public actor SourceEngine {
     private var phases: [MovePhase] = []
     private var phase = "negotiation"
     private var memory = MoveMemoryFigures()
+    /// The cap and compression of this move (none until the negotiation decided them).
+    var link = MoveLink.none
     private let t0 = SourceEngine.now()
 
     public init(host: any SourceHost, peer: any MigrationPeer, request: MoveRequest, progress: ProgressReporter = .silent,
@@ -145,6 +147,7 @@ public actor SourceEngine {
         report.totalMillis = millis(since: t0)
         report.phases = phases
         report.memory = report.memory ?? (memory.tracker != nil ? memory : nil)
+        report.memory = linkFigures(report.memory)
         host.journal(nil)
         await session?.deliver(report)
         await session?.close()
@@ -162,13 +165,14 @@ public actor SourceEngine {
         // From the first step on, a daemon that dies leaves a trace its successor records.
         host.journal(SourceJournal(migrationID: "", peer: peer.name, container: c.name, phase: .negotiation,
                                    initPID: c.initPID, imagesDirectory: c.imagesDirectory))
-        let (strategy, reason) = try await step("negotiation") { () -> ((MigrationStrategy, String), UInt64) in
+        let (strategy, reason, theirs) = try await step("negotiation") { () -> ((MigrationStrategy, String, PeerCapabilities), UInt64) in
             try await hooks.reach(.negotiation)
             let theirs = try await peer.capabilities()
             let planned = try MovePlanner.plan(requested: request.mode, source: try await host.capabilities(), destination: theirs,
                                                container: .init(memoryBytes: host.memoryBytes(), config: c.config))
-            return (planned, 0)
+            return ((planned.0, planned.1, theirs), 0)
         }
+        decideLink(destination: theirs)
         report.mode = strategy
         report.modeReason = reason
         let session = try await peer.begin(IncomingMigrationRequest(
@@ -204,7 +208,7 @@ public actor SourceEngine {
         let settings = { var s = ConvergenceSettings(config: c.config); s.enabled = true; return s }()
         let fd = try await blocking { try t.session.open(.precopy) }
         revert.add("close the pre-copy channel") { close(fd) }
-        let writer = PageRecordWriter(sink: FileDescriptorStream(fd: fd, owns: false))
+        let writer = link.writer(onto: FileDescriptorStream(fd: fd, owns: false))
         let progress = self.progress
         let hooks = self.hooks
         let resident = host.memoryBytes()
@@ -342,7 +346,7 @@ public actor SourceEngine {
             progress.note("final scan: \(scan.dirtyPages) pages dirty since the last round")
             if t.behaviour.finalDirtySet == .pushed {
                 let fd = try await blocking { try t.session.open(.push) }
-                let push = PushSender(scan: scan, round: finalRound + 1, fd: fd)
+                let push = PushSender(scan: scan, round: finalRound + 1, fd: fd, link: link)
                 pushSender = push
                 revert.add("stop the push") { push.abort() }
             }
@@ -384,7 +388,7 @@ public actor SourceEngine {
         let session = frozen.transferring.session
         let lazily = frozen.transferring.behaviour.restore == .lazy
         let pageChannel = try await blocking { try session.open(.pages) }
-        let relay = PageServerRelay(channel: pageChannel, connected: frozen.connection.ours)
+        let relay = PageServerRelay(channel: pageChannel, connected: frozen.connection.ours, limiter: link.limiter)
         relayFlag.value = true
         // Newest first: the relay resets (CRIU fails the dump) after the destination's copy
         // went, and before the dump's own undo waits for CRIU to exit.
@@ -604,6 +608,7 @@ public actor SourceEngine {
         report.reason = reason
         report.failedPhase = phase
         if report.memory == nil, memory.tracker != nil { report.memory = memory }
+        report.memory = linkFigures(report.memory)
         let committed: Bool
         if case .committed = state { committed = true } else { committed = false }
         if case .committed(let c) = state, c.restoring.relay.hasEnded || c.restoring.relay.linkDown != nil || pageSessionOver {

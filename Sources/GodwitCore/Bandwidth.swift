@@ -1,5 +1,4 @@
 import Foundation
-import GodwitCore
 
 /// A link rate in bits per second, written the way tc writes rates ("1gbit", "500mbit",
 /// "125mbps"). We parse it ourselves so a typo is reported before any qdisc is touched,
