@@ -20,6 +20,9 @@ public struct ProcessDirtyReport: Sendable {
     public var resident: PageRanges
     /// Why this process uses another tracker than the container's preferred one.
     public var fallbackReason: String?
+    /// The scan left `dirty` unprotected: the copier must call
+    /// `DirtyTracker.protectBeforeCopy` on each range right before reading it.
+    public var protectionDeferred = false
 }
 
 /// One scan of a whole container.
@@ -36,12 +39,17 @@ public struct DirtyScan: Sendable {
 
 /// Dirty tracking for a whole container (a set of processes that changes over time).
 /// Round protocol: `scan()`, then copy what it reported, then `noteCopied` per page copied.
+/// With `deferProtection`, processes whose tracker can (uffd-wp) are reported with
+/// `protectionDeferred`, and the copier protects each range right before reading it.
 public protocol DirtyTracker: AnyObject {
     /// The kind the container was planned with (some processes may have fallen back).
     var preferredKind: DirtyTrackerKind { get }
     /// `attachNew: false` while the container is frozen: ptrace can't stop a frozen task,
     /// so new processes are reported untracked (fully dirty) instead of attached.
-    func scan(attachNew: Bool) throws -> DirtyScan
+    func scan(attachNew: Bool, deferProtection: Bool) throws -> DirtyScan
+    /// Re-arms write detection for `range` of `process` (a report with
+    /// `protectionDeferred`); call right before reading `range`.
+    func protectBeforeCopy(process: TrackedProcess, range: Range<UInt64>) throws
     func noteCopied(process: TrackedProcess, address: UInt64, page: UnsafeRawBufferPointer)
     /// Lets go of every process. They run on unaffected; the kernel drops uffd
     /// registrations when the descriptor closes (also if Godwit dies).
@@ -126,7 +134,7 @@ public final class ContainerDirtyTracker: DirtyTracker {
         Dictionary(uniqueKeysWithValues: states.values.map { ($0.process, $0.tracker?.kind) })
     }
 
-    public func scan(attachNew: Bool = true) throws -> DirtyScan {
+    public func scan(attachNew: Bool = true, deferProtection: Bool = false) throws -> DirtyScan {
         let started = DispatchTime.now().uptimeNanoseconds
         rounds += 1
         let current = listProcesses()
@@ -162,20 +170,21 @@ public final class ContainerDirtyTracker: DirtyTracker {
         let quiet = order.filter { states[$0]?.tracker?.needsQuiescentScan == true }
         var collected: [pid_t: Result<PageRanges, Error>] = [:]
         func collectQuiet() throws {
-            for pid in quiet { collected[pid] = Result { try collectOne(states[pid]!) } }
+            for pid in quiet { collected[pid] = Result { try collectOne(states[pid]!, deferProtection: deferProtection) } }
         }
         if !quiet.isEmpty {
             if attachNew, let whileFrozen { try whileFrozen(collectQuiet) } else { try collectQuiet() }
         }
         for pid in order {
             guard let state = states[pid] else { continue }
-            let result = collected[pid] ?? Result { try collectOne(state) }
+            let result = collected[pid] ?? Result { try collectOne(state, deferProtection: deferProtection) }
             switch result {
             case .success:
                 reports.append(ProcessDirtyReport(
                     process: state.process, tracker: state.tracker?.kind, isNew: fresh.contains(pid),
                     dirty: state.lastDirty, dropped: state.lastDropped, resident: state.resident,
-                    fallbackReason: state.fallbackReason))
+                    fallbackReason: state.fallbackReason,
+                    protectionDeferred: deferProtection && state.tracker?.canProtectPerChunk == true))
             case .failure(let error):
                 // Gone between listing and scanning: report it exited.
                 guard TrackedProcess.of(hostPID: pid) == nil else { throw error }
@@ -188,13 +197,13 @@ public final class ContainerDirtyTracker: DirtyTracker {
                          scanNanos: DispatchTime.now().uptimeNanoseconds - started)
     }
 
-    private func collectOne(_ state: ProcessState) throws -> PageRanges {
+    private func collectOne(_ state: ProcessState, deferProtection: Bool) throws -> PageRanges {
         let mappings = try ProcessMaps.read(pid: state.process.hostPID).filter(\.isWritablePrivate)
         let tracked = PageRanges(mappings.map(\.range))
         // Scan (and re-protect) before anything else is read: see ProcessWriteTracker.
         var dirty: PageRanges
         if let tracker = state.tracker {
-            dirty = try tracker.collect(in: tracked)
+            dirty = try tracker.collect(in: tracked, deferProtection: deferProtection)
         } else {
             dirty = try state.residentPages(in: tracked)
         }
@@ -236,6 +245,11 @@ public final class ContainerDirtyTracker: DirtyTracker {
             changed += PageRanges([n.range]).subtracting(PageRanges(covered)).ranges
         }
         return PageRanges(changed)
+    }
+
+    public func protectBeforeCopy(process: TrackedProcess, range: Range<UInt64>) throws {
+        guard let state = states[process.hostPID], state.process == process else { return }
+        try state.tracker?.protectBeforeCopy(range)
     }
 
     public func noteCopied(process: TrackedProcess, address: UInt64, page: UnsafeRawBufferPointer) {

@@ -106,6 +106,15 @@ public final class PagemapScanner {
                   writeProtect: true, requireTracked: requireTracked)
         }
 
+        /// The same pages as `writtenAndReprotect`, left writable: the caller protects each
+        /// part right before copying it (`protectWritten(in:)`), so a write landing between
+        /// this scan and that copy is carried by the copy instead of being sent again.
+        public static func writtenOnly(requireTracked: Bool = false) -> Query {
+            var query = writtenAndReprotect(requireTracked: requireTracked)
+            query.writeProtect = false
+            return query
+        }
+
         /// Resident pages (present or swapped), for resident-set comparisons.
         public static let resident = Query(anyOf: [.present, .swapped], returnMask: [.present, .swapped])
 
@@ -188,6 +197,19 @@ public final class PagemapScanner {
     /// Pages written since the last call, write-protected again (the tracking round).
     public func collectWritten(in range: Range<UInt64>, requireTracked: Bool = false) throws -> [PageRegion] {
         try scan(range, .writtenAndReprotect(requireTracked: requireTracked))
+    }
+
+    /// Pages written since the last call, left unprotected (see `Query.writtenOnly`).
+    public func collectWrittenWithoutProtecting(in range: Range<UInt64>) throws -> [PageRegion] {
+        try scan(range, .writtenOnly())
+    }
+
+    /// Write-protects the written pages of `range` (nothing else changes): the per-chunk
+    /// half of deferred protection. Same marker-free query as a protecting scan, so empty
+    /// ptes stay empty and VMAs not registered for uffd-wp are skipped silently.
+    @discardableResult
+    public func protectWritten(in range: Range<UInt64>) throws -> [PageRegion] {
+        try scan(range, .writtenAndReprotect())
     }
 
     private static func hint(for code: Int32) -> String? {

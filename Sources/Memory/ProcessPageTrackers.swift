@@ -16,6 +16,15 @@ public protocol ProcessWriteTracker: AnyObject {
     /// Soft-dirty reads then clears bits in two steps: the process must not run in between.
     var needsQuiescentScan: Bool { get }
     func collect(in tracked: PageRanges) throws -> PageRanges
+    /// Whether this tracker can defer protection to copy time (see `collect(in:deferProtection:)`).
+    var canProtectPerChunk: Bool { get }
+    /// `deferProtection: true` (only if `canProtectPerChunk`): report like `collect(in:)`
+    /// but leave the reported pages unprotected; the caller then calls `protectBeforeCopy`
+    /// on each range right before reading it. Trackers without the capability ignore the
+    /// flag and protect (reset) at scan time.
+    func collect(in tracked: PageRanges, deferProtection: Bool) throws -> PageRanges
+    /// Re-arms write detection for `range` only; called right before `range` is read.
+    func protectBeforeCopy(_ range: Range<UInt64>) throws
     /// Told what was actually copied for a page (after collect). The hashing tracker must
     /// compare next round against the content SENT, not the content it saw while scanning:
     /// otherwise A (scan) -> B (copy) -> A (next scan) would look unchanged while the
@@ -26,6 +35,11 @@ public protocol ProcessWriteTracker: AnyObject {
 
 extension ProcessWriteTracker {
     public func noteCopied(address: UInt64, page: UnsafeRawBufferPointer) {}
+    public var canProtectPerChunk: Bool { false }
+    public func collect(in tracked: PageRanges, deferProtection: Bool) throws -> PageRanges {
+        try collect(in: tracked)
+    }
+    public func protectBeforeCopy(_ range: Range<UInt64>) throws {}
 }
 
 /// Raw /proc/PID/pagemap entries (8 bytes per page): works on every kernel, unlike
@@ -92,8 +106,14 @@ public final class UffdProcessTracker: ProcessWriteTracker {
 
     public init(pid: pid_t) throws { tracker = try UffdWriteTracker(pid: pid) }
 
+    public var canProtectPerChunk: Bool { true }
+
     public func collect(in tracked: PageRanges) throws -> PageRanges {
-        let written = try tracker.collectWritten()
+        try collect(in: tracked, deferProtection: false)
+    }
+
+    public func collect(in tracked: PageRanges, deferProtection: Bool) throws -> PageRanges {
+        let written = try tracker.collectWritten(protect: !deferProtection)
         var result = PageRanges(written.map(\.range)).intersection(tracked)
         let refused = tracker.lastRegistration.refused.map(\.mapping.range)
         if !refused.isEmpty {
@@ -103,6 +123,8 @@ public final class UffdProcessTracker: ProcessWriteTracker {
         }
         return result
     }
+
+    public func protectBeforeCopy(_ range: Range<UInt64>) throws { try tracker.protect(range) }
 
     public func close() { tracker.close() }
 }

@@ -41,12 +41,29 @@ public final class UffdWriteTracker {
     /// mappings as of the latest registration). Unregistered mappings inside the span are skipped by the kernel; they
     /// are registered first, so only a mapping created during this very call is missed,
     /// and it is reported in full on the next round.
-    public func collectWritten(in range: Range<UInt64>? = nil, refresh: Bool = true) throws -> [PageRegion] {
+    ///
+    /// `protect: false` leaves the reported pages writable: the caller then calls
+    /// `protect(_:)` on each range right before it reads it (deferred protection), and
+    /// until it does, the pages keep being reported (never lost, at worst sent twice).
+    public func collectWritten(in range: Range<UInt64>? = nil, refresh: Bool = true,
+                               protect: Bool = true) throws -> [PageRegion] {
         if refresh { try refreshRegistrations() }
         let span = range ?? lastRegistration.span
         rounds += 1
         guard !span.isEmpty else { return [] }
-        return try scanner.collectWritten(in: span)
+        return protect ? try scanner.collectWritten(in: span)
+                       : try scanner.collectWrittenWithoutProtecting(in: span)
+    }
+
+    /// Write-protects the written pages of `range` (deferred protection, see above).
+    ///
+    /// PAGEMAP_SCAN with WP_MATCHING rather than UFFDIO_WRITEPROTECT on the grabbed
+    /// userfaultfd: it protects only present/swapped pages (UFFDIO_WRITEPROTECT would
+    /// install uffd-wp markers on ptes emptied since the scan, which CRIU then dumps as
+    /// zero pages), it skips VMAs that are not registered instead of failing, and it
+    /// touches only pages that are unprotected, i.e. exactly the ones the scan reported.
+    public func protect(_ range: Range<UInt64>) throws {
+        try scanner.protectWritten(in: range)
     }
 
     /// Stops tracking: the kernel drops the registrations; the process runs on.

@@ -15,6 +15,8 @@ public struct RoundStats: Sendable {
     public var droppedPages = 0
     /// Reported dirty but gone by the time we copied (unmapped meanwhile): sent as drops.
     public var vanishedPages = 0
+    /// Chunks whose per-chunk write-protect failed (they will be reported again).
+    public var protectFailures = 0
     public var bytesSent: UInt64 = 0
     public var scanNanos: UInt64 = 0
     /// Reading + sending (what bandwidth is measured on).
@@ -38,8 +40,17 @@ public struct RoundStats: Sendable {
 }
 
 /// The source side of pre-copy: turns a DirtyScan into a stream of records. Order per
-/// round: the caller scans (which re-protects), then this copies what the scan reported;
-/// a write after the scan is caught by the next one.
+/// round: the caller scans, then this copies what the scan reported.
+///
+/// Protection per chunk (reports with `protectionDeferred`, i.e. uffd-wp): the scan left
+/// the reported pages unprotected, and each chunk is write-protected right before it is
+/// read. Why this is exact: a write before the chunk's protect is captured by the read
+/// that follows it; a write after the protect faults (async wp) and is reported by the
+/// next scan; pages the scan did not report were never unprotected, so they stay tracked.
+/// Protecting at scan time instead would make every page written between the scan and
+/// its chunk's read go out twice: now, with its new content, and again next round.
+/// Other trackers (hashing, soft-dirty) reset at scan time: a write after the scan is
+/// caught by the next one.
 public final class PreCopySender {
     public let writer: PageRecordWriter
     /// Called after each chunk of a round with the pages (data + zero) and bytes sent so
@@ -85,6 +96,11 @@ public final class PreCopySender {
                 stats.droppedPages += Int(pages(range))
             }
             for chunk in report.dirty.chunks(maxPages: PageRecord.maxPages) {
+                if report.protectionDeferred, let tracker {
+                    // Best effort: an unprotected page is only reported again (sent twice),
+                    // never lost, so a failure here (process gone) must not fail the round.
+                    do { try tracker.protectBeforeCopy(process: report.process, range: chunk) } catch { stats.protectFailures += 1 }
+                }
                 records += try copy(chunk, of: report.process, round: r, stats: &stats, tracker: tracker)
                 onChunk?(stats.dataPages + stats.zeroPages, writer.bytesWritten - before)
             }

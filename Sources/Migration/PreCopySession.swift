@@ -57,7 +57,9 @@ public final class PreCopySession {
             round += 1
             try beforeRound?(round)
             let scannedAt = DispatchTime.now().uptimeNanoseconds
-            let scan = try tracker.scan(attachNew: true)
+            // Protection deferred to each chunk's read (PreCopySender): no page goes out
+            // twice for a write landing between this scan and its chunk's read.
+            let scan = try tracker.scan(attachNew: true, deferProtection: true)
             // Counted once: DirtyScan sums its ranges on every read, and at stride 4 a
             // round has one range per page (reading it per chunk made rounds quadratic).
             let dirtyPages = scan.dirtyPages

@@ -125,4 +125,36 @@ import Testing
         _ = try tracker.scan(attachNew: false)
         #expect(freezes == 2 && clears == 3)
     }
+
+    /// Protection per chunk (uffd-wp): a write between the scan and its chunk's read goes
+    /// out with that read and is NOT reported again; a write right after the chunk's read
+    /// is. Scan-time protection (deferred: false) reports both: the duplicate this removes.
+    @Test(arguments: [true, false])
+    func perChunkProtectionSendsMidRoundWritesOnce(deferred: Bool) throws {
+        let a = try ProbeTarget(pages: 16)
+        defer { a.terminate() }
+        let tracker = ContainerDirtyTracker(kind: .uffdWP, listProcesses: { [TrackedProcess.of(hostPID: a.pid)].compactMap { $0 } })
+        defer { tracker.close() }
+        let sender = PreCopySender(writer: PageRecordWriter(sink: MemoryByteStream()))
+        _ = try sender.sendRound(try tracker.scan(deferProtection: deferred), round: 1, tracker: tracker)
+
+        try a.write(pages: [2, 9])  // two chunks: 2..<3 is read before 9..<10
+        let scan = try tracker.scan(deferProtection: deferred)
+        let dirty = try #require(report(scan, a))
+        #expect(indexes(dirty.dirty, in: a) == [2, 9])
+        #expect(dirty.protectionDeferred == deferred)
+        try a.write(page: 9)  // after the scan, before page 9's chunk is read
+        let chunks = dirty.dirty.chunks(maxPages: PageRecord.maxPages)
+        let chunkOf2 = try #require(chunks.firstIndex { $0.contains(a.address(ofPage: 2)) })
+        var sent = 0
+        var wroteAfterRead = false
+        sender.onChunk = { _, _ in
+            sent += 1
+            if sent == chunkOf2 + 1 { wroteAfterRead = (try? a.write(page: 2)) != nil }
+        }
+        let stats = try sender.sendRound(scan, round: 2, tracker: tracker)
+        #expect(wroteAfterRead && stats.protectFailures == 0)
+        let next = try #require(report(try tracker.scan(deferProtection: deferred), a))
+        #expect(indexes(next.dirty, in: a) == (deferred ? [2] : [2, 9]))
+    }
 }
