@@ -138,6 +138,8 @@ public final class UDPProbeProcess {
     }
 
     private var stdout: String { text.value }
+    /// Everything the probe printed (its "resumed" lines with times, then its result).
+    public var transcript: String { text.value }
 
     /// How many gaps of at least 20 ms have ended so far.
     public var resumedCount: Int {

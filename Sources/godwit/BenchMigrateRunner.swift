@@ -120,6 +120,8 @@ final class BenchRunner {
         Thread.sleep(forTimeInterval: 0.2)
         let network = try probe.stop()
         probeStopped = true
+        // Raw data of the network figure: when each gap of 20 ms or more ended.
+        try? Data(probe.transcript.utf8).write(to: URL(fileURLWithPath: "\(rawDirectory)/\(workload.name)-probe.txt"))
         sample.networkDowntimeMillis = network.longestGapMillis
         sample.networkUnanswered = network.unansweredAtEnd
         let report = try workload.verify()

@@ -461,12 +461,15 @@ public actor SourceEngine {
         let c = host.container
         host.journal(SourceJournal(migrationID: restoring.frozen.transferring.session.id, peer: peer.name, container: c.name,
                                    phase: .doomed, initPID: c.initPID, imagesDirectory: c.imagesDirectory))
+        let silence = host.silencer()
         doomedTasks = try host.doom()
         // Alongside the commit request, not before it: it is not downtime of the copy
         // that is about to run.
-        let host = self.host, progress = self.progress
-        Task.detached {
-            if let why = host.silence() { progress.note("the doomed copy's links stay up: \(why)") }
+        let progress = self.progress
+        if let silence {
+            Task.detached {
+                if let why = silence() { progress.note("the doomed copy's links stay up: \(why)") }
+            }
         }
         try? await hooks.reach(.committing)
         let t = Self.now()

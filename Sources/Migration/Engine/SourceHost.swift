@@ -3,6 +3,7 @@ import Checkpoint
 import Foundation
 import GodwitCore
 import Memory
+import Synchronization
 
 /// What the source half of the engine needs from the host the container runs on. The
 /// engine decides *when*; the host knows *how* (cgroups, CRIU's leftovers, processes).
@@ -26,12 +27,13 @@ public protocol SourceHost: Sendable {
     func resume()
     /// Persists where a move stands (nil: no move), for the next daemon if this one dies.
     func journal(_ entry: SourceJournal?)
-    /// After the doom: the doomed copy's network goes quiet (best effort). Returns why not.
-    func silence() -> String?
+    /// Before the doom: what makes the doomed copy's network go quiet (best effort; the
+    /// closure returns why not). Taken while the tasks live, run after the doom.
+    func silencer() -> (@Sendable () -> String?)?
 }
 
 extension SourceHost {
-    public func silence() -> String? { nil }
+    public func silencer() -> (@Sendable () -> String?)? { nil }
 }
 
 /// The source container: where its processes, files and CRIU are.
@@ -91,33 +93,49 @@ public struct ContainerSourceHost: SourceHost {
     public func isHeldStill() -> Bool { container.cgroup.isHeldStill }
     public func doom() throws -> Int { try SourceTermination.killAll(cgroup: container.cgroup) }
 
-    /// A lazy dump keeps the doomed tasks, and so their network namespace, until the last
-    /// page left (seconds, for post-copy). CRIU's network lock is an inet table: it drops
-    /// IP, not ARP, so the doomed copy's kernel went on answering the client's ARP probes
-    /// with the container's MAC, and the bridges learnt that MAC back at this host's port:
-    /// clients lost the container, which ran elsewhere, for up to seconds after the
-    /// destination's gratuitous ARP. Its links go down instead (the page channel runs in
-    /// the daemon's namespace, not the container's).
-    public func silence() -> String? {
-        let net = "--net=/proc/\(container.initPID)/ns/net"
-        let links: CommandResult
-        do { links = try Command.run(["nsenter", net, "ip", "-o", "link", "show"]) } catch { return "\(error)" }
-        guard links.succeeded else { return links.lastErrorLine }
-        var failures: [String] = []
-        for line in links.stdout.split(separator: "\n") {
-            // "2: eth0@if7: <...>": the name up to "@" or ":".
-            let fields = line.split(separator: ":", maxSplits: 2)
-            guard fields.count >= 2 else { continue }
-            let name = fields[1].trimmingCharacters(in: .whitespaces).split(separator: "@").first.map(String.init) ?? ""
-            guard !name.isEmpty, name != "lo" else { continue }
-            let down = try? Command.run(["nsenter", net, "ip", "link", "set", "dev", name, "down"])
-            if down?.succeeded != true { failures.append("\(name): \(down?.lastErrorLine ?? "ip did not run")") }
+    /// A lazy dump keeps the doomed copy's network namespace alive until the last page
+    /// left (seconds, for post-copy): CRIU holds it open after the doom killed every task.
+    /// Its kernel goes on: neighbour probes to the clients, with the container's MAC, about
+    /// 5 s after the commit (the lab showed the bridges' learnt port for that MAC flip
+    /// back to this host then, and clients lose the container for a second or two).
+    /// CRIU's network lock is an inet table: it drops IP, not ARP. So the links go down.
+    /// The namespace is opened now, while the init lives (after the doom /proc/PID/ns is
+    /// gone); the closure enters it through this process's descriptor.
+    public func silencer() -> (@Sendable () -> String?)? {
+        let fd = open("/proc/\(container.initPID)/ns/net", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        let handle = NamespaceHandle(fd: fd)
+        return {
+            let net = "--net=/proc/\(getpid())/fd/\(handle.fd)"
+            defer { handle.close() }
+            let links: CommandResult
+            do { links = try Command.run(["nsenter", net, "ip", "-o", "link", "show"]) } catch { return "\(error)" }
+            guard links.succeeded else { return links.lastErrorLine }
+            var failures: [String] = []
+            for line in links.stdout.split(separator: "\n") {
+                // "2: eth0@if7: <...>": the name up to "@" or ":".
+                let fields = line.split(separator: ":", maxSplits: 2)
+                guard fields.count >= 2 else { continue }
+                let name = fields[1].trimmingCharacters(in: .whitespaces).split(separator: "@").first.map(String.init) ?? ""
+                guard !name.isEmpty, name != "lo" else { continue }
+                let down = try? Command.run(["nsenter", net, "ip", "link", "set", "dev", name, "down"])
+                if down?.succeeded != true { failures.append("\(name): \(down?.lastErrorLine ?? "ip did not run")") }
+            }
+            return failures.isEmpty ? nil : failures.joined(separator: "; ")
         }
-        return failures.isEmpty ? nil : failures.joined(separator: "; ")
     }
 
     public func resume() {
         try? container.cgroup.thaw()
         CRIUNetworkLock.removeLeftover(initPID: container.initPID, tasks: container.cgroup.processes())
     }
+}
+
+/// A namespace descriptor handed to the closure that uses it, closed exactly once.
+final class NamespaceHandle: Sendable {
+    let fd: Int32
+    private let closed = Atomic<Bool>(false)
+    init(fd: Int32) { self.fd = fd }
+    func close() { if !closed.exchange(true, ordering: .relaxed) { Glibc.close(fd) } }
+    deinit { close() }
 }
