@@ -64,7 +64,9 @@ struct LazyMigrationTests {
         #expect(report.outcome == "moved" && report.allLocalMillis != nil)
         // Every page comes from the source (some ahead of their fault, then served locally).
         #expect(f.pagesFetchedOnFault >= 2 * 16384, "post-copy fetches everything")
-        #expect(f.pagesServedLocally + f.pagesFetchedOnFault >= f.pagesRequested)
+        // (pagesRequested counts what lazy-pages asked for, and it asks again for the rest of a
+        // short answer, which the proxy's walk makes whenever its window ends mid-request:
+        // not comparable with pages served. Each page delivered once is what counts.)
         #expect(f.pagesFetchedTwice == 0 && f.pagesRequestedTwice == 0)
         #expect(f.pagesFetchedOnFault == f.lazyPages, "each lazy page fetched exactly once")
         #expect(move.doomedTasks == 2)
