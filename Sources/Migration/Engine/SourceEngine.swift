@@ -89,7 +89,7 @@ public actor SourceEngine {
     private var revert = RevertList()
     private var report: MoveReport
     private var phases: [MovePhase] = []
-    private var phase = "negotiation"
+    var phase = "negotiation"
     private var memory = MoveMemoryFigures()
     /// The cap and compression of this move (none until the negotiation decided them).
     var link = MoveLink.none
@@ -485,7 +485,7 @@ public actor SourceEngine {
 
     /// The destination no longer needs the page session (it lost the container, or the
     /// relay gave up): a lost move then ends CRIU's session too.
-    private var pageSessionOver = false
+    var pageSessionOver = false
 
     /// How many source tasks the commit doomed.
     public private(set) var doomedTasks = 0
@@ -502,77 +502,7 @@ public actor SourceEngine {
             let t = Self.now()
             phase = "background page transfer"
             try? await hooks.reach(.pageTransfer)
-            // The peer's number: checked, never trusted to convert or multiply.
-            let lazyPages = UInt64(exactly: max(0, status.lazyPages ?? 0)) ?? 0
-            let (product, overflow) = lazyPages.multipliedReportingOverflow(by: systemPageSize)
-            let expected = overflow ? 0 : product
-            progress.begin("pages to \(peer.name)", expected: expected > 0 ? expected : nil)
-            // Lack of progress ends the wait, not its length; a status query that fails now
-            // and then (a busy or briefly unreachable destination) is asked again.
-            var lastChange = Self.now()
-            var lastBytes = relay.bytesToDestination
-            var lastError: String?
-            var relayEndedAt: UInt64?
-            var wasDown = false
-            var downNoted = -1
-            let poll = StatusPoll(session)
-            while status.phase == "fetching" || status.phase == "restored" {
-                try? await Task.sleep(for: .milliseconds(100))
-                let bytes = relay.bytesToDestination
-                if let down = relay.linkDown {
-                    // The relay reconnects within the grace period: that wait is not silence.
-                    // Said once a second: the note is always shown.
-                    if Int(down.seconds) != downNoted {
-                        downNoted = Int(down.seconds)
-                        progress.note("waiting for the link to \(peer.name): the page channel is down since \(Int(down.seconds)) s "
-                                      + "(grace \(host.container.config.postCopyGraceSeconds) s): \(down.reason)")
-                    }
-                    wasDown = true
-                    lastChange = Self.now()
-                } else {
-                    if wasDown, !relay.hasEnded { progress.note("the page channel to \(peer.name) is back (reconnect \(relay.reconnects))") }
-                    wasDown = false
-                    downNoted = -1
-                    progress.advance(bytes, expected: expected > 0 ? expected : nil)
-                }
-                switch poll.next() {
-                case .success(let answer)?:
-                    status = answer
-                    lastError = nil
-                case .failure(let error)?:
-                    lastError = (error as? GodwitError)?.message ?? "\(error)"
-                case nil where poll.waitingSeconds > 5:
-                    lastError = "no answer from \(peer.name) for \(Int(poll.waitingSeconds)) s"
-                case nil:
-                    break
-                }
-                if bytes != lastBytes || lastError == nil && status.phase != "fetching" { lastChange = Self.now(); lastBytes = bytes }
-                // The relay gave up (the link stayed down past the grace period, or CRIU's
-                // page server is gone): no page can come from here any more. A destination
-                // that had every page says done at once; otherwise the container is lost.
-                if let failure = relay.failure, status.phase == "fetching" || lastError != nil {
-                    let at = relayEndedAt ?? Self.now()
-                    relayEndedAt = at
-                    if Double(Self.now() - at) / 1e9 > 10 {
-                        pageSessionOver = true
-                        // The destination would otherwise wait out its grace period with
-                        // its tasks stuck on pages that can't come.
-                        await session.sourceLost()
-                        throw GodwitError("the container was lost after its commit: \(failure)")
-                    }
-                }
-                // With the page channel gone nothing more can come from here: only the
-                // destination's last word is awaited, for a shorter while.
-                let limit = relay.hasEnded ? Self.stallSeconds / 4 : Self.stallSeconds
-                if Double(Self.now() - lastChange) / 1e9 > limit, let lastError {
-                    throw GodwitError("\(peer.name) stopped answering while pages were still arriving: \(lastError)")
-                }
-            }
-            // Only "done" is a move; anything else means the destination no longer runs it.
-            guard status.phase == "done" else {
-                pageSessionOver = true
-                throw GodwitError("the container was lost after its commit: \(status.lost ?? status.reason ?? status.phase)")
-            }
+            status = try await followBackgroundTransfer(session, relay: relay, after: status)
             phases.append(MovePhase(name: "background page transfer", millis: millis(since: t), bytes: relay.bytesToDestination))
             if let push = pushSender, let pushed = await blocking({ push.wait(timeout: 30) }) {
                 phases.append(MovePhase(name: "background push", millis: Double(pushed.nanos) / 1e6, bytes: pushed.bytes))
