@@ -322,7 +322,14 @@ public actor SourceEngine {
                     }
                 }
                 finalScan = scan
-                revert.add("wait for the final scan") { _ = await scan.result }
+                // On a rollback the scan may sit in a write to a destination that no longer
+                // reads: end the channel first, then wait, so the source resumes only after
+                // the scan let go of the tasks.
+                let channel = scanning.value.2
+                revert.add("wait for the final scan") {
+                    shutdown(channel, Int32(SHUT_RDWR))
+                    _ = await scan.result
+                }
             }
             try await blocking { try d.waitUntilServing() }
             return ((d, connection), 0)
