@@ -9,14 +9,6 @@ import Testing
 /// compression on and off: the cap is applied, compressed pages arrive intact.
 @Suite(.serialized)
 struct BandwidthMoveTests {
-    static let keys = ["migration.incremental.memory.goal": "100", "migration.incremental.memory.iterations": "2",
-                       "migration.incremental.memory.autoconverge": "false", "migration.incremental.memory.tracker": "uffd-wp"]
-
-    func waitRunning(_ container: RunningContainer) {
-        let rootfs = container.rootfs.path
-        _ = eventually(10) { MigrationLab.processes(of: container.cgroup).allSatisfy { MigrationLab.counter(rootfs: rootfs, nsPID: $0.nsPID) >= 3 } }
-    }
-
     func expectVerified(_ lab: MigrationLab, _ container: RunningContainer, _ move: EngineMove, processes: Int,
                         sourceLocation: SourceLocation = #_sourceLocation) {
         let dst = lab.destinationCgroup(for: container)
@@ -35,8 +27,8 @@ struct BandwidthMoveTests {
         defer { lab.cleanUp() }
         let tag = "bw" + String(strategy.rawValue.prefix(4))
         let container = try lab.start(try lab.spec(tag, writer: ["32", "32", "4", "4000", "0"]))
-        waitRunning(container)
-        var keys = Self.keys
+        MigrationLab.waitUntilWriting(container)
+        var keys = EngineTests.keys
         keys["migration.bandwidth"] = "1gbit"
         keys["migration.compression"] = "off"
         let cap = Bandwidth(bitsPerSecond: 100_000_000)
@@ -73,8 +65,8 @@ struct BandwidthMoveTests {
         let tag = "z" + String(strategy.rawValue.prefix(3)) + compression
         let container = try lab.start(try lab.spec(tag, writer: ["32", "64", "16", "4000", "1", "0", "1"]))
         #expect(eventually(10) { MigrationLab.processes(of: container.cgroup).count == 2 })
-        waitRunning(container)
-        var keys = Self.keys
+        MigrationLab.waitUntilWriting(container)
+        var keys = EngineTests.keys
         keys["migration.compression"] = compression
         // A cap keeps the link the bottleneck for auto, as a real WAN link would be.
         let move = try await lab.engineMove(container, strategy: strategy, tag: tag, config: keys,

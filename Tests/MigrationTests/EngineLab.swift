@@ -128,6 +128,14 @@ extension MigrationLab {
 }
 
 extension MigrationLab {
+    /// Until `processes` writers run in the container (if given) and each has counted at
+    /// least 3 rounds over its pages: memory touched, ready to be moved.
+    static func waitUntilWriting(_ container: RunningContainer, processes: Int? = nil) {
+        let rootfs = container.rootfs.path
+        if let processes { _ = eventually(10) { Self.processes(of: container.cgroup).count == processes } }
+        _ = eventually(10) { Self.processes(of: container.cgroup).allSatisfy { counter(rootfs: rootfs, nsPID: $0.nsPID) >= 3 } }
+    }
+
     /// After a rollback: the source runs on (thawed, its writer counting and verifying its
     /// memory), nothing of the container is left on the destination, no CRIU is left.
     func expectRolledBack(_ container: RunningContainer, _ move: EngineMove,

@@ -15,11 +15,6 @@ struct EngineTests {
     static let keys = ["migration.incremental.memory.goal": "100", "migration.incremental.memory.iterations": "2",
                        "migration.incremental.memory.autoconverge": "false", "migration.incremental.memory.tracker": "uffd-wp"]
 
-    func waitRunning(_ container: RunningContainer) {
-        let rootfs = container.rootfs.path
-        _ = eventually(10) { MigrationLab.processes(of: container.cgroup).allSatisfy { MigrationLab.counter(rootfs: rootfs, nsPID: $0.nsPID) >= 3 } }
-    }
-
     /// At the destination's commit: every source task is doomed, and every restored task is
     /// still stopped. Recorded by the loopback peer's hook, checked after the move.
     final class CommitOrder: @unchecked Sendable {
@@ -48,7 +43,7 @@ struct EngineTests {
         let tag = "all" + String(strategy.rawValue.prefix(4))
         let container = try lab.start(try lab.spec(tag, writer: ["32", "64", "16", "4000", "1"]))
         #expect(eventually(10) { MigrationLab.processes(of: container.cgroup).count == 2 })
-        waitRunning(container)
+        MigrationLab.waitUntilWriting(container)
         let order = CommitOrder()
         let dst = lab.destinationCgroup(for: container)
         // While CRIU holds the container, nothing on the host can reach its page server.
@@ -105,7 +100,7 @@ struct EngineTests {
         defer { lab.cleanUp() }
         let tag = "rb" + String(point.rawValue.prefix(5))
         let container = try lab.start(try lab.spec(tag, writer: ["16", "16", "8", "4000", "0"]))
-        waitRunning(container)
+        MigrationLab.waitUntilWriting(container)
         let reached = Lines()
         var hooks = SourceHooks(failAt: point)
         hooks.onReach = { p in reached.append(p.rawValue) }
@@ -125,7 +120,7 @@ struct EngineTests {
         defer { lab.cleanUp() }
         let tag = "lc" + String(strategy.rawValue.prefix(4))
         let container = try lab.start(try lab.spec(tag, writer: ["16", "32", "8", "4000", "0"]))
-        waitRunning(container)
+        MigrationLab.waitUntilWriting(container)
         let cancelled = Locked(false)
         let moving = Locked<Task<EngineMove, Error>?>(nil)
         let handed = HandOff((lab, container))
@@ -160,7 +155,7 @@ struct EngineTests {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("dfail", writer: ["16", "16", "8", "4000", "0"]))
-        waitRunning(container)
+        MigrationLab.waitUntilWriting(container)
         let move = try await lab.engineMove(container, strategy: .stopAndCopy, tag: "dfail") { peer in peer.failRestore = true }
         #expect(move.failureReport?.failedPhase == "memory + restore")
         lab.expectRolledBack(container, move)

@@ -28,12 +28,6 @@ struct LazyMigrationTests {
     static let hybridKeys = ["migration.incremental.memory.goal": "100", "migration.incremental.memory.iterations": "3",
                              "migration.incremental.memory.autoconverge": "false"]
 
-    func waitRunning(_ lab: MigrationLab, _ container: RunningContainer, processes: Int = 1) {
-        let rootfs = container.rootfs.path
-        _ = eventually(10) { MigrationLab.processes(of: container.cgroup).count == processes }
-        _ = eventually(10) { MigrationLab.processes(of: container.cgroup).allSatisfy { MigrationLab.counter(rootfs: rootfs, nsPID: $0.nsPID) >= 3 } }
-    }
-
     /// The restored writers run on and verify every page (after all pages are local).
     func expectHealthyDestination(_ lab: MigrationLab, _ container: RunningContainer, _ move: EngineMove,
                                   processes: Int) -> [pid_t: String] {
@@ -57,7 +51,7 @@ struct LazyMigrationTests {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("post", writer: ["64", "256", "16", "4000", "1"]))
-        waitRunning(lab, container, processes: 2)
+        MigrationLab.waitUntilWriting(container, processes: 2)
         let move = try await lab.engineMove(container, strategy: .postCopy, tag: "post")
         let report = try move.result.get()
         let f = move.figures
@@ -80,7 +74,7 @@ struct LazyMigrationTests {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("hyb", writer: ["64", "256", "16", "4000", "1"]))
-        waitRunning(lab, container, processes: 2)
+        MigrationLab.waitUntilWriting(container, processes: 2)
         let move = try await lab.engineMove(container, strategy: .hybrid, tag: "hyb",
                                             config: Self.hybridKeys.merging(["migration.incremental.memory.tracker": "uffd-wp"]) { $1 })
         let report = try move.result.get()
@@ -113,7 +107,7 @@ struct LazyMigrationTests {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("cut", writer: ["64", "64", "16", "4000", "0"]))
-        waitRunning(lab, container)
+        MigrationLab.waitUntilWriting(container, processes: 1)
         let rootfs = container.rootfs.path
         let move = try await lab.engineMove(container, strategy: .postCopy, tag: "cut", config: ["migration.postcopy.grace": "2"]) { peer in
             peer.onEngine = { engine in
@@ -150,7 +144,7 @@ struct LazyMigrationTests {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("hcut", writer: ["32", "64", "16", "4000", "0"]))
-        waitRunning(lab, container)
+        MigrationLab.waitUntilWriting(container, processes: 1)
         let move = try await lab.engineMove(container, strategy: .hybrid, tag: "hcut",
                                             config: Self.hybridKeys.merging(["migration.incremental.memory.iterations": "2",
                                                                              "migration.postcopy.grace": "2"]) { $1 }) { peer in
@@ -187,7 +181,7 @@ struct LazyMigrationTests {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("relink", writer: ["64", "256", "16", "4000", "1"]))
-        waitRunning(lab, container, processes: 2)
+        MigrationLab.waitUntilWriting(container, processes: 2)
         let move = try await lab.engineMove(container, strategy: .postCopy, tag: "relink",
                                             config: ["migration.postcopy.grace": "30"]) { peer in
             peer.pageChannelCuttable = true
@@ -226,7 +220,7 @@ struct LazyMigrationTests {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("nolink", writer: ["64", "64", "16", "4000", "0"]))
-        waitRunning(lab, container)
+        MigrationLab.waitUntilWriting(container, processes: 1)
         let rootfs = container.rootfs.path
         let move = try await lab.engineMove(container, strategy: .postCopy, tag: "nolink",
                                             config: ["migration.postcopy.grace": "3"]) { peer in
@@ -277,7 +271,7 @@ struct LazyMigrationTests {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("lfail", writer: ["16", "16", "8", "4000", "0"]))
-        waitRunning(lab, container)
+        MigrationLab.waitUntilWriting(container, processes: 1)
         let move = try await lab.engineMove(container, strategy: .postCopy, tag: "lfail",
                                             destinationImage: lab.directory + "/no-such-image")
         lab.expectRolledBack(container, move)
@@ -290,7 +284,7 @@ struct LazyMigrationTests {
         let lab = try MigrationLab()
         defer { lab.cleanUp() }
         let container = try lab.start(try lab.spec("kill", writer: ["32", "32", "16", "4000", "0"]))
-        waitRunning(lab, container)
+        MigrationLab.waitUntilWriting(container, processes: 1)
         let rootfs = container.rootfs.path
         let images = lab.imagesRoot + "/src-kill"
         var options = DumpOptions(pid: container.initPID, imagesDirectory: images)
@@ -341,7 +335,7 @@ struct LazyMigrationTests {
             defer { lab.cleanUp() }
             let tag = strategy.rawValue.replacingOccurrences(of: "-", with: "")
             let container = try lab.start(try lab.spec("b" + String(tag.prefix(6)), writer: ["256", "256", "16", "4000", "0"]))
-            waitRunning(lab, container)
+            MigrationLab.waitUntilWriting(container, processes: 1)
             let move = try await lab.engineMove(container, strategy: strategy, tag: tag, config: Self.hybridKeys)
             let r = try move.result.get()
             let v = expectHealthyDestination(lab, container, move, processes: 1)
