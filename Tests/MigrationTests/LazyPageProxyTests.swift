@@ -17,21 +17,25 @@ final class FakePageServer: LazyPageUpstream, @unchecked Sendable {
 
     static func page(_ vaddr: UInt64) -> [UInt8] { [UInt8](repeating: UInt8(truncatingIfNeeded: vaddr >> 12), count: 4096) }
 
+    /// What CRIU's page server answers to `request`: CLOSE with status 0, a GET with its
+    /// header (ADD_F | PE_PRESENT) and the pages (nil `get` for CLOSE).
+    static func answer(_ request: UnsafeRawBufferPointer) -> (get: (ns: UInt64, vaddr: UInt64, pages: Int)?, reply: [UInt8]) {
+        let cmd = request.loadUnaligned(fromByteOffset: 0, as: UInt32.self)
+        guard cmd != 0x1023 else { return (nil, [0, 0, 0, 0]) }
+        let nr = request.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+        let vaddr = request.loadUnaligned(fromByteOffset: 16, as: UInt64.self)
+        let ns = request.loadUnaligned(fromByteOffset: 24, as: UInt64.self)
+        var reply = [UInt8](request)
+        reply.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(0x0004_0006), toByteOffset: 0, as: UInt32.self) }
+        for i in 0..<Int(nr) { reply += page(vaddr + UInt64(i * 4096)) }
+        return ((ns, vaddr, Int(nr)), reply)
+    }
+
     func send(_ bytes: UnsafeRawBufferPointer) throws {
-        let cmd = bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self)
-        let nr = bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
-        let vaddr = bytes.loadUnaligned(fromByteOffset: 16, as: UInt64.self)
+        let (get, reply) = Self.answer(bytes)
         cond.lock(); defer { cond.unlock() }
-        if cmd == 0x1023 {
-            closed = true
-            outgoing += [0, 0, 0, 0]
-        } else {
-            gets.append((vaddr, Int(nr)))
-            var h = [UInt8](bytes)
-            h.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(0x0004_0006), toByteOffset: 0, as: UInt32.self) }
-            outgoing += h
-            for i in 0..<Int(nr) { outgoing += Self.page(vaddr + UInt64(i * 4096)) }
-        }
+        if let get { gets.append((get.vaddr, get.pages)) } else { closed = true }
+        outgoing += reply
         cond.broadcast()
     }
 

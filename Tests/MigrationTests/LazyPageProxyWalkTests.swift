@@ -15,20 +15,10 @@ final class GatedPageServer: LazyPageUpstream, @unchecked Sendable {
     private var aborted = false
 
     func send(_ bytes: UnsafeRawBufferPointer) throws {
-        let cmd = bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self)
-        let nr = bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
-        let vaddr = bytes.loadUnaligned(fromByteOffset: 16, as: UInt64.self)
-        let ns = bytes.loadUnaligned(fromByteOffset: 24, as: UInt64.self)
+        let (get, reply) = FakePageServer.answer(bytes)
         cond.lock(); defer { cond.unlock() }
-        if cmd == 0x1023 {
-            outgoing += [0, 0, 0, 0]
-        } else {
-            gets.append((ns, vaddr, Int(nr)))
-            var h = [UInt8](bytes)
-            h.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(0x0004_0006), toByteOffset: 0, as: UInt32.self) }
-            outgoing += h
-            for i in 0..<Int(nr) { outgoing += FakePageServer.page(vaddr + UInt64(i * 4096)) }
-        }
+        if let get { gets.append(get) }
+        outgoing += reply
         cond.broadcast()
     }
 
