@@ -102,20 +102,10 @@ public final class ListenQueueDrain: Sendable {
     /// the container's. A veth whose peer lives in another namespace reads "3: eth0@if7:"
     /// (index, name, the peer's index over there); both ends must name each other.
     static func hostEnds(containerLinks: String, hostLinks: String) -> [String] {
-        let container = links(containerLinks)
-        return links(hostLinks).filter { host in
-            container.contains { $0.peer == host.index && host.peer == $0.index }
+        let container = LinkListing.parse(containerLinks)
+        return LinkListing.parse(hostLinks).filter { host in
+            container.contains { $0.peer != nil && $0.peer == host.index && host.peer == $0.index }
         }.map(\.name)
-    }
-
-    private static func links(_ listing: String) -> [(index: Int, name: String, peer: Int)] {
-        listing.split(separator: "\n").compactMap { line in
-            let fields = line.split(separator: ":", maxSplits: 2)
-            guard fields.count == 3, let index = Int(fields[0]) else { return nil }
-            let parts = fields[1].trimmingCharacters(in: .whitespaces).split(separator: "@")
-            guard parts.count == 2, parts[1].hasPrefix("if"), let peer = Int(parts[1].dropFirst(2)) else { return nil }
-            return (index, String(parts[0]), peer)
-        }
     }
 
     /// `ss` asks the kernel for listeners and half-open connections only: reading
@@ -137,6 +127,21 @@ public final class ListenQueueDrain: Sendable {
             case "SYN-RECV": return sum + 1
             default: return sum
             }
+        }
+    }
+}
+
+/// `ip -o link show`, read: one line per link, "3: eth0@if7: <...>" (index, name, and for a
+/// veth whose peer lives in another namespace, the peer's index over there).
+public enum LinkListing {
+    public static func parse(_ listing: String) -> [(index: Int, name: String, peer: Int?)] {
+        listing.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: ":", maxSplits: 2)
+            guard fields.count == 3, let index = Int(fields[0]) else { return nil }
+            let parts = fields[1].trimmingCharacters(in: .whitespaces).split(separator: "@")
+            guard let name = parts.first.map(String.init), !name.isEmpty else { return nil }
+            let peer = parts.count == 2 && parts[1].hasPrefix("if") ? Int(parts[1].dropFirst(2)) : nil
+            return (index, name, peer)
         }
     }
 }

@@ -17,6 +17,11 @@ import Testing
         // Index 5 names a peer with index 2 too, but another container's: both ends must match.
         #expect(ListenQueueDrain.hostEnds(containerLinks: container, hostLinks: host) == ["gw31840c1a6d97"])
         #expect(ListenQueueDrain.hostEnds(containerLinks: "", hostLinks: host).isEmpty)
+        // Every link is listed (the doomed copy's silencer takes all but lo down); only a
+        // veth with its peer elsewhere has a peer index.
+        let links = LinkListing.parse(container)
+        #expect(links.map(\.name) == ["lo", "eth0"] && links.map(\.peer) == [nil, 4])
+        #expect(LinkListing.parse(host).map(\.name) == ["lo", "br0", "gw31840c1a6d97", "gw0000aaaabbbb"])
     }
 
     @Test func pendingCountsQueuedAndHalfOpenConnections() {

@@ -112,12 +112,7 @@ public struct ContainerSourceHost: SourceHost {
             do { links = try Command.run(["nsenter", net, "ip", "-o", "link", "show"]) } catch { return "\(error)" }
             guard links.succeeded else { return links.lastErrorLine }
             var failures: [String] = []
-            for line in links.stdout.split(separator: "\n") {
-                // "2: eth0@if7: <...>": the name up to "@" or ":".
-                let fields = line.split(separator: ":", maxSplits: 2)
-                guard fields.count >= 2 else { continue }
-                let name = fields[1].trimmingCharacters(in: .whitespaces).split(separator: "@").first.map(String.init) ?? ""
-                guard !name.isEmpty, name != "lo" else { continue }
+            for name in LinkListing.parse(links.stdout).map(\.name) where name != "lo" {
                 let down = try? Command.run(["nsenter", net, "ip", "link", "set", "dev", name, "down"])
                 if down?.succeeded != true { failures.append("\(name): \(down?.lastErrorLine ?? "ip did not run")") }
             }
