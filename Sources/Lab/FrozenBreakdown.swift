@@ -27,9 +27,10 @@ public enum FrozenBreakdown {
         let groups = Dictionary(grouping: moved, by: \.configuration)
         return groups.keys.sorted().map { configuration in
             let runs = groups[configuration] ?? []
+            let keyedRuns = runs.map(keyed)
             var phases: [String: Double] = [:]
             for name in columns(runs) {
-                let values = runs.compactMap { run in keyed(run)[name] }
+                let values = keyedRuns.compactMap { $0[name] }
                 if let stat = BenchStat(values) { phases[name] = stat.median }
             }
             let others = runs.compactMap { run -> Double? in
