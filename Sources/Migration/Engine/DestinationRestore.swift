@@ -318,7 +318,9 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
 
     /// `fromSource`: the upstream is the source's page server, whose channel may break and
     /// come back; otherwise it is the local store alone (LocalLazyRestore).
-    func restore(upstream: LazyPageUpstream, push: Int32?, fromSource: Bool) throws -> pid_t {
+    /// `lazy`: the dump's lazy pagemap entries, when the caller read them already.
+    func restore(upstream: LazyPageUpstream, push: Int32?, fromSource: Bool,
+                 lazy known: [(id: Int32, entries: [PagemapEntry])]? = nil) throws -> pid_t {
         if let push { parts.withLock { $0.pushFD = push } }
         let images = target.restore.imagesDirectory
         let t = Self.now()
@@ -337,7 +339,7 @@ public final class LazyRestore: RestoreBase, RestoreMethod, @unchecked Sendable 
             proxy.backgroundWindowPages = LazyPageProxy.remoteBackgroundWindowPages
             proxy.backgroundChunkPages = LazyPageProxy.remoteBackgroundChunkPages
         }
-        let lazy = try ImageRebuilder(directory: images).lazyEntries()
+        let lazy = try known ?? ImageRebuilder(directory: images).lazyEntries()
         proxy.lazyRuns = Dictionary(lazy.map { item in
             (item.id, item.entries.map { $0.vaddr..<($0.vaddr + UInt64($0.pages) * systemPageSize) }.sorted { $0.lowerBound < $1.lowerBound })
         }, uniquingKeysWith: { a, _ in a })

@@ -37,8 +37,9 @@ public final class LocalLazyRestore: RestoreMethod, Sendable {
         if let push { close(push) }
         let client = PageServerClient(connected: fd, peer: "source")
         self.client.withLock { $0 = HandOff(client) }
-        try lazy.fetchMissing(from: client, lazyEntries: ImageRebuilder(directory: lazy.target.restore.imagesDirectory).lazyEntries())
-        return try lazy.restore(upstream: LocalStoreUpstream(), push: nil, fromSource: false)
+        let entries = try ImageRebuilder(directory: lazy.target.restore.imagesDirectory).lazyEntries()
+        try lazy.fetchMissing(from: client, lazyEntries: entries)
+        return try lazy.restore(upstream: LocalStoreUpstream(), push: nil, fromSource: false, lazy: entries)
     }
 
     public func commit() throws {
