@@ -45,6 +45,8 @@ public struct DumpOptions: Sendable {
     /// A descriptor CRIU inherits and writes one byte to once its page server listens
     /// (`--status-fd`), then closes; LazyDump sets it and waits on the other end.
     public var statusFD: Int32?
+    /// The container's cgroup: its whole tree is recorded beside the images (CgroupTree).
+    public var cgroup: Cgroup?
 
     public init(pid: Int32, imagesDirectory: String) {
         self.pid = pid
@@ -72,6 +74,8 @@ public struct RestoreOptions: Sendable {
     /// Leave the restored tasks stopped (SIGSTOP) instead of running, e.g. to compare their
     /// memory with the source's before they change it; SIGCONT them afterwards.
     public var leaveStopped = false
+    /// The container's cgroup on this host: the dumped tree is recreated below it first.
+    public var cgroup: Cgroup?
 
     public init(imagesDirectory: String, rootfs: String, pidFile: String) {
         self.imagesDirectory = imagesDirectory
@@ -111,6 +115,10 @@ public struct CRIU: Sendable {
             + ["--network-lock", CRIUNetworkLock.backend]
         if o.tcpEstablished { args.append("--tcp-established") }
         if o.skipInFlight { args.append("--skip-in-flight") }
+        // systemd mounts a ramfs per service for its credentials (/run/credentials/UNIT),
+        // and CRIU knows no ramfs: with this it re-creates them, empty. CheckpointReadiness
+        // refuses a container whose ramfs holds files, so nothing is lost silently.
+        args += ["--enable-fs", "ramfs"]
         if o.manageCgroups { args.append("--manage-cgroups=full") }
         if let freezer = o.freezerCgroup { args += ["--freeze-cgroup", freezer] }
         if o.leaveRunning { args.append("--leave-running") }
@@ -148,6 +156,8 @@ public struct CRIU: Sendable {
         defer { drain?.end() }
         let log = CRIULogFile.named("dump.log", directory: options.imagesDirectory)
         let run = try run(dumpArguments(options, log: log), directory: options.imagesDirectory, logPath: log.path, phase: "dump")
+        // The tasks are gone but their cgroups are not removed before the caller stops them.
+        if let cgroup = options.cgroup { try CgroupTree.record(cgroup, into: options.imagesDirectory) }
         // A stateful stop keeps these until the next start.
         OwnerOnly.restrictFiles(in: options.imagesDirectory)
         return run
@@ -157,6 +167,7 @@ public struct CRIU: Sendable {
     public func restore(_ options: RestoreOptions) throws -> (pid: Int32, run: CRIURun) {
         // CRIU refuses to overwrite a pidfile.
         try? FileManager.default.removeItem(atPath: options.pidFile)
+        if let cgroup = options.cgroup { try CgroupTree.recreate(below: cgroup, from: options.imagesDirectory) }
         let log = CRIULogFile.named("restore.log", directory: options.imagesDirectory)
         let run = try run(restoreArguments(options, log: log), directory: options.imagesDirectory, logPath: log.path, phase: "restore")
         guard let text = HostEnvironment.read(options.pidFile), let pid = Int32(text) else {

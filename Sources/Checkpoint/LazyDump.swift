@@ -74,6 +74,8 @@ public final class LazyDump: Sendable {
         defer { drain?.end() }
         switch process.waitUntilReady(timeout: timeout) {
         case .ready where process.isRunning:
+            // Every image is written and the tasks are held: the tree can't change.
+            if let cgroup = options.cgroup { try CgroupTree.record(cgroup, into: options.imagesDirectory) }
             return
         case .ready, .exited:
             _ = process.waitForExit(timeout: 5)

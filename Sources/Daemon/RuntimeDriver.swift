@@ -34,7 +34,8 @@ public final class RuntimeDriver: ContainerDriver, Sendable {
         let limits = ResourceLimits(memoryBytes: spec.config.memoryLimit, pidsMax: spec.config.processLimit,
                                     cpuQuota: spec.config.cpuLimit)
         return try ContainerSpec(name: spec.name, image: spec.imageRootfs.path, initCommand: Self.initCommand,
-                                 environment: spec.config.environment, network: network, limits: limits)
+                                 environment: spec.config.environment, network: network, limits: limits,
+                                 system: ContainerSpec.initIsSystemd(imageRootfs: spec.imageRootfs.path))
     }
 
 
@@ -81,6 +82,7 @@ public final class RuntimeDriver: ContainerDriver, Sendable {
         let criu = try CRIU.locate(setting: criuSetting)
         var options = DumpOptions(pid: container.initPID, imagesDirectory: directory.path)
         options.freezerCgroup = container.cgroup.directory(for: "freezer")
+        options.cgroup = container.cgroup
         try await blocking { [runtime, options] in
             _ = try criu.dump(options)
             // The dump killed the tasks; what stopping leaves (orphans, the veth) goes too.
@@ -98,6 +100,7 @@ public final class RuntimeDriver: ContainerDriver, Sendable {
             try cgroup.create()
             var options = RestoreOptions(imagesDirectory: directory.path, rootfs: rootfs.path,
                                          pidFile: directory.appendingPathComponent("restore.pid").path)
+            options.cgroup = cgroup
             if let network = cspec.network, let veth = runtime.veth(for: cspec) {
                 try veth.remove(in: runtime.configuration.hostNetwork)
                 options.veths = [VethMapping(containerInterface: Veth.containerName, hostInterface: veth.hostName,

@@ -163,15 +163,62 @@ public struct Cgroup: Codable, Sendable, Equatable {
         return nil
     }
 
-    /// Host pids of every process in the cgroup, from all hierarchies.
+    /// Host pids of every process in the cgroup and its sub-cgroups (a systemd container
+    /// keeps its services in slices of its own), from all hierarchies.
     public func processes() -> [pid_t] {
         var pids = Set<pid_t>()
         for dir in directories {
-            for line in (HostEnvironment.read(dir + "/cgroup.procs") ?? "").split(separator: "\n") {
-                if let pid = pid_t(line) { pids.insert(pid) }
+            for sub in [""] + Self.subdirectories(of: dir) {
+                for line in (HostEnvironment.read(dir + "/" + sub + "/cgroup.procs") ?? "").split(separator: "\n") {
+                    if let pid = pid_t(line) { pids.insert(pid) }
+                }
             }
         }
         return pids.sorted()
+    }
+
+    /// Paths of every cgroup below `dir`, relative, parents before children.
+    public static func subdirectories(of dir: String, limit: Int = 10_000) -> [String] {
+        var found: [String] = []
+        var queue = [""]
+        while let next = queue.first, found.count < limit {
+            queue.removeFirst()
+            let here = next.isEmpty ? dir : dir + "/" + next
+            for child in ((try? FileManager.default.contentsOfDirectory(atPath: here)) ?? []).sorted() {
+                var isDirectory: ObjCBool = false
+                let rel = next.isEmpty ? child : next + "/" + child
+                guard FileManager.default.fileExists(atPath: dir + "/" + rel, isDirectory: &isDirectory),
+                      isDirectory.boolValue else { continue }
+                found.append(rel)
+                queue.append(rel)
+            }
+        }
+        return found
+    }
+
+    /// The hierarchies by name ("unified" for cgroup2, else the v1 key such as "memory" or
+    /// "name=systemd") with this cgroup's directory in each.
+    public var namedDirectories: [(name: String, directory: String)] {
+        var seen = Set<String>()
+        var out: [(String, String)] = []
+        for (name, mount) in layout.v1.sorted(by: { $0.key < $1.key }) where seen.insert(mount).inserted {
+            out.append((name, mount + "/" + path))
+        }
+        if let unified = layout.unified { out.append(("unified", unified + "/" + path)) }
+        return out
+    }
+
+    /// Creates `relative` below this cgroup in the hierarchy at `directory` (parents first),
+    /// giving new cpusets their parent's CPUs and memory nodes.
+    public func createSubcgroup(_ relative: String, in directory: String) throws {
+        var dir = directory
+        for component in relative.split(separator: "/") {
+            guard component != "..", component != "." else { throw GodwitError("invalid cgroup path \(relative)") }
+            dir += "/" + component
+            if FileManager.default.fileExists(atPath: dir) { continue }
+            guard mkdir(dir, 0o755) == 0 || errno == EEXIST else { throw GodwitError.errno("mkdir cgroup \(dir)") }
+            try inheritCpuset(dir)
+        }
     }
 
     /// Every task of the cgroup is frozen (by us or by CRIU's --freeze-cgroup).

@@ -24,7 +24,12 @@ public enum FilesystemSync {
     /// rsync's exit status for "some files vanished before they could be transferred".
     static let vanishedFiles: Int32 = 24
 
-    public static let rsyncOptions = ["-aHAX", "--numeric-ids", "--delete", "--stats", "--timeout=30"]
+    /// The xattr filter: an overlay upper's `origin`/`uuid` xattrs hold file handles of this
+    /// host's lower layer (overlay's index=on writes them). The destination's image is
+    /// another copy, so its overlay would refuse the upper with ESTALE ("Stale file handle").
+    /// Whiteouts and `opaque` xattrs, which carry the container's deletions, still travel.
+    public static let rsyncOptions = ["-aHAX", "--numeric-ids", "--delete", "--stats", "--timeout=30",
+                                      "--filter=-x trusted.overlay.origin", "--filter=-x trusted.overlay.uuid"]
 
     // MARK: source side
 

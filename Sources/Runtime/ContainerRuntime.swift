@@ -97,6 +97,7 @@ public final class ContainerRuntime: Sendable {
         var args = ["run", "--rootfs", rootfs.path, "--console", Self.consolePath, "--hostname", spec.hostname]
         for dir in cgroup.directories { args += ["--cgroup", dir] }
         for line in spec.environmentLines { args += ["--env", line] }
+        if spec.system { args.append("--system") }
         args += ["--"] + spec.initCommand
 
         let process = Process()
@@ -142,11 +143,11 @@ public final class ContainerRuntime: Sendable {
         return identity
     }
 
-    /// SIGTERM to the init (pid 1 only gets signals it handles), then SIGKILL to the
-    /// whole cgroup once `timeout` has passed.
+    /// The init's stop signal (pid 1 only gets signals it handles; systemd halts on
+    /// SIGRTMIN+3), then SIGKILL to the whole cgroup once `timeout` has passed.
     public func stop(_ container: RunningContainer, timeout: TimeInterval = 10) throws {
         if container.initProcess.isAlive {
-            kill(container.initPID, SIGTERM)
+            kill(container.initPID, container.spec.stopSignal)
             _ = poll(timeout: timeout) { !container.initProcess.isAlive }
         }
         // Also when the init is gone: an orphaned exec'd process may still be in the cgroup.

@@ -16,10 +16,13 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
     /// nil: the container only has `lo`.
     public var network: NetworkSpec?
     public var limits: ResourceLimits
+    /// The init is a distribution's systemd: it gets the system-container environment
+    /// (godwit-spawn --system, docs/system-containers.md) and halts on SIGRTMIN+3.
+    public var system: Bool
 
     public init(name: String, image: String, hostname: String? = nil, initCommand: [String],
                 environment: [String: String] = [:], network: NetworkSpec? = nil,
-                limits: ResourceLimits = ResourceLimits()) throws {
+                limits: ResourceLimits = ResourceLimits(), system: Bool = false) throws {
         try Self.validate(name: name)
         guard !initCommand.isEmpty else { throw GodwitError("container \(name) has no init command") }
         self.name = name
@@ -29,6 +32,45 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
         self.environment = environment
         self.network = network
         self.limits = limits
+        self.system = system
+    }
+
+    enum CodingKeys: String, CodingKey { case name, image, hostname, initCommand, environment, network, limits, system }
+
+    /// State files written before `system` existed describe busybox-style containers.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        image = try c.decode(String.self, forKey: .image)
+        hostname = try c.decode(String.self, forKey: .hostname)
+        initCommand = try c.decode([String].self, forKey: .initCommand)
+        environment = try c.decode([String: String].self, forKey: .environment)
+        network = try c.decodeIfPresent(NetworkSpec.self, forKey: .network)
+        limits = try c.decode(ResourceLimits.self, forKey: .limits)
+        system = try c.decodeIfPresent(Bool.self, forKey: .system) ?? false
+    }
+
+    /// What systemd reads to know it runs in a container (and so skips the kernel's API
+    /// file systems and units with ConditionVirtualization=!container).
+    public static let containerVariable = "godwit"
+
+    /// The signal that shuts the init down cleanly: systemd halts on SIGRTMIN+3 and takes
+    /// SIGTERM as "re-execute yourself". SIGRTMIN is a glibc function, not a constant; what
+    /// counts is the number the container's glibc (34: it keeps 32 and 33) makes of it.
+    public var stopSignal: Int32 { system ? Self.systemdHaltSignal : SIGTERM }
+    public static let systemdHaltSignal: Int32 = 34 + 3
+
+    /// Whether the image's /sbin/init is systemd (Debian links it to /lib/systemd/systemd).
+    public static func initIsSystemd(imageRootfs: String) -> Bool {
+        var path = imageRootfs + "/sbin/init"
+        // Follow links inside the image, never out of it: at most 8, each resolved below the root.
+        for _ in 0..<8 {
+            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: path) else { break }
+            if target.hasSuffix("/systemd") || target == "systemd" { return true }
+            path = target.hasPrefix("/") ? imageRootfs + target
+                : (path as NSString).deletingLastPathComponent + "/" + target
+        }
+        return path.hasSuffix("/systemd")
     }
 
     /// Names become cgroup directories, veth and file names and hostnames. The rule is the
@@ -40,6 +82,7 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
     /// The environment as `K=V` lines, with a PATH when the caller gave none.
     var environmentLines: [String] {
         var env = environment
+        if system && env["container"] == nil { env["container"] = Self.containerVariable }
         if env["PATH"] == nil { env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" }
         return env.keys.sorted().map { "\($0)=\(env[$0]!)" }
     }

@@ -36,7 +36,10 @@ public struct RootFS: Codable, Sendable, Equatable {
         case .overlay:
             for dir in [path, upperPath, workPath] { try fm.createDirectory(atPath: dir, withIntermediateDirectories: true) }
             guard !isMounted else { return }
-            let options = "lowerdir=\(image),upperdir=\(upperPath),workdir=\(workPath)"
+            // nfs_export (which needs index): overlay then opens file handles, which CRIU
+            // needs to find the files behind inotify watches (dbus-daemon's, systemd's);
+            // without it their dump fails with "fsnotify: Can't dump that handle".
+            let options = "lowerdir=\(image),upperdir=\(upperPath),workdir=\(workPath),index=on,nfs_export=on"
             // No setuid binaries and no device nodes from the image or the container's own
             // files: what runs as root inside gains nothing over the host through them. The
             // container's /dev is a tmpfs of its own (godwit-spawn), and the bind of this

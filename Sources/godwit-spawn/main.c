@@ -9,11 +9,13 @@
 static const char usage[] =
     "usage:\n"
     "  godwit-spawn run --rootfs DIR --console PATH [--hostname NAME] [--cgroup DIR]...\n"
-    "                   [--env K=V]... -- INIT [ARG]...\n"
+    "                   [--env K=V]... [--system] -- INIT [ARG]...\n"
     "      Starts INIT as pid 1 of new pid/mount/uts/ipc/net/cgroup namespaces rooted at DIR;\n"
     "      its stdout/stderr go to PATH inside the container (created, appended to).\n"
     "      Protocol: prints \"pid N\" (N = INIT's host pid), waits for a line \"go\" on stdin\n"
     "      (the caller configures the network meanwhile), prints \"ok\" once INIT is exec'd.\n"
+    "      --system: a distribution's init (systemd): tmpfs /run and /tmp, read-only\n"
+    "      /proc/sys, masked kernel mounts, and the checkpointable seccomp profile (system.c).\n"
     "  godwit-spawn exec --pid PID [--cgroup DIR]... [--env K=V]... [--cwd DIR] -- CMD [ARG]...\n"
     "      Runs CMD inside the namespaces of the container whose init is PID; stdio passes\n"
     "      through and CMD's exit status is ours (128+N when killed by signal N).\n"
@@ -39,6 +41,7 @@ static void parse(int argc, char **argv, struct spawn_options *o) {
         if (strcmp(a, "--rootfs") == 0) o->rootfs = need_value(argc, argv, &i);
         else if (strcmp(a, "--hostname") == 0) o->hostname = need_value(argc, argv, &i);
         else if (strcmp(a, "--console") == 0) o->console = need_value(argc, argv, &i);
+        else if (strcmp(a, "--system") == 0) o->system = 1;
         else if (strcmp(a, "--cwd") == 0) o->cwd = need_value(argc, argv, &i);
         else if (strcmp(a, "--pid") == 0) o->target = (pid_t)atoi(need_value(argc, argv, &i));
         else if (strcmp(a, "--cgroup") == 0) {

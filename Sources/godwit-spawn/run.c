@@ -93,6 +93,7 @@ static void container_child(const struct spawn_options *o, int go_fd, int err_fd
     if (setsid() < 0) fail("setsid");
     if (o->hostname && sethostname(o->hostname, strlen(o->hostname)) < 0) fail("sethostname");
     setup_root(o->rootfs);
+    if (o->system) setup_system();
     int console = open_console(o->console);
     char go;
     // EOF here means the helper died or the caller aborted: never run half-configured.
@@ -102,6 +103,8 @@ static void container_child(const struct spawn_options *o, int go_fd, int err_fd
     if (devnull < 0) fail("open /dev/null");
     if (dup2(devnull, 0) < 0 || dup2(console, 1) < 0 || dup2(console, 2) < 0) fail("dup2");
     close_inherited_fds(err_fd);
+    // Last: nothing of ours may be refused by it.
+    if (o->system) install_system_seccomp();
     exec_command(o);
 }
 

@@ -18,6 +18,7 @@ struct spawn_options {
     char *env[MAX_ENV + 1];  // NULL-terminated
     int nenv;
     pid_t target;            // exec: host pid of the container's init
+    int system;              // run: a distribution's init (systemd): see system.c
     char **argv;             // what to exec (after "--")
 };
 
@@ -31,5 +32,9 @@ void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 void join_cgroups(const struct spawn_options *opts);
 void close_inherited_fds(int keep);
 void exec_command(const struct spawn_options *opts) __attribute__((noreturn));
+
+// system.c
+void setup_system(void);
+void install_system_seccomp(void);
 
 #endif

@@ -65,6 +65,7 @@ extension RuntimeDriver: MigrationDriver {
         var options = RestoreOptions(imagesDirectory: images, rootfs: rootfs.path, pidFile: images + "/restore.pid")
         // The source's cgroup path differs (another parent, maybe another name).
         options.cgroupRoot = "/" + cgroup.path
+        options.cgroup = cgroup
         if let network = cspec.network, let veth = runtime.veth(for: cspec) {
             try veth.remove(in: runtime.configuration.hostNetwork)
             options.veths = [VethMapping(containerInterface: Veth.containerName, hostInterface: veth.hostName,

@@ -256,6 +256,7 @@ public actor SourceEngine {
             var options = DumpOptions(pid: c.initPID, imagesDirectory: c.imagesDirectory)
             options.freezerCgroup = c.cgroup.directory(for: "freezer")
             options.freezeBeforeDump = true
+            options.cgroup = c.cgroup
             let connection = try PageServerConnection.make()
             options.lazyPagesSocket = connection.criu
             // Before CRIU freezes anything: a daemon that dies from here on finds this at its

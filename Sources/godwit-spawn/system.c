@@ -1,0 +1,116 @@
+// The environment a distribution's systemd boots in, shaped so that what it creates can be
+// checkpointed by CRIU (docs/system-containers.md lists each choice and its trade-off).
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "spawn.h"
+
+static void mnt(const char *src, const char *dst, const char *type, unsigned long flags, const char *data) {
+    if (mount(src, dst, type, flags, data) < 0) fail("mount %s on %s", type ? type : src, dst);
+}
+
+static void mkdirs(const char *path, mode_t mode) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; ; p++) {
+        if (*p == '/' || *p == 0) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(buf, mode) < 0 && errno != EEXIST) fail("mkdir %s", buf);
+            if (c == 0) break;
+            *p = c;
+        }
+    }
+}
+
+// Kernel file systems systemd mounts when it finds them usable and that CRIU 4.2 can't
+// dump (hugetlbfs, configfs: not in criu/filesystems.c) or that would hand the container
+// the host's kernel (debugfs, tracefs, fusectl, binfmt_misc). Masked at runtime, as
+// `systemctl mask --runtime` would: /run is ours and empty, so the image stays unmodified.
+static const char *masked_units[] = {
+    "dev-hugepages.mount", "sys-kernel-config.mount", "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount", "sys-fs-fuse-connections.mount",
+    "proc-sys-fs-binfmt_misc.automount", "proc-sys-fs-binfmt_misc.mount",
+    "systemd-binfmt.service", "systemd-modules-load.service",
+};
+
+static void mask_units(void) {
+    mkdirs("/run/systemd/system", 0755);
+    for (size_t i = 0; i < sizeof masked_units / sizeof masked_units[0]; i++) {
+        char path[256];
+        snprintf(path, sizeof path, "/run/systemd/system/%s", masked_units[i]);
+        if (symlink("/dev/null", path) < 0 && errno != EEXIST) fail("mask %s", masked_units[i]);
+    }
+}
+
+// /proc/sys would let the container's systemd-sysctl retune the host's kernel: read-only,
+// as LXC's proc:mixed, except the network namespace's own /proc/sys/net.
+static void protect_proc(void) {
+    mnt("/proc/sys", "/proc/sys", NULL, MS_BIND | MS_REC, NULL);
+    mnt("/proc/sys/net", "/proc/sys/net", NULL, MS_BIND | MS_REC, NULL);
+    mnt(NULL, "/proc/sys", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    // Kernels without CONFIG_MAGIC_SYSRQ (this machine kind) have no such file.
+    if (access("/proc/sysrq-trigger", F_OK) == 0) {
+        mnt("/proc/sysrq-trigger", "/proc/sysrq-trigger", NULL, MS_BIND, NULL);
+        mnt(NULL, "/proc/sysrq-trigger", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    }
+}
+
+void setup_system(void) {
+    mnt("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV | MS_STRICTATIME, "mode=755,size=20%");
+    mkdirs("/run/lock", 01777);
+    mnt("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_STRICTATIME, "mode=1777,size=50%");
+    mask_units();
+    protect_proc();
+}
+
+// Namespace creation fails with EPERM, which systemd takes for "containerized execution"
+// and runs the unit without that sandboxing (ProtectHostname, PrivateTmp, PrivateUsers,
+// ...): CRIU 4.2 can't dump nested uts/user/pid/ipc/cgroup namespaces, and the nested mount
+// and net namespaces sandboxing makes are where its dumps fail next. bpf() fails too: a
+// program attached to a cgroup (systemd's IPAddressDeny=) is neither dumped nor restored,
+// so the container would lose it silently on a move. clone3 passes its flags in memory,
+// out of seccomp's reach: ENOSYS, so libc falls back to clone. Foreign-ABI syscalls (i386,
+// x32) would get round all of this: they fail with ENOSYS.
+#define NS_FLAGS (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | \
+                  CLONE_NEWNET | CLONE_NEWCGROUP | 0x00000080 /* CLONE_NEWTIME */)
+#define X32_SYSCALL_BIT 0x40000000
+
+void install_system_seccomp(void) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_bpf, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_unshare, 0, 3),
+        // clone's and unshare's flags are both arg 0; the namespace bits are in its low word.
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, NS_FLAGS, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { .len = sizeof f / sizeof f[0], .filter = f };
+    // No PR_SET_NO_NEW_PRIVS: we hold CAP_SYS_ADMIN, and setuid programs (su, sudo) and
+    // systemd's own privilege handling must keep working.
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) fail("seccomp");
+}
