@@ -26,8 +26,8 @@ final class HTTPLoad {
     private var stopped = false
 
     static let script = """
-        # load.sh URL WORKERS REQUESTS_PER_WORKER SECONDS MAX_TIME DIR
-        url=$1 workers=$2 per=$3 seconds=$4 max_time=$5 dir=$6
+        # load.sh URL WORKERS REQUESTS_PER_WORKER SECONDS MAX_TIME DIR PAUSE
+        url=$1 workers=$2 per=$3 seconds=$4 max_time=$5 dir=$6 pause=${7:-0}
         end=$(( EPOCHSECONDS + seconds ))
         worker() {
           local i=0 t0 w
@@ -37,6 +37,7 @@ final class HTTPLoad {
             w=$(curl -s -o /dev/null --max-time "$max_time" \\
                 -w '%{http_code} %{size_download} %{time_connect} %{time_total}' "$url")
             echo "$t0 $? $w" >> "$dir/requests.$1"
+            [[ $pause == 0 ]] || sleep "$pause"
           done
         }
         for n in $(seq 1 "$workers"); do worker "$n" & done
@@ -44,7 +45,9 @@ final class HTTPLoad {
 
         """
 
-    init(netnsPath: String, url: String, workers: Int, requestsPerWorker: Int, seconds: Int, maxTime: Int) throws {
+    /// `pause`: seconds each worker waits after a request (0: back to back).
+    init(netnsPath: String, url: String, workers: Int, requestsPerWorker: Int, seconds: Int, maxTime: Int,
+         pause: Double = 0) throws {
         directory = "/tmp/gw-httpload-" + UUID().uuidString.prefix(8).lowercased()
         self.maxTime = maxTime
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -53,7 +56,7 @@ final class HTTPLoad {
         // worker and curl: one kill of the group ends them all.
         pid = try DetachedProcess.spawn(
             ["nsenter", "--net=" + netnsPath, "bash", directory + "/load.sh", url, String(workers),
-             String(requestsPerWorker), String(seconds), String(maxTime), directory],
+             String(requestsPerWorker), String(seconds), String(maxTime), directory, String(pause)],
             log: directory + "/load.log")
     }
 
