@@ -14,7 +14,7 @@ cd "$ROOT"
 # for veth/bridge/nf_tables modules. libxxhash-dev/libzstd-dev/pkg-config: build deps.
 # libsqlite3-dev: the daemon keeps its state in SQLite (GRDB links the system library).
 PACKAGES=(busybox-static rsync iproute2 pkg-config libxxhash-dev libzstd-dev nftables tar zstd
-  util-linux procps kmod libsqlite3-dev)
+  util-linux procps kmod libsqlite3-dev mmdebstrap)
 PIPE_MAX_WANTED=4194304
 
 is_root() { [[ $EUID -eq 0 ]]; }

@@ -55,6 +55,14 @@ extension GodwitClient {
         try await call(.POST, "/1.0/images", body: request)
     }
 
+    public func buildImage(_ request: ImageBuildRequest) async throws -> OperationInfo {
+        try await call(.POST, "/1.0/images/build", body: request)
+    }
+
+    public func exportImage(_ alias: String, _ request: ImageExportRequest) async throws -> OperationInfo {
+        try await call(.POST, "/1.0/images/" + Self.escape(alias) + "/export", body: request)
+    }
+
     public func deleteImage(_ alias: String) async throws {
         let _: [String: String] = try await call(.DELETE, "/1.0/images/" + Self.escape(alias))
     }

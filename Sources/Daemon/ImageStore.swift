@@ -14,16 +14,21 @@ public struct ImageExtraFile: Sendable, Equatable {
     }
 }
 
-/// Images live in STATE_DIR/images/<fingerprint>/rootfs; aliases are rows in the store.
-/// An actor, so two launches that both need the busybox image build it once.
+/// Images live in STATE_DIR/images/<fingerprint>/rootfs (plus metadata.yaml and templates/
+/// for LXD images); aliases are rows in the store. An actor, so two launches that both need
+/// the busybox image build it once. Importing, exporting and building Debian images:
+/// ImageStore+Import.swift.
 public actor ImageStore {
     public nonisolated let directory: URL
     let store: Store
     let busybox: String
     let extraFiles: [ImageExtraFile]
+    public nonisolated let debian: DebianImageBuilder
 
-    public init(directory: URL, store: Store, busybox: String = "/bin/busybox", extraFiles: [ImageExtraFile] = []) {
+    public init(directory: URL, store: Store, busybox: String = "/bin/busybox", extraFiles: [ImageExtraFile] = [],
+                debian: DebianImageBuilder = DebianImageBuilder()) {
         self.directory = directory; self.store = store; self.busybox = busybox; self.extraFiles = extraFiles
+        self.debian = debian
     }
 
     public nonisolated func rootfs(_ record: ImageRecord) -> URL {
@@ -79,9 +84,16 @@ public actor ImageStore {
         }
         let record = ImageRecord(alias: BuiltinImage.busybox, fingerprint: fingerprint, path: final.path,
                                  description: "busybox (built from the host's \(busybox))",
-                                 sizeBytes: Self.size(of: final))
+                                 sizeBytes: Self.size(of: final), os: "busybox", release: busyboxVersion(),
+                                 architecture: Architecture.host)
         try store.insertImage(record)
         return record
+    }
+
+    /// "1.35.0" from the banner's "BusyBox v1.35.0 (Debian 1:1.35.0-4+b3) multi-call binary."
+    private func busyboxVersion() -> String {
+        let banner = (try? Command.run([busybox, "--help"]))?.stdout.split(separator: "\n").first ?? ""
+        return banner.split(separator: " ").first { $0.hasPrefix("v") }.map { String($0.dropFirst()) } ?? ""
     }
 
     private func populateBusybox(_ rootfs: URL) throws {
@@ -143,46 +155,6 @@ public actor ImageStore {
         }
     }
 
-    // MARK: importing tarballs
-
-    public func importTarball(_ path: String, alias: String, progress: OperationHandle?) throws -> ImageRecord {
-        if try store.image(alias) != nil {
-            throw RequestError.conflict(GodwitError("image alias '\(alias)' already exists",
-                                                    hint: "choose another alias, or `godwit image delete \(alias)` first"))
-        }
-        progress?.progress("hashing \(path)")
-        let fingerprint = try Self.sha256(file: path)
-        try Task.checkCancellation()
-        let final = directory.appendingPathComponent(fingerprint)
-        if !FileManager.default.fileExists(atPath: final.path) {
-            let staging = try stagingDirectory()
-            do {
-                let rootfs = staging.appendingPathComponent("rootfs")
-                try FileManager.default.createDirectory(at: rootfs, withIntermediateDirectories: true)
-                progress?.progress("unpacking \(path)")
-                try Command.check(["tar", "-xpf", path, "-C", rootfs.path, "--numeric-owner"],
-                                  hint: "is \(path) a (possibly compressed) tar archive of a root filesystem?")
-                let fm = FileManager.default
-                guard ["bin/sh", "sbin/init", "usr/bin/sh"].contains(where: {
-                    fm.fileExists(atPath: rootfs.appendingPathComponent($0).path)
-                        || (try? fm.destinationOfSymbolicLink(atPath: rootfs.appendingPathComponent($0).path)) != nil
-                }) else {
-                    throw GodwitError("\(path) does not look like a root filesystem (no /sbin/init or /bin/sh)",
-                                      hint: "create the tarball from inside the rootfs, e.g. `tar -C ROOTFS -czf image.tar.gz .`")
-                }
-                try Task.checkCancellation()
-                try moveIntoPlace(staging, final)
-            } catch {
-                try? FileManager.default.removeItem(at: staging)
-                throw error
-            }
-        }
-        let record = ImageRecord(alias: alias, fingerprint: fingerprint, path: final.path,
-                                 description: "imported from \(path)", sizeBytes: Self.size(of: final))
-        try store.insertImage(record)
-        return record
-    }
-
     public func delete(_ alias: String) throws {
         let (record, stillUsed) = try store.deleteImage(alias)
         if !stillUsed { try? FileManager.default.removeItem(atPath: record.path) }
@@ -190,20 +162,20 @@ public actor ImageStore {
 
     // MARK: helpers
 
-    private func stagingDirectory() throws -> URL {
+    func stagingDirectory() throws -> URL {
         let staging = directory.appendingPathComponent(".staging-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: staging, withIntermediateDirectories: true)
         return staging
     }
 
     /// A rename, so an image directory is either complete or absent.
-    private func moveIntoPlace(_ staging: URL, _ final: URL) throws {
+    func moveIntoPlace(_ staging: URL, _ final: URL) throws {
         if rename(staging.path, final.path) != 0 {
             throw GodwitError.errno("rename(\(staging.path), \(final.path))")
         }
     }
 
-    private func write(_ rootfs: URL, _ path: String, _ text: String, mode: Int = 0o644) throws {
+    func write(_ rootfs: URL, _ path: String, _ text: String, mode: Int = 0o644) throws {
         let url = rootfs.appendingPathComponent(path)
         try? FileManager.default.removeItem(at: url)
         try Data(text.utf8).write(to: url)

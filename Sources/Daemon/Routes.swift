@@ -76,17 +76,49 @@ public struct APIRoutes: Sendable {
         router.post("/1.0/images") { request, _ in
             let body = try await Self.decode(ImageImportRequest.self, request)
             try RequestError.validating { try ContainerName.validate(body.alias) }
-            guard body.tarball.hasPrefix("/") else {
-                throw RequestError.badRequest(GodwitError("the tarball path must be absolute: \(body.tarball)"))
-            }
-            if try daemon.store.image(body.alias) != nil {
-                throw RequestError.conflict(GodwitError("image alias '\(body.alias)' already exists",
-                                                        hint: "choose another alias, or `godwit image delete \(body.alias)` first"))
-            }
+            try Self.refuseExistingAlias(body.alias, daemon)
+            try ImageStore.validateImport(body)
             return Self.async(operations.start("Importing image \(body.alias)",
                                                resources: ["images": ["/1.0/images/\(body.alias)"]]) { handle in
-                let record = try await images.importTarball(body.tarball, alias: body.alias, progress: handle)
+                let record = try await images.importImage(body.tarball, rootfs: body.rootfs, alias: body.alias, progress: handle)
                 return ["fingerprint": record.fingerprint]
+            })
+        }
+        router.post("/1.0/images/build") { request, _ in
+            let body = try await Self.decode(ImageBuildRequest.self, request)
+            try RequestError.validating { try ContainerName.validate(body.alias) }
+            guard body.distribution == "debian" else {
+                throw RequestError.badRequest(GodwitError("cannot build '\(body.distribution.prefix(100))' images", hint: "only debian is supported"))
+            }
+            let recipe = try DebianRecipe(release: body.release, include: body.include)
+            try Self.refuseExistingAlias(body.alias, daemon)
+            return Self.async(operations.start("Building image \(body.alias) (Debian \(recipe.release))",
+                                               resources: ["images": ["/1.0/images/\(body.alias)"]]) { handle in
+                let record = try await images.buildDebian(recipe, alias: body.alias, refresh: body.refresh, progress: handle)
+                return ["fingerprint": record.fingerprint]
+            })
+        }
+        router.post("/1.0/images/:alias/export") { request, context in
+            let alias = try context.parameters.require("alias")
+            let body = try await Self.decode(ImageExportRequest.self, request)
+            guard body.path.hasPrefix("/") else {
+                throw RequestError.badRequest(GodwitError("the export path must be absolute: \(body.path)"))
+            }
+            _ = try ImageStore.exportCompression(body.path)
+            guard try images.isKnown(alias) else {
+                throw RequestError.notFound(GodwitError("image '\(alias)' not found", hint: "`godwit image list` shows the images"))
+            }
+            var isDirectory: ObjCBool = false
+            let parent = URL(fileURLWithPath: body.path).deletingLastPathComponent().path
+            guard FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw RequestError.badRequest(GodwitError("no such directory on the daemon's host: \(parent)"))
+            }
+            guard !FileManager.default.fileExists(atPath: body.path) else {
+                throw RequestError.conflict(GodwitError("\(body.path) already exists", hint: "remove it or choose another path"))
+            }
+            return Self.async(operations.start("Exporting image \(alias)", resources: ["images": ["/1.0/images/\(alias)"]]) { handle in
+                try await images.export(alias, to: body.path, progress: handle)
+                return ["path": body.path]
             })
         }
         router.delete("/1.0/images/:alias") { _, context in
@@ -121,6 +153,13 @@ public struct APIRoutes: Sendable {
             return Self.eventStream(daemon.events.subscribe(), types: wanted)
         }
         return router
+    }
+
+    static func refuseExistingAlias(_ alias: String, _ daemon: DaemonContext) throws {
+        if try daemon.store.image(alias) != nil {
+            throw RequestError.conflict(GodwitError("image alias '\(alias)' already exists",
+                                                    hint: "choose another alias, or `godwit image delete \(alias)` first"))
+        }
     }
 
     // MARK: encoding

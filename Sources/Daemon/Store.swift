@@ -49,16 +49,22 @@ public struct ImageRecord: Codable, Sendable, Equatable, FetchableRecord, Persis
     public var description: String
     public var sizeBytes: Int64
     public var createdAt: Date
+    /// Empty when unknown (images imported before migration v2 recorded them).
+    public var os: String
+    public var release: String
+    public var architecture: String
 
     public init(alias: String, fingerprint: String, path: String, description: String, sizeBytes: Int64,
-                createdAt: Date = Date()) {
+                createdAt: Date = Date(), os: String = "", release: String = "", architecture: String = "") {
         self.alias = alias; self.fingerprint = fingerprint; self.path = path
         self.description = description; self.sizeBytes = sizeBytes; self.createdAt = createdAt
+        self.os = os; self.release = release; self.architecture = architecture
     }
 
     public var info: ImageInfo {
         ImageInfo(alias: alias, fingerprint: fingerprint, description: description,
-                  sizeBytes: UInt64(max(0, sizeBytes)), createdAt: createdAt)
+                  sizeBytes: UInt64(max(0, sizeBytes)), createdAt: createdAt,
+                  os: os, release: release, architecture: architecture)
     }
 }
 
@@ -160,6 +166,14 @@ public final class Store: Sendable {
                 t.column("finishedAt", .datetime)
                 t.column("downtimeMilliseconds", .integer)
                 t.column("details", .text).notNull()
+            }
+        }
+        // What each image is, for `image list`. Existing rows get empty strings (unknown).
+        migrator.registerMigration("v2-image-os") { db in
+            try db.alter(table: "images") { t in
+                t.add(column: "os", .text).notNull().defaults(to: "")
+                t.add(column: "release", .text).notNull().defaults(to: "")
+                t.add(column: "architecture", .text).notNull().defaults(to: "")
             }
         }
         return migrator

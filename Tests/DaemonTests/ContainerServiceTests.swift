@@ -195,14 +195,14 @@ import Testing
         defer { withExtendedLifetime((source, tarball)) {} }
         let path = tarball.url.appendingPathComponent("rootfs.tar.gz").path
         try Command.check(["tar", "-C", source.url.path, "-czf", path, "."])
-        let record = try await h.context.images.importTarball(path, alias: "mine", progress: nil)
+        let record = try await h.context.images.importImage(path, alias: "mine", progress: nil)
         #expect(FileManager.default.fileExists(atPath: h.context.images.rootfs(record).appendingPathComponent("bin").path))
-        await #expect(throws: RequestError.self) { try await h.context.images.importTarball(path, alias: "mine", progress: nil) }
+        await #expect(throws: RequestError.self) { try await h.context.images.importImage(path, alias: "mine", progress: nil) }
 
         // Not a rootfs: refused, and nothing is left behind.
         let junk = tarball.url.appendingPathComponent("junk.tar").path
         try Command.check(["tar", "-C", tarball.url.path, "-cf", junk, "rootfs.tar.gz"])
-        await #expect(throws: GodwitError.self) { try await h.context.images.importTarball(junk, alias: "junk", progress: nil) }
+        await #expect(throws: RequestError.self) { try await h.context.images.importImage(junk, alias: "junk", progress: nil) }
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: h.context.images.directory.path)
         #expect(leftovers == [record.fingerprint])
 
