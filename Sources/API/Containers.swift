@@ -113,8 +113,11 @@ public struct ContainerState: Codable, Sendable, Equatable {
 public struct ExecRequest: Codable, Sendable, Equatable {
     public var command: [String]
     public var environment: [String: String]
-    public init(command: [String], environment: [String: String] = [:]) {
-        self.command = command; self.environment = environment
+    /// Run the command on a pseudo-terminal of the container's own (`exec -t`). Optional
+    /// on the wire so that older clients' requests still decode.
+    public var terminal: Bool?
+    public init(command: [String], environment: [String: String] = [:], terminal: Bool = false) {
+        self.command = command; self.environment = environment; self.terminal = terminal ? true : nil
     }
 }
 

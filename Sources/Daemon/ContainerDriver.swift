@@ -64,7 +64,7 @@ public protocol ContainerDriver: Sendable {
     /// The command the CLI runs (with its own stdio) to execute `command` inside the
     /// container: typically `godwit-spawn exec --pid PID ... -- command`. See ExecPlan.
     func execPlan(_ spec: DriverSpec, init: ProcessIdentity, command: [String],
-                  environment: [String: String]) throws -> ExecPlan
+                  environment: [String: String], terminal: Bool) throws -> ExecPlan
     /// Removes everything `create` made. Must succeed on a half-created container.
     func destroy(_ spec: DriverSpec) async throws
     /// Adoption after a daemon restart: whether `init` is still this container's init.

@@ -252,7 +252,8 @@ public final class ContainerService: Sendable {
         var environment = spec.config.environment
         for (key, value) in request.environment { environment[key] = value }
         do {
-            return try driver.execPlan(spec, init: initProcess, command: request.command, environment: environment)
+            return try driver.execPlan(spec, init: initProcess, command: request.command, environment: environment,
+                                       terminal: request.terminal ?? false)
         } catch {
             throw Self.contextualize(error, "container", name)
         }

@@ -157,7 +157,7 @@ public final class FakeDriver: ContainerDriver, Sendable {
     /// Runs the command on the host with the given environment: enough to test that the
     /// CLI passes stdio and exit codes through. Real drivers enter the container.
     public func execPlan(_ spec: DriverSpec, init process: ProcessIdentity, command: [String],
-                         environment: [String: String]) throws -> ExecPlan {
+                         environment: [String: String], terminal: Bool) throws -> ExecPlan {
         var environment = environment
         environment["PATH"] = environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
         return ExecPlan(argv: command, environment: environment, pid: process.pid)

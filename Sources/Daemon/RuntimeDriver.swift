@@ -120,11 +120,11 @@ public final class RuntimeDriver: ContainerDriver, Sendable {
     }
 
     public func execPlan(_ spec: DriverSpec, init initProcess: ProcessIdentity, command: [String],
-                         environment: [String: String]) throws -> ExecPlan {
+                         environment: [String: String], terminal: Bool) throws -> ExecPlan {
         let container = try running(spec, initProcess)
         var env = container.spec.environment
         env.merge(environment) { _, new in new }
-        let args = try runtime.execArguments(container, command, environment: env)
+        let args = try runtime.execArguments(container, command, environment: env, terminal: terminal)
         return ExecPlan(argv: [runtime.configuration.spawnHelper] + args, environment: env, pid: container.initPID)
     }
 

@@ -220,11 +220,11 @@ public final class ContainerRuntime: Sendable {
     /// godwit-spawn arguments that run `argv` inside the container (the CLI runs them itself,
     /// so stdio and the exit code pass straight through).
     public func execArguments(_ container: RunningContainer, _ argv: [String],
-                               environment: [String: String]?) throws -> [String] {
+                               environment: [String: String]?, terminal: Bool = false) throws -> [String] {
         guard container.initProcess.isAlive else {
             throw GodwitError("container \(container.name) is not running").with("pid", String(container.initPID))
         }
-        var args = ["exec", "--pid", String(container.initPID)]
+        var args = ["exec", "--pid", String(container.initPID)] + (terminal ? ["--tty"] : [])
         for dir in container.cgroup.directories { args += ["--cgroup", dir] }
         var spec = container.spec
         if let environment { spec.environment = environment }

@@ -4,7 +4,10 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
+#include <poll.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -38,6 +41,81 @@ static int same_namespace(int fd, const char *name) {
     return mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino;
 }
 
+// Opened after setns into the container's mount namespace: /dev/ptmx is then the
+// container's devpts instance, so the pair is the container's own (CRIU-dumpable once we
+// are gone, visible as /dev/pts/N inside). TIOCGPTPEER opens the slave without a path.
+static void open_container_pty(int *master, int *slave) {
+    *master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (*master < 0) fail("open the container's /dev/ptmx");
+    int unlock = 0;
+    if (ioctl(*master, TIOCSPTLCK, &unlock) < 0) fail("unlock pty");
+    *slave = ioctl(*master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (*slave < 0) fail("open the pty's slave");
+    terminal_copy_size(*master);
+}
+
+static int exit_code(int status) {
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return 125;
+}
+
+// Relays stdin -> master and master -> stdout until the command exits and its output is
+// drained. After the exit, the master reads EIO once every slave holder is gone; a
+// background job that keeps the slave open must not keep us here, hence the quiet timeout.
+static int relay_pty(int master, pid_t pid) {
+    static char buf[16384];
+    int sfd = terminal_signals();
+    terminal_raw();
+    int in_open = 1, status = 0, exited = 0;
+    for (;;) {
+        struct pollfd p[3] = {
+            {.fd = sfd, .events = POLLIN},
+            {.fd = master, .events = POLLIN},
+            {.fd = in_open && !exited ? STDIN_FILENO : -1, .events = POLLIN},
+        };
+        int n = poll(p, 3, exited ? 200 : -1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) fail("poll");
+        if (n == 0) break;  // exited and quiet
+        if (p[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == sizeof si) {
+                if (si.ssi_signo == SIGWINCH) terminal_copy_size(master);
+                else if (si.ssi_signo == SIGCHLD) {
+                    if (!exited && waitpid(pid, &status, WNOHANG) == pid) exited = 1;
+                } else kill(pid, (int)si.ssi_signo);
+            }
+        }
+        if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+            ssize_t r = read(master, buf, sizeof buf);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) {
+                if (exited) break;
+                // EIO before the exit: the command closed the terminal; wait for it.
+                while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+                exited = 1;
+                break;
+            }
+            if (write_all_fd(STDOUT_FILENO, buf, (size_t)r) < 0) kill(pid, SIGHUP);
+        }
+        if (p[2].revents & (POLLIN | POLLHUP | POLLERR)) {
+            ssize_t r = read(STDIN_FILENO, buf, sizeof buf);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) {
+                // Like a terminal's ^D: the line discipline turns EOF into end of input
+                // for the reader (in canonical mode), then we stop reading stdin.
+                char eof = 4;
+                if (write(master, &eof, 1) < 0) {}
+                in_open = 0;
+            } else if (write_all_fd(master, buf, (size_t)r) < 0) in_open = 0;
+        }
+    }
+    if (!exited) while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    terminal_restore();
+    return exit_code(status);
+}
+
 int spawn_exec(const struct spawn_options *o) {
     int fds[NNS];
     char path[128];
@@ -55,19 +133,30 @@ int spawn_exec(const struct spawn_options *o) {
             fail("setns %s of pid %d", namespaces[i].name, o->target);
         close(fds[i]);
     }
+    int master = -1, slave = -1;
+    if (o->tty) open_container_pty(&master, &slave);
     fflush(stdout);
     pid_t pid = fork();  // joining a pid namespace only applies to children
     if (pid < 0) fail("fork");
     if (pid == 0) {
+        if (o->tty) {
+            // The container's pty becomes the controlling terminal of a session of its own.
+            if (setsid() < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) fail("making the pty the controlling terminal");
+            if (dup2(slave, 0) < 0 || dup2(slave, 1) < 0 || dup2(slave, 2) < 0) fail("dup2 pty");
+        }
         // Own session, so that anything it leaves running is a clean subtree for CRIU;
         // keep the caller's session when it is interactive (it owns the terminal).
-        if (!isatty(STDIN_FILENO)) setsid();
+        else if (!isatty(STDIN_FILENO)) setsid();
         const char *cwd = o->cwd ? o->cwd : "/";
         if (chdir(cwd) < 0) fail("chdir %s", cwd);
         close_inherited_fds(-1);
         exec_command(o);
     }
     child_pid = pid;
+    if (o->tty) {
+        close(slave);
+        return relay_pty(master, pid);
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = forward;
@@ -77,7 +166,5 @@ int spawn_exec(const struct spawn_options *o) {
     int status;
     while (waitpid(pid, &status, 0) < 0)
         if (errno != EINTR) fail("waitpid");
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-    return 125;
+    return exit_code(status);
 }

@@ -16,9 +16,11 @@ static const char usage[] =
     "      (the caller configures the network meanwhile), prints \"ok\" once INIT is exec'd.\n"
     "      --system: a distribution's init (systemd): tmpfs /run and /tmp, read-only\n"
     "      /proc/sys, masked kernel mounts, and the checkpointable seccomp profile (system.c).\n"
-    "  godwit-spawn exec --pid PID [--cgroup DIR]... [--env K=V]... [--cwd DIR] -- CMD [ARG]...\n"
+    "  godwit-spawn exec --pid PID [--tty] [--cgroup DIR]... [--env K=V]... [--cwd DIR] -- CMD [ARG]...\n"
     "      Runs CMD inside the namespaces of the container whose init is PID; stdio passes\n"
-    "      through and CMD's exit status is ours (128+N when killed by signal N).\n"
+    "      through and CMD's exit status is ours (128+N when killed by signal N). --tty runs\n"
+    "      CMD on a pty of the container's own devpts and relays it (raw mode if stdin is a tty).\n"
+    "  godwit-spawn file push|pull --pid PID ... (see file.c)\n"
     "  godwit-spawn tunnel --socket PATH -- ARG...\n"
     "      rsync's remote shell (-e \"godwit-spawn tunnel --socket PATH --\"): connects to the\n"
     "      unix socket PATH, sends ARG... as one JSON array line, then copies stdin to the\n"
@@ -42,6 +44,7 @@ static void parse(int argc, char **argv, struct spawn_options *o) {
         else if (strcmp(a, "--hostname") == 0) o->hostname = need_value(argc, argv, &i);
         else if (strcmp(a, "--console") == 0) o->console = need_value(argc, argv, &i);
         else if (strcmp(a, "--system") == 0) o->system = 1;
+        else if (strcmp(a, "--tty") == 0 || strcmp(a, "-t") == 0) o->tty = 1;
         else if (strcmp(a, "--cwd") == 0) o->cwd = need_value(argc, argv, &i);
         else if (strcmp(a, "--pid") == 0) o->target = (pid_t)atoi(need_value(argc, argv, &i));
         else if (strcmp(a, "--cgroup") == 0) {
@@ -72,6 +75,8 @@ int main(int argc, char **argv) {
     struct spawn_options opts;
     memset(&opts, 0, sizeof opts);
     if (argc < 2) die("%s", usage);
+    // file has its own options too.
+    if (strcmp(argv[1], "file") == 0) return spawn_file(argc, argv);
     // tunnel has its own options: parse() knows only run/exec's.
     if (strcmp(argv[1], "tunnel") == 0) {
         if (argc < 5 || strcmp(argv[2], "--socket") != 0 || strcmp(argv[4], "--") != 0 || argc < 6)

@@ -17,6 +17,7 @@ struct spawn_options {
     int ncgroups;
     char *env[MAX_ENV + 1];  // NULL-terminated
     int nenv;
+    int tty;                 // exec: run CMD on a pty of the container's own
     pid_t target;            // exec: host pid of the container's init
     int system;              // run: a distribution's init (systemd): see system.c
     char **argv;             // what to exec (after "--")
@@ -24,6 +25,15 @@ struct spawn_options {
 
 int spawn_run(const struct spawn_options *opts);
 int spawn_exec(const struct spawn_options *opts);
+
+int spawn_file(int argc, char **argv);
+
+// terminal.c
+void terminal_raw(void);
+void terminal_restore(void);
+void terminal_copy_size(int fd);
+int terminal_signals(void);
+int write_all_fd(int fd, const char *p, size_t n);
 
 // util.c
 void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));

@@ -13,12 +13,17 @@ import GodwitCore
 struct ExecCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "exec", abstract: "Run a command inside a container.",
-        discussion: "Example: godwit exec c1 -- sh -c 'cat /proc/1/cmdline'. Exits with the command's exit code.")
+        discussion: """
+            Example: godwit exec c1 -- sh -c 'cat /proc/1/cmdline'. Exits with the command's exit code.
+            With -t the command runs on a pseudo-terminal of the container's own (godwit exec -t c1 -- sh).
+            """)
 
     @OptionGroup var daemon: DaemonOptions
     @Argument(help: "Container name.") var name: String
     @Option(name: .customLong("env"), help: ArgumentHelp("Environment variable KEY=VALUE (repeatable).", valueName: "KEY=VALUE"))
     var environment: [String] = []
+    @Flag(name: [.customShort("t"), .customLong("tty")], help: "Run the command on a pseudo-terminal (interactive shells, editors).")
+    var tty = false
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
 
     func run() async throws {
@@ -34,10 +39,24 @@ struct ExecCommand: AsyncParsableCommand {
                 }
                 env[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
             }
-            let plan = try await daemon.client.execPlan(name, ExecRequest(command: command, environment: env))
+            // Like ssh and docker: full-screen programs need to know the terminal's type.
+            if tty, env["TERM"] == nil { env["TERM"] = ProcessInfo.processInfo.environment["TERM"] ?? "xterm" }
+            let plan = try await daemon.client.execPlan(name, ExecRequest(command: command, environment: env, terminal: tty))
+            if tty { try Self.replaceProcess(with: plan) }
             status = try Self.runInherited(plan)
         }
         if status != 0 { throw ExitCode(status) }
+    }
+
+    /// Becomes the plan's helper (execve): with a terminal nothing may sit between it and the
+    /// user's tty (it sets raw mode, takes SIGWINCH, and its exit status is ours).
+    static func replaceProcess(with plan: ExecPlan) throws -> Never {
+        let executable = plan.argv[0].contains("/") ? plan.argv[0] : (Command.which(plan.argv[0]) ?? plan.argv[0])
+        let argv = plan.argv.map { strdup($0) } + [nil]
+        let envp = plan.environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        execve(executable, argv, envp)
+        throw GodwitError("cannot run \(executable): \(String(cString: strerror(errno)))",
+                          hint: "is Godwit fully installed (godwit-spawn next to godwit)?")
     }
 
     /// Runs the plan with this process's stdio; a signal death becomes 128+signal like a shell.

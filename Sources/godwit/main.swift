@@ -11,7 +11,7 @@ struct Godwit: AsyncParsableCommand {
             LaunchCommand.self, ListCommand.self, InfoCommand.self, ExecCommand.self,
             StartCommand.self, StopCommand.self, RestartCommand.self, FreezeCommand.self, UnfreezeCommand.self,
             DeleteCommand.self, ConfigCommand.self, ConsoleCommand.self, ImageCommand.self, OperationCommand.self,
-            MonitorCommand.self, MoveCommand.self, TrustCommand.self, RemoteCommand.self,
+            MonitorCommand.self, MoveCommand.self, FileCommand.self, TrustCommand.self, RemoteCommand.self,
             CheckCommand.self, LabCommand.self, BenchCommand.self, DemoCommand.self, InitCommand.self, NetworkCommand.self,
         ])
 }
