@@ -31,6 +31,30 @@ public enum ImageTransfer {
         return total
     }
 
+    /// Ends the sender's direction and waits until the receiver closes its end (it does
+    /// once it has every file). Closing at once instead can lose the tail: the peer-stream
+    /// bridge takes a local socket closed while the peer's direction is still open for an
+    /// abort, and drops what TLS had not sent yet ("the stream ended early" on the other side).
+    public static func finishSending(_ fd: Int32, timeout: TimeInterval = 120) throws {
+        shutdown(fd, Int32(SHUT_WR))
+        let deadline = Date().addingTimeInterval(timeout)
+        var scratch = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0 else { throw GodwitError("image transfer: the destination did not confirm the images within \(Int(timeout)) s") }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ready = Glibc.poll(&p, 1, Int32(min(left, 1) * 1000))
+            if ready < 0 && errno == EINTR { continue }
+            if ready <= 0 { continue }
+            let n = Glibc.read(fd, &scratch, scratch.count)
+            if n == 0 { return }
+            if n < 0 && errno == EINTR { continue }
+            // A reset after the receiver had everything still ends the stream; the receiver's
+            // own result (the restore) says whether the images arrived whole.
+            if n < 0 { return }
+        }
+    }
+
     /// What a receiver accepts. CRIU writes a handful of files per process (the page
     /// store caps processes at 4096) and its largest is one process's pages image.
     public struct Limits: Sendable, Equatable {

@@ -370,7 +370,7 @@ public actor SourceEngine {
                 let fd = try t.session.open(.images)
                 defer { close(fd) }
                 let sent = try ImageTransfer.send(directory: c.imagesDirectory, to: fd) { $0.hasSuffix(".log") }
-                shutdown(fd, Int32(SHUT_WR))
+                try ImageTransfer.finishSending(fd)
                 return sent
             }
             return ((), bytes)
