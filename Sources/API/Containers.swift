@@ -134,6 +134,29 @@ public struct ExecPlan: Codable, Sendable, Equatable {
     }
 }
 
+/// `GET /1.0/containers/{name}/checkpoint-check`: what would make CRIU refuse to dump the
+/// running container now (`godwit check NAME`).
+public struct CheckpointCheck: Codable, Sendable, Equatable {
+    public struct Blocker: Codable, Sendable, Equatable {
+        public var kind: String
+        public var pid: Int32
+        public var command: String
+        public var detail: String
+        public var criuLine: String
+        public init(kind: String, pid: Int32, command: String, detail: String, criuLine: String) {
+            self.kind = kind; self.pid = pid; self.command = command; self.detail = detail; self.criuLine = criuLine
+        }
+        enum CodingKeys: String, CodingKey { case kind, pid, command, detail, criuLine = "criu_line" }
+    }
+    public var name: String
+    public var processes: Int
+    public var blockers: [Blocker]
+    public var checkpointable: Bool { blockers.isEmpty }
+    public init(name: String, processes: Int, blockers: [Blocker]) {
+        self.name = name; self.processes = processes; self.blockers = blockers
+    }
+}
+
 /// `GET /1.0/containers/{name}/console`.
 public struct ConsoleLog: Codable, Sendable, Equatable {
     public var log: String

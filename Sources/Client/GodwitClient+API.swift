@@ -40,6 +40,9 @@ extension GodwitClient {
         try await call(.POST, Self.container(name) + "/exec", body: request)
     }
 
+    public func checkpointCheck(_ name: String) async throws -> CheckpointCheck {
+        try await call(.GET, Self.container(name) + "/checkpoint-check")
+    }
     public func console(_ name: String) async throws -> ConsoleLog { try await call(.GET, Self.container(name) + "/console") }
 
     // MARK: images

@@ -72,4 +72,6 @@ public protocol ContainerDriver: Sendable {
     /// Where the init's stdout/stderr end up on the host (`godwit console --show-log`). The
     /// driver decides: CRIU can only dump a log fd that lives inside the container's mounts.
     func consoleLog(_ spec: DriverSpec) -> URL
+    /// What would make a checkpoint of the running container fail now (`godwit check NAME`).
+    func checkpointCheck(_ spec: DriverSpec, init: ProcessIdentity) throws -> CheckpointCheck
 }

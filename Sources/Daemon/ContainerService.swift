@@ -259,6 +259,19 @@ public final class ContainerService: Sendable {
         }
     }
 
+    public func checkpointCheck(_ name: String) throws -> CheckpointCheck {
+        let record = try record(name)
+        guard record.status == .running, let initProcess = record.initProcess else {
+            throw RequestError.badRequest(GodwitError("container '\(name)' is \(record.status.rawValue.lowercased()): only a running container is checkpointed",
+                                                      hint: "`godwit start \(name)` first"))
+        }
+        do {
+            return try driver.checkpointCheck(spec(record), init: initProcess)
+        } catch {
+            throw Self.contextualize(error, "container", name)
+        }
+    }
+
     /// The init's output; only the tail when the log is large.
     public func console(_ name: String, maxBytes: Int = 1 << 20) throws -> ConsoleLog {
         let log = driver.consoleLog(spec(try record(name)))

@@ -168,6 +168,10 @@ public final class FakeDriver: ContainerDriver, Sendable {
         mutate { $0.containers[spec.name] = nil }
     }
 
+    public func checkpointCheck(_ spec: DriverSpec, init: ProcessIdentity) throws -> CheckpointCheck {
+        CheckpointCheck(name: spec.name, processes: 1, blockers: [])
+    }
+
     public func consoleLog(_ spec: DriverSpec) -> URL { spec.directory.appendingPathComponent("console.log") }
 
     public func isAlive(_ spec: DriverSpec, init process: ProcessIdentity) -> Bool {

@@ -50,6 +50,9 @@ public struct APIRoutes: Sendable {
             let exec = try await Self.decode(ExecRequest.self, request)
             return try Self.sync(containers.execPlan(try context.parameters.require("name"), exec))
         }
+        router.get("/1.0/containers/:name/checkpoint-check") { _, context in
+            try Self.sync(containers.checkpointCheck(try context.parameters.require("name")))
+        }
         router.get("/1.0/containers/:name/console") { _, context in
             try Self.sync(containers.console(try context.parameters.require("name")))
         }

@@ -137,6 +137,15 @@ public final class RuntimeDriver: ContainerDriver, Sendable {
         return container.initProcess == initProcess
     }
 
+    public func checkpointCheck(_ spec: DriverSpec, init initProcess: ProcessIdentity) throws -> CheckpointCheck {
+        let container = try running(spec, initProcess)
+        let tasks = container.cgroup.processes()
+        let blockers = CheckpointReadiness.blockers(initPID: container.initPID, tasks: tasks).map {
+            CheckpointCheck.Blocker(kind: $0.kind, pid: $0.pid, command: $0.command, detail: $0.detail, criuLine: $0.criuLine)
+        }
+        return CheckpointCheck(name: spec.name, processes: tasks.count, blockers: blockers)
+    }
+
     public func consoleLog(_ spec: DriverSpec) -> URL {
         URL(fileURLWithPath: runtime.directory(for: spec.name) + "/rootfs" + ContainerRuntime.consolePath)
     }

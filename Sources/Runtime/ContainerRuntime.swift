@@ -77,6 +77,11 @@ public final class ContainerRuntime: Sendable {
             try FileManager.default.createDirectory(atPath: directory(for: spec.name), withIntermediateDirectories: true)
             let rootfs = rootfs(for: spec)
             try rootfs.prepare()
+            // systemd sets the hostname from /etc/hostname at boot, which an image built
+            // elsewhere fills with its build host's name (as LXD's templates do, write ours).
+            if spec.system, FileManager.default.fileExists(atPath: rootfs.path + "/etc") {
+                try Data((spec.hostname + "\n").utf8).write(to: URL(fileURLWithPath: rootfs.path + "/etc/hostname"))
+            }
             let cgroup = cgroup(for: spec.name)
             try cgroup.create()
             try cgroup.apply(spec.limits)
@@ -224,7 +229,8 @@ public final class ContainerRuntime: Sendable {
         guard container.initProcess.isAlive else {
             throw GodwitError("container \(container.name) is not running").with("pid", String(container.initPID))
         }
-        var args = ["exec", "--pid", String(container.initPID)] + (terminal ? ["--tty"] : [])
+        var args = ["exec", "--pid", String(container.initPID)]
+        if container.spec.system { args.append("--system") } + (terminal ? ["--tty"] : [])
         for dir in container.cgroup.directories { args += ["--cgroup", dir] }
         var spec = container.spec
         if let environment { spec.environment = environment }

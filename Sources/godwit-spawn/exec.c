@@ -150,6 +150,9 @@ int spawn_exec(const struct spawn_options *o) {
         const char *cwd = o->cwd ? o->cwd : "/";
         if (chdir(cwd) < 0) fail("chdir %s", cwd);
         close_inherited_fds(-1);
+        // What runs in a system container lives under its init's filter (as lxc-attach
+        // does): a nested namespace made from a shell would block the next checkpoint.
+        if (o->system) install_system_seccomp();
         exec_command(o);
     }
     child_pid = pid;

@@ -16,7 +16,7 @@ static const char usage[] =
     "      (the caller configures the network meanwhile), prints \"ok\" once INIT is exec'd.\n"
     "      --system: a distribution's init (systemd): tmpfs /run and /tmp, read-only\n"
     "      /proc/sys, masked kernel mounts, and the checkpointable seccomp profile (system.c).\n"
-    "  godwit-spawn exec --pid PID [--tty] [--cgroup DIR]... [--env K=V]... [--cwd DIR] -- CMD [ARG]...\n"
+    "  godwit-spawn exec --pid PID [--tty] [--system] [--cgroup DIR]... [--env K=V]... [--cwd DIR] -- CMD [ARG]...\n"
     "      Runs CMD inside the namespaces of the container whose init is PID; stdio passes\n"
     "      through and CMD's exit status is ours (128+N when killed by signal N). --tty runs\n"
     "      CMD on a pty of the container's own devpts and relays it (raw mode if stdin is a tty).\n"

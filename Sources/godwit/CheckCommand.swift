@@ -23,9 +23,34 @@ struct CheckCommand: AsyncParsableCommand {
                                valueName: "remote"))
     var peer: String?
 
+    @Argument(help: ArgumentHelp("Instead: say what would make a checkpoint (and so a live move) of this running container fail now, with CRIU's reason.",
+                                 valueName: "container"))
+    var container: String?
+
     @OptionGroup var daemon: DaemonOptions
 
     func run() async throws {
+        if let container {
+            var blocked = false
+            try await CLI.run {
+                let check = try await daemon.client.checkpointCheck(container)
+                blocked = !check.checkpointable
+                switch format {
+                case .json: try CLI.printJSON(check)
+                case .human:
+                    if check.blockers.isEmpty {
+                        print("\(check.name): nothing in its \(check.processes) processes stops a checkpoint now")
+                    } else {
+                        print("\(check.name): \(check.blockers.count) thing(s) would make CRIU refuse to dump it:")
+                        for b in check.blockers {
+                            print("  \(b.kind): pid \(b.pid) (\(b.command)): \(b.detail)\n    CRIU: \(b.criuLine)")
+                        }
+                    }
+                }
+            }
+            if blocked { throw ExitCode(1) }
+            return
+        }
         if let peer {
             try await CLI.run {
                 let report = try await daemon.client.remoteLink(peer)
