@@ -359,6 +359,7 @@ extension IncomingMigrationStatus {
         // Shown to users: bounded like the other peer texts are not, so a peer can't
         // fill an operation's progress with megabytes.
         link = try c.decodeIfPresent(String.self, forKey: .link).map { String($0.prefix(1000)) }
+        imageInstalled = try c.decodeIfPresent(Bool.self, forKey: .imageInstalled)
     }
 }
 

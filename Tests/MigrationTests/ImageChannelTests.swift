@@ -60,6 +60,19 @@ import Testing
         #expect(engine.status().imageInstalled == nil)
     }
 
+    /// The source's image phase ends on this field: it must survive the trip between daemons.
+    @Test func theInstalledImageAndTheNeedForOneTravel() throws {
+        var status = IncomingMigrationStatus(id: "m1", phase: "receiving")
+        status.imageInstalled = true
+        let decoded = try APICoding.decoder().decode(IncomingMigrationStatus.self, from: try APICoding.encoder().encode(status))
+        #expect(decoded.imageInstalled == true)
+        let answer = IncomingMigrationAnswer(id: "m1", secret: "s", streamPort: 1, imageNeeded: true)
+        #expect(try APICoding.decoder().decode(IncomingMigrationAnswer.self, from: try APICoding.encoder().encode(answer)).imageNeeded == true)
+        // An older destination's answer has no such field.
+        let old = try APICoding.decoder().decode(IncomingMigrationAnswer.self, from: Data(#"{"id":"m1","secret":"s","streamPort":1}"#.utf8))
+        #expect(old.imageNeeded == nil)
+    }
+
     @Test func rsyncProgressLinesGiveTheBytesSoFar() {
         var lines = ProgressLines()
         #expect(lines.feed(ArraySlice(Array("      1,234,567  45%   12.34MB/s    0:00:01 (xfr#3, ir-chk=10/20)\r   2,0".utf8))) == 1_234_567)
