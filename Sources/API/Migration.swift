@@ -110,11 +110,16 @@ public struct IncomingMigrationRequest: Codable, Sendable, Equatable {
     public var mode: MigrationStrategy
     public var sourceHost: String
     public var criuVersion: String?
+    /// The size of the container's image (its rootfs, bytes), sent by a source that can
+    /// carry the image to a destination that lacks it. Absent from older sources: such a
+    /// destination then refuses as before instead of waiting for an image that never comes.
+    public var imageBytes: UInt64?
 
     public init(name: String, image: String, imageFingerprint: String, config: [String: String], ipv4: String?,
-                mac: String, mode: MigrationStrategy, sourceHost: String, criuVersion: String?) {
+                mac: String, mode: MigrationStrategy, sourceHost: String, criuVersion: String?, imageBytes: UInt64? = nil) {
         self.name = name; self.image = image; self.imageFingerprint = imageFingerprint; self.config = config
         self.ipv4 = ipv4; self.mac = mac; self.mode = mode; self.sourceHost = sourceHost; self.criuVersion = criuVersion
+        self.imageBytes = imageBytes
     }
 }
 
@@ -124,9 +129,12 @@ public struct IncomingMigrationAnswer: Codable, Sendable, Equatable {
     public var id: String
     public var secret: String
     public var streamPort: Int
+    /// true: this host lacks the container's image (by fingerprint) and expects it on the
+    /// `image` channel before anything is restored. Optional so older peers still decode.
+    public var imageNeeded: Bool?
 
-    public init(id: String, secret: String, streamPort: Int) {
-        self.id = id; self.secret = secret; self.streamPort = streamPort
+    public init(id: String, secret: String, streamPort: Int, imageNeeded: Bool? = nil) {
+        self.id = id; self.secret = secret; self.streamPort = streamPort; self.imageNeeded = imageNeeded
     }
 }
 
@@ -165,6 +173,9 @@ public struct IncomingMigrationStatus: Codable, Sendable, Equatable {
     /// Post-copy and hybrid after the commit: set while the page channel to the source is
     /// down and the hosts wait for it ("waiting for the link: ...").
     public var link: String?
+    /// A move that carried the image: true once this host installed it (the source's image
+    /// phase ends then).
+    public var imageInstalled: Bool?
 
     public init(id: String, phase: String, pid: Int32? = nil, fetchMillis: Double = 0, rebuildMillis: Double = 0,
                 restoreMillis: Double = 0, pagesFetched: Int = 0, allLocalAfterCommitMillis: Double? = nil, lost: String? = nil) {
@@ -348,6 +359,7 @@ extension IncomingMigrationStatus {
         // Shown to users: bounded like the other peer texts are not, so a peer can't
         // fill an operation's progress with megabytes.
         link = try c.decodeIfPresent(String.self, forKey: .link).map { String($0.prefix(1000)) }
+        imageInstalled = try c.decodeIfPresent(Bool.self, forKey: .imageInstalled)
     }
 }
 

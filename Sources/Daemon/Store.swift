@@ -233,6 +233,11 @@ public final class Store: Sendable {
         try db.read { try ImageRecord.fetchOne($0, key: alias) }
     }
 
+    /// Any alias of the image with this fingerprint (the oldest), or nil.
+    public func image(fingerprint: String) throws -> ImageRecord? {
+        try db.read { try ImageRecord.filter(Column("fingerprint") == fingerprint).order(Column("createdAt")).fetchOne($0) }
+    }
+
     public func insertImage(_ record: ImageRecord) throws {
         try db.write { db in
             if try ImageRecord.exists(db, key: record.alias) {

@@ -35,8 +35,10 @@ public enum FilesystemSync {
 
     /// Pushes `directory`'s contents to the peer. `channel` opens the peer stream (its fd is
     /// closed here); `spawnHelper` is the path of godwit-spawn. Blocking: run on a thread.
+    /// `progress`, when given, gets the bytes transferred so far as rsync reports them
+    /// (`--info=progress2`, a client-side option the destination never sees).
     public static func push(from directory: String, channel: () throws -> Int32, spawnHelper: String,
-                            extraOptions: [String] = []) throws -> SyncStats {
+                            extraOptions: [String] = [], progress: (@Sendable (Int64) -> Void)? = nil) throws -> SyncStats {
         guard !spawnHelper.contains(where: \.isWhitespace) else {
             throw GodwitError("the godwit-spawn path may not contain spaces (rsync splits its -e command): \(spawnHelper)")
         }
@@ -48,7 +50,7 @@ public enum FilesystemSync {
         let listener = try listenUnix(socketPath)
         defer { close(listener) }
         let source = directory.hasSuffix("/") ? directory : directory + "/"
-        let argv = ["rsync"] + rsyncOptions + extraOptions
+        let argv = ["rsync"] + rsyncOptions + extraOptions + (progress == nil ? [] : ["--info=progress2"])
             + ["-e", "\(spawnHelper) tunnel --socket \(socketPath) --", source, "godwit:/"]
         var stdoutFds: [Int32] = [-1, -1]
         guard pipe2(&stdoutFds, O_CLOEXEC) == 0 else { throw GodwitError.errno("pipe for rsync's output") }
@@ -60,7 +62,7 @@ public enum FilesystemSync {
             throw error
         }
         close(stdoutFds[1])
-        let output = Drain(stdoutFds[0])
+        let output = Drain(stdoutFds[0], progress: progress)
         func failed(_ why: String) -> GodwitError {
             let (status, stderr) = rsync.wait()
             let detail = stderr.lastLine.isEmpty ? "" : ": \(stderr.lastLine)"
@@ -120,7 +122,8 @@ public enum FilesystemSync {
 
     /// "Total bytes sent: 1,234,567" → 1234567 (0 when missing).
     static func statistic(_ name: String, in text: String) -> Int64 {
-        for line in text.split(separator: "\n") where line.hasPrefix(name + ":") {
+        // Any line break: progress lines end in "\r", and "\r\n" is one Character.
+        for line in text.split(whereSeparator: \.isNewline) where line.hasPrefix(name + ":") {
             let digits = line.dropFirst(name.count + 1).filter(\.isNumber)
             return Int64(digits) ?? 0
         }
@@ -178,14 +181,16 @@ final class Drain: Sendable {
     private let data = Mutex(Data())
     private let done = DispatchSemaphore(value: 0)
 
-    init(_ fd: Int32) {
+    init(_ fd: Int32, progress: (@Sendable (Int64) -> Void)? = nil) {
         Thread.detachNewThread { [self] in
             var buffer = [UInt8](repeating: 0, count: 16384)
+            var lines = ProgressLines()
             while true {
                 let n = read(fd, &buffer, buffer.count)
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { break }
                 data.withLock { $0.append(contentsOf: buffer[0..<n]) }
+                if let progress, let bytes = lines.feed(buffer[0..<n]) { progress(bytes) }
             }
             close(fd)
             done.signal()
@@ -196,5 +201,32 @@ final class Drain: Sendable {
         done.wait()
         done.signal()
         return data.withLock { String(decoding: $0, as: UTF8.self) }
+    }
+}
+
+/// rsync's `--info=progress2` lines ("  1,234,567  45%  12.34MB/s  0:00:01 (xfr#3, ...)",
+/// each ended by "\r"): the bytes transferred so far, from the last complete line of a chunk.
+struct ProgressLines {
+    private var partial: [UInt8] = []
+
+    mutating func feed(_ chunk: ArraySlice<UInt8>) -> Int64? {
+        var latest: Int64?
+        for byte in chunk {
+            if byte == 0x0D || byte == 0x0A {
+                if let value = Self.bytes(partial) { latest = value }
+                partial.removeAll(keepingCapacity: true)
+            } else if partial.count < 512 {  // a progress line is short; anything longer is not one
+                partial.append(byte)
+            }
+        }
+        return latest
+    }
+
+    /// The first field when it is digits and commas followed by a percentage.
+    static func bytes(_ line: [UInt8]) -> Int64? {
+        let fields = String(decoding: line, as: UTF8.self).split(separator: " ", omittingEmptySubsequences: true)
+        guard fields.count >= 2, fields[1].hasSuffix("%"),
+              fields[0].allSatisfy({ $0 == "," || ($0.isASCII && $0.isNumber) }) else { return nil }
+        return Int64(fields[0].filter { $0 != "," })
     }
 }

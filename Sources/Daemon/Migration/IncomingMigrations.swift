@@ -46,6 +46,7 @@ public final class IncomingMigrations: Sendable {
         // Whatever a previous daemon left here belongs to moves that can't resume.
         try? FileManager.default.removeItem(at: root)
         try? OwnerOnly.directory(root.path)
+        context.images.removeLeftoverTransfers()
     }
 
     /// The data-channel listener, started on first use (port chosen by the kernel).
@@ -95,20 +96,10 @@ public final class IncomingMigrations: Sendable {
             throw RequestError.conflict(GodwitError("a container named '\(request.name)' already exists on \(context.options.hostName)",
                                                     hint: "move it under another name: `godwit move NAME \(context.options.hostName):NEWNAME`"))
         }
-        guard try context.images.isKnown(request.image) else {
-            throw RequestError.badRequest(GodwitError("image '\(request.image)' is not on \(context.options.hostName)",
-                                                      hint: "import the same image there first (`godwit image import`)"))
-        }
-        let image = try await context.images.resolve(request.image)
-        // The container's files are its image plus its own changes: the same alias with other
-        // contents here would restore it onto a different filesystem.
-        guard request.imageFingerprint.isEmpty || image.fingerprint == request.imageFingerprint else {
-            throw RequestError.badRequest(GodwitError(
-                "image '\(request.image)' on \(context.options.hostName) is not the container's image (fingerprint \(image.fingerprint.prefix(12)), the container's \(request.imageFingerprint.prefix(12)))",
-                hint: "import the container's image there under another alias, or the same tarball"))
-        }
+        let (image, imageBytes) = try await localImage(for: request)
         let id = UUID().uuidString.lowercased()
-        var record = ContainerRecord(name: request.name, image: request.image, imageFingerprint: image.fingerprint,
+        var record = ContainerRecord(name: request.name, image: image?.alias ?? request.image,
+                                     imageFingerprint: image?.fingerprint ?? request.imageFingerprint,
                                      config: config.values, status: .creating, mac: request.mac)
         record.ipv4 = request.ipv4
         record = try context.store.insertContainer(record, addresses: context.containers.addresses)
@@ -120,6 +111,12 @@ public final class IncomingMigrations: Sendable {
             let spec = context.containers.spec(record)
             try FileManager.default.createDirectory(at: spec.directory, withIntermediateDirectories: true)
             host.syncDirectory = try driver.prepareIncoming(spec)
+            if let imageBytes {
+                host.incomingImage = IncomingImage(
+                    staging: try context.images.stageTransfer(fingerprint: request.imageFingerprint, bytes: imageBytes,
+                                                              hostName: context.options.hostName),
+                    fingerprint: request.imageFingerprint, alias: request.image, bytes: imageBytes, peer: peerName)
+            }
             let engine = try DestinationEngine(id: id, request: request, host: host,
                                                directory: root.appendingPathComponent(id).path)
             let secret = try trust.secrets.issue(migrationID: id, peerFingerprint: peerFingerprint)
@@ -129,12 +126,44 @@ public final class IncomingMigrations: Sendable {
             registry.withLock { $0.active[id] = incoming }
             context.events.log("info", "incoming migration \(id): \(request.name) from \(peerName) (\(request.mode.rawValue))")
             abandonWhenSilent(engine)
-            return IncomingMigrationAnswer(id: id, secret: secret.secret, streamPort: port)
+            if imageBytes != nil {
+                context.events.log("info", "incoming migration \(id): \(peerName) sends image '\(request.image)' (\(request.imageFingerprint.prefix(12)))")
+            }
+            return IncomingMigrationAnswer(id: id, secret: secret.secret, streamPort: port, imageNeeded: imageBytes == nil ? nil : true)
         } catch {
             await host.discard()
             try? FileManager.default.removeItem(at: root.appendingPathComponent(id))
             throw error
         }
+    }
+
+    /// The container's image here, found by fingerprint under any alias; nil with the size
+    /// to receive when this host lacks it and the source can send it (its request says how
+    /// big it is). A source that can't is refused, as before images travelled.
+    private func localImage(for request: IncomingMigrationRequest) async throws -> (ImageRecord?, UInt64?) {
+        let here = context.options.hostName
+        guard !request.imageFingerprint.isEmpty else {
+            // A source that gives no fingerprint: by alias, as before.
+            guard try context.images.isKnown(request.image) else { throw Self.imageMissing(request.image, on: here) }
+            return (try await context.images.resolve(request.image), nil)
+        }
+        guard ImageStore.isFingerprint(request.imageFingerprint) else {
+            throw RequestError.badRequest(GodwitError("'\(request.imageFingerprint.prefix(80))' is not an image fingerprint"))
+        }
+        if let found = try context.images.image(fingerprint: request.imageFingerprint) { return (found, nil) }
+        // Built on first use: this host's own build may be the very same image.
+        if request.image == BuiltinImage.busybox, let built = try? await context.images.resolve(request.image),
+           built.fingerprint == request.imageFingerprint {
+            return (built, nil)
+        }
+        guard let bytes = request.imageBytes else { throw Self.imageMissing(request.image, on: here) }
+        try RequestError.validating { try ContainerName.validate(request.image) }
+        return (nil, bytes)
+    }
+
+    static func imageMissing(_ alias: String, on host: String) -> RequestError {
+        .badRequest(GodwitError("image '\(alias)' is not on \(host)",
+                                hint: "import the same image there first (`godwit image import`), or move from a Godwit that carries images"))
     }
 
     /// Silence, not duration: a migration whose source does nothing for this long is
@@ -228,6 +257,8 @@ final class DaemonDestinationHost: DestinationHost, Sendable {
     private let sync = Mutex("")
     /// The journal's fixed part (who, what); the engine supplies phase and pid.
     private let journalEntry: DestinationJournal
+    /// The image this host lacks and receives with the container (nil: it has it).
+    private let image = Mutex<IncomingImage?>(nil)
 
     init(context: DaemonContext, driver: any MigrationDriver, name: String, journalEntry: DestinationJournal) {
         self.context = context; self.driver = driver; self.name = name; self.journalEntry = journalEntry
@@ -238,6 +269,22 @@ final class DaemonDestinationHost: DestinationHost, Sendable {
     var syncDirectory: String {
         get { sync.withLock { $0 } }
         set { sync.withLock { $0 = newValue } }
+    }
+
+    var incomingImage: IncomingImage? {
+        get { image.withLock { $0 } }
+        set { image.withLock { $0 = newValue } }
+    }
+
+    var imageStaging: String? { incomingImage?.staging }
+
+    func imageArrived() throws {
+        guard let incoming = incomingImage else { throw GodwitError("\(hostName) expected no image") }
+        let record = try context.images.installTransferred(staging: incoming.staging, fingerprint: incoming.fingerprint,
+                                                           alias: incoming.alias, announcedBytes: incoming.bytes, from: incoming.peer)
+        // The container runs from this alias here (the source's may be taken by another image).
+        try context.store.updateContainer(name) { $0.image = record.alias }
+        context.events.log("info", "image '\(record.alias)' (\(record.fingerprint.prefix(12))) received from \(incoming.peer)")
     }
 
     private func spec() throws -> DriverSpec {
@@ -270,6 +317,8 @@ final class DaemonDestinationHost: DestinationHost, Sendable {
     }
 
     func discard() async {
+        // A staging tree not yet installed (after the install it is gone: renamed).
+        if let staging = imageStaging { try? FileManager.default.removeItem(atPath: staging) }
         guard let record = try? context.store.container(name) else { return }
         let spec = context.containers.spec(record)
         try? await driver.destroy(spec)
@@ -300,4 +349,13 @@ final class DaemonDestinationHost: DestinationHost, Sendable {
     func markLost(_ why: String) {
         _ = try? context.store.updateContainer(name) { $0.status = .stopped; $0.initProcess = nil }
     }
+}
+
+/// An image on its way here with a container: where it is staged, what it must become.
+struct IncomingImage: Sendable {
+    let staging: String
+    let fingerprint: String
+    let alias: String
+    let bytes: UInt64
+    let peer: String
 }

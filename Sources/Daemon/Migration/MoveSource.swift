@@ -22,11 +22,17 @@ struct MoveSource {
         guard let initProcess = record.initProcess else { throw ContainerService.noProcess(record.name) }
         let spec = context.containers.spec(record)
         let side = try driver.migrationSource(spec, init: initProcess)
-        let container = SourceContainer(
+        var container = SourceContainer(
             name: record.name, cgroup: side.cgroup, initPID: side.initPID, syncDirectory: side.syncDirectory, criu: side.criu,
             imagesDirectory: context.options.stateDir.appendingPathComponent("containers/\(record.name)/move-images").path,
             spawnHelper: GodwitPaths.sibling("godwit-spawn"), config: ContainerConfig(record.config),
             image: record.image, imageFingerprint: record.imageFingerprint, ipv4: record.ipv4, mac: record.mac)
+        // For a destination that lacks the image: this host's copy, and its size for the
+        // destination's disk check.
+        if let image = try? context.images.image(fingerprint: record.imageFingerprint) {
+            container.imageRootfs = context.images.rootfs(image).path
+            container.imageBytes = UInt64(max(0, image.sizeBytes))
+        }
         let service = self.service
         let host = ContainerSourceHost(hostName: context.options.hostName, container: container,
                                        journalPath: MoveRecovery.journalPath(context, record.name)) {

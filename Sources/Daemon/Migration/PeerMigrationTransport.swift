@@ -26,6 +26,7 @@ struct PeerMigrationTransport: MigrationPeer {
         let trust: TrustLayer
         let answer: IncomingMigrationAnswer
         var id: String { answer.id }
+        var imageNeeded: Bool { answer.imageNeeded ?? false }
 
         func open(_ channel: MigrationChannel) throws -> Int32 { try open(channel, within: 10) }
 

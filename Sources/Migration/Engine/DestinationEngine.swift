@@ -29,6 +29,17 @@ public protocol DestinationHost: Sendable {
     /// Persists where the move stands once something was restored (nil: it ended), for a
     /// daemon that restarts before the end (see DestinationJournal).
     func journal(_ phase: DestinationJournal.Phase?, pid: pid_t)
+    /// Where the container's image is received when this host lacked it (nil: it has it,
+    /// and an image channel is refused). Empty of anything but what the source sends.
+    var imageStaging: String? { get }
+    /// The image channel's rsync ended well: check what arrived and make it this host's
+    /// image (before the rootfs is prepared on it). Throws to roll the move back.
+    func imageArrived() throws
+}
+
+extension DestinationHost {
+    public var imageStaging: String? { nil }
+    public func imageArrived() throws { throw GodwitError("\(hostName) expected no image") }
 }
 
 /// The destination's half of a move: it receives the data channels, restores (tasks left
@@ -112,6 +123,9 @@ public final class DestinationEngine: Sendable {
         var pagesFD: Int32?
         var pushFD: Int32?
         var precopyFD: Int32?
+        /// The image channel was opened (once per migration: it fills a fresh staging tree).
+        var imageOpened = false
+        var imageInstalled = false
         /// When the source last did something for this migration (a call, a channel, a
         /// pre-copy round): what "the source went silent" is measured against.
         var lastActivity = DispatchTime.now().uptimeNanoseconds
@@ -230,6 +244,8 @@ public final class DestinationEngine: Sendable {
             throw GodwitError("migration \(id) is \(stateName): no \(channel.rawValue) channel now")
         }
         switch channel {
+        case .image:
+            return try imageHandler(r)
         case .rsync, .images:
             r.transfers.enter()
             let syncDirectory = host.syncDirectory, images = imagesDirectory
@@ -293,6 +309,16 @@ public final class DestinationEngine: Sendable {
             }
         }
     }
+
+    /// A channel failed: the restore refuses to run on what it left.
+    func failed(_ channel: MigrationChannel, _ error: any Error) {
+        shared.withLock { $0.errors.append("\(channel.rawValue): \(error)") }
+    }
+
+    /// true the first time only: the image channel fills one fresh staging tree.
+    func claimImageChannel() -> Bool { shared.withLock { s in defer { s.imageOpened = true }; return !s.imageOpened } }
+
+    func imageWasInstalled() { shared.withLock { $0.imageInstalled = true } }
 
     // MARK: activity
 
@@ -536,6 +562,7 @@ public final class DestinationEngine: Sendable {
                                              pagesFetched: figures.pagesFetched,
                                              allLocalAfterCommitMillis: figures.allLocalAfterCommitMillis, lost: figures.lost)
         status.roundsReceived = rounds
+        if shared.withLock({ $0.imageInstalled }) { status.imageInstalled = true }
         status.lazyPages = figures.lazyPages
         status.pagesFromStore = figures.pagesFromStore
         if kind != .copy {

@@ -7,6 +7,9 @@ import GodwitCore
 public enum MigrationChannel: String, Sendable, CaseIterable {
     /// rsync of the container's own files, while it runs and once more while it is frozen.
     case rsync
+    /// rsync of the container's image (its rootfs), before anything else, to a destination
+    /// that lacks it and said so in its answer to `begin`; refused by any other.
+    case image
     /// Pre-copy rounds as PageRecords, then the final scan (and, for pre-copy, its pages).
     case precopy
     /// CRIU's images of the final dump, as one archive.
@@ -42,6 +45,8 @@ public protocol MigrationPeer: Sendable {
 /// One migration as the source sees its destination.
 public protocol MigrationSession: Sendable {
     var id: String { get }
+    /// The destination lacks the container's image and waits for it on the image channel.
+    var imageNeeded: Bool { get }
     /// Opens a data channel; blocking (call it off the cooperative pool). The caller owns
     /// the returned descriptor.
     func open(_ channel: MigrationChannel) throws -> Int32
@@ -67,5 +72,6 @@ public protocol MigrationSession: Sendable {
 }
 
 extension MigrationSession {
+    public var imageNeeded: Bool { false }
     public func open(_ channel: MigrationChannel, within seconds: Double) throws -> Int32 { try open(channel) }
 }

@@ -111,7 +111,7 @@ public actor SourceEngine {
     private func enter(_ next: State) { state = next }
 
     /// Runs `body` as the named phase, timing it and counting the bytes it reports.
-    private func step<T>(_ name: String, expected: UInt64? = nil, _ body: () async throws -> (T, UInt64)) async throws -> T {
+    func step<T>(_ name: String, expected: UInt64? = nil, _ body: () async throws -> (T, UInt64)) async throws -> T {
         phase = name
         progress.begin(name, expected: expected)
         let t = Self.now()
@@ -178,7 +178,8 @@ public actor SourceEngine {
         let session = try await peer.begin(IncomingMigrationRequest(
             name: request.newName ?? c.name, image: c.image, imageFingerprint: c.imageFingerprint, config: c.config.values,
             ipv4: c.ipv4, mac: c.mac,
-            mode: strategy, sourceHost: host.hostName, criuVersion: try await host.capabilities().criuVersion))
+            mode: strategy, sourceHost: host.hostName, criuVersion: try await host.capabilities().criuVersion,
+            imageBytes: c.imageRootfs == nil ? nil : c.imageBytes))
         self.session = session
         revert.add("destination: remove its copy") { await session.abort(reason: "the source rolled the move back") }
         host.journal(SourceJournal(migrationID: session.id, peer: peer.name, container: c.name, phase: .transferring,
@@ -186,6 +187,8 @@ public actor SourceEngine {
         let t = Transferring(session: session, behaviour: strategy.behaviour)
         enter(.transferring(t))
         try await hooks.reach(.transferring)
+        // The image first: the destination prepares the container's rootfs on it.
+        if session.imageNeeded { try await carryImage(session) }
 
         // The files, while the container runs.
         try await step("filesystem sync") {

@@ -56,6 +56,10 @@ public struct SourceContainer: Sendable {
     public var imageFingerprint: String
     public var ipv4: String?
     public var mac: String
+    /// The image's own rootfs here and its size, for a destination that lacks the image
+    /// (nil: this host can't carry it; such a destination refuses the move).
+    public var imageRootfs: String?
+    public var imageBytes: UInt64?
 
     public init(name: String, cgroup: Cgroup, initPID: pid_t, syncDirectory: String, criu: CRIU, imagesDirectory: String,
                 spawnHelper: String, config: ContainerConfig,
