@@ -229,8 +229,8 @@ public final class ContainerRuntime: Sendable {
         guard container.initProcess.isAlive else {
             throw GodwitError("container \(container.name) is not running").with("pid", String(container.initPID))
         }
-        var args = ["exec", "--pid", String(container.initPID)]
-        if container.spec.system { args.append("--system") } + (terminal ? ["--tty"] : [])
+        var args = ["exec", "--pid", String(container.initPID)] + (terminal ? ["--tty"] : [])
+        if container.spec.system { args.append("--system") }
         for dir in container.cgroup.directories { args += ["--cgroup", dir] }
         var spec = container.spec
         if let environment { spec.environment = environment }

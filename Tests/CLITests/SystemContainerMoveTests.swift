@@ -24,6 +24,7 @@ struct SystemContainerMoveTests {
         try #require(launched.succeeded, "launch: \(launched.stderr)")
         try SystemContainer.waitUntilRunning(lab, "h1", "db")
         let failedBefore = try SystemContainer.failedUnits(lab, "h1", "db")
+        try SystemContainer.expectShapedEnvironment(lab, "h1", "db")
 
         // Configuration, not unit changes: PostgreSQL listens on the container's address and
         // trusts the lab's client; nginx serves a page the client can recognise.
@@ -122,6 +123,28 @@ enum SystemContainer {
             let failed = (try? failedUnits(lab, host, name)) ?? []
             throw GodwitError("\(name) on \(host) is '\(state)', not running; failed units: \(failed.sorted())")
         }
+    }
+
+    /// The system-container environment (docs/system-containers.md) and `godwit check NAME`.
+    static func expectShapedEnvironment(_ lab: MoveLab, _ host: String, _ name: String) throws {
+        let env = try lab.sh(host, name, "tr '\\0' '\\n' < /proc/1/environ")
+        #expect(env.stdout.contains("container=godwit"), "the init's environment: \(env.stdout)")
+        let mounts = try lab.sh(host, name, "cat /proc/1/mountinfo").stdout
+        for fs in ["hugetlbfs", "debugfs", "tracefs", "configfs", "bpf"] {
+            #expect(!mounts.contains(" - \(fs) "), "\(fs) is mounted in the container")
+        }
+        #expect(try lab.sh(host, name, "echo 1 > /proc/sys/kernel/ns_last_pid").succeeded == false, "/proc/sys is writable")
+        // A nested uts namespace is what CRIU can't dump: creating one fails, also from exec.
+        let unshare = try lab.sh(host, name, "unshare -u true")
+        #expect(!unshare.succeeded && unshare.stderr.contains("Operation not permitted"), "unshare -u: \(unshare.stderr)")
+        #expect(try lab.on(host, ["check"], [name]).succeeded, "godwit check \(name) found a blocker on a fresh container")
+        // A mount CRIU can't dump is reported, with CRIU's reason, and the check fails.
+        try #require(try lab.sh(host, name, "mkdir -p /mnt/huge && mount -t hugetlbfs none /mnt/huge").succeeded)
+        let blocked = try lab.on(host, ["check"], [name])
+        #expect(!blocked.succeeded && blocked.stdout.contains("hugetlbfs mounted on /mnt/huge") && blocked.stdout.contains("unsupported"),
+                "godwit check with hugetlbfs mounted: \(blocked.stdout) \(blocked.stderr)")
+        try #require(try lab.sh(host, name, "umount /mnt/huge").succeeded)
+        #expect(try lab.on(host, ["check"], [name]).succeeded)
     }
 
     static func failedUnits(_ lab: MoveLab, _ host: String, _ name: String) throws -> Set<String> {
