@@ -77,9 +77,11 @@ extension ImageStore {
             throw GodwitError.errno("rename(\(staging), \(final.path))")
         }
         if let existing = try store.image(fingerprint: fingerprint) { return existing }
+        // What the tree says it is, as for an imported rootfs: the peer's word would be no better.
+        let identity = (try? Self.identity(of: final)) ?? RootfsInspection.identity(of: final.appendingPathComponent("rootfs"))
         let record = ImageRecord(alias: try freeAlias(wanted, fingerprint: fingerprint), fingerprint: fingerprint,
                                  path: final.path, description: "received from \(peer) with a moved container (fingerprint as there)",
-                                 sizeBytes: size)
+                                 sizeBytes: size, os: identity.os, release: identity.release, architecture: identity.architecture)
         try store.insertImage(record)
         return record
     }

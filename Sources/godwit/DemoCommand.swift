@@ -13,13 +13,22 @@ struct DemoCommand: ParsableCommand {
 
     @Option(help: "Memory the workload touches, in MiB.") var memory: Int = 256
     @Option(help: "Link rate between the hosts (tc syntax).") var bandwidth: String = "1gbit"
+    @Option(help: "busybox (a memory workload, the default) or debian (systemd with nginx and PostgreSQL, moved in every mode).")
+    var image: String = "busybox"
 
     func run() throws {
         try HostEnvironment.requireRoot(for: "godwit demo")
+        guard ["busybox", "debian"].contains(image) else {
+            throw GodwitError("unknown demo image '\(image)'", hint: "use --image busybox or --image debian")
+        }
         let name = "demo" + String((0..<4).map { _ in "abcdefghijklmnopqrstuvwxyz0123456789".randomElement()! })
         let demo = DemoRun(lab: name)
         defer { demo.tearDown() }
-        try demo.run(memoryMiB: memory, bandwidth: bandwidth)
+        if image == "debian" {
+            try demo.runSystem(bandwidth: bandwidth)
+        } else {
+            try demo.run(memoryMiB: memory, bandwidth: bandwidth)
+        }
     }
 }
 
