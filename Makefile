@@ -46,11 +46,13 @@ demo: release
 	$(RELEASE_GODWIT) demo
 
 # Link throughput, then the migration benchmark's quick profile (< 10 min; the full profile
-# is `godwit bench migrate`, see docs/benchmarks.md). Results under bench/results/.
+# is `godwit bench migrate`, see docs/benchmarks.md), then the Debian system container (bench
+# system). Results under bench/results/.
 bench: release
 	$(RELEASE_GODWIT) bench link
 	$(RELEASE_GODWIT) bench track --quick
 	$(RELEASE_GODWIT) bench migrate --quick
+	$(RELEASE_GODWIT) bench system
 
 # The fault matrix (issue 13): every phase of a move × link, daemon, CRIU, disk and client
 # faults, at 64 MiB (12-16 min). Table on stdout and in bench/results/<stamp>-faults/;

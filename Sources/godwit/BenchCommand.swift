@@ -7,7 +7,7 @@ import Lab
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Benchmarks that print tables and write CSV.",
-        subcommands: [LinkBench.self, MigrateBench.self, TrackBench.self, FaultsBench.self, UDPProbeCommand.self])
+        subcommands: [LinkBench.self, MigrateBench.self, SystemBench.self, TrackBench.self, FaultsBench.self, UDPProbeCommand.self])
 }
 
 /// Lab link throughput, shaped and unshaped: the figure every migration timing depends on.

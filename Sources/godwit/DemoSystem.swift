@@ -18,14 +18,7 @@ extension DemoRun {
                   "--alias", "debian"] + h1)
         report.add(["image", String(format: "debian (bookworm, systemd, nginx, PostgreSQL), ready in %.1f s", lastSeconds)])
         try step(["launch", "debian", "web"] + h1)
-        var state = ""
-        guard poll(timeout: 120, {
-            state = ((try? Command.run([self.godwit, "exec"] + h1 + ["web", "--", "systemctl", "is-system-running"]))?.stdout ?? "")
-                .trimmingCharacters(in: .whitespacesAndNewlines)
-            return state == "running" || state == "degraded"
-        }), state == "running" else {
-            throw GodwitError("the Debian container did not boot to running (systemd says '\(state)')")
-        }
+        try waitUntilRunning(h1)
         report.add(["boot", "systemd: running"])
         try step(["exec"] + h1 + ["web", "--", "systemctl", "--no-pager", "--plain", "list-units", "--type=service", "--state=running"])
         try step(["check", "web"] + h1)
@@ -51,7 +44,19 @@ extension DemoRun {
         print("\nGodwit system container demo report (lab \(lab))\n" + report.render())
     }
 
-    private func containerAddress(_ dir: [String]) throws -> String {
+    /// Until systemd in `web` says running; "degraded" (a failed unit) is an error.
+    func waitUntilRunning(_ dir: [String]) throws {
+        var state = ""
+        guard poll(timeout: 120, {
+            state = ((try? Command.run([self.godwit, "exec"] + dir + ["web", "--", "systemctl", "is-system-running"]))?.stdout ?? "")
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            return state == "running" || state == "degraded"
+        }), state == "running" else {
+            throw GodwitError("the Debian container did not boot to running (systemd says '\(state)')")
+        }
+    }
+
+    func containerAddress(_ dir: [String]) throws -> String {
         let json = try step(["list", "--format", "json"] + dir, quiet: true)
         let list = try APICoding.decoder().decode([ContainerInfo].self, from: Data(json.utf8))
         guard let ip = list.first(where: { $0.name == "web" })?.ipv4 else { throw GodwitError("the container has no address") }
