@@ -92,6 +92,9 @@ struct SystemBench: ParsableCommand {
         var md = "# System container: Debian bookworm, systemd, nginx, PostgreSQL\n\n"
         md += "Link \(bandwidth); \(runs.count) moves in \(Int(seconds)) s; medians of \(runs.count / max(1, modes.count)) moves per mode; "
         md += "\(failedProbes) client requests failed. Raw: raw/system-runs.csv, raw/system-probe.txt.\n\n"
+        md += "Network downtime is the longest gap between two answered requests of a client opening a new "
+        md += "connection every 10 ms: a SYN that meets the freeze is sent again by the client's kernel after 1 s "
+        md += "(then 3 s), so it moves in steps of about a second, not with the frozen time.\n\n"
         md += "| mode | frozen ms | network downtime ms | total ms | MiB moved |\n|---|---|---|---|---|\n"
         var bars: [(String, Double, Double)] = []
         for mode in modes {
