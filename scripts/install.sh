@@ -21,7 +21,8 @@ UNITDIR=$PREFIX/lib/systemd/system
 BASHDIR=$PREFIX/share/bash-completion/completions
 ZSHDIR=$PREFIX/share/zsh/site-functions
 FISHDIR=$PREFIX/share/fish/vendor_completions.d
-BINARIES=(godwit godwitd godwit-spawn)
+# godwit-console-keeper: static, copied into every container by godwit-spawn (its sibling).
+BINARIES=(godwit godwitd godwit-spawn godwit-console-keeper)
 
 do_uninstall() {
   for b in "${BINARIES[@]}"; do rm -f "$DESTDIR$BINDIR/$b"; done

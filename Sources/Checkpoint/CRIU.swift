@@ -152,6 +152,7 @@ public struct CRIU: Sendable {
     @discardableResult
     public func dump(_ options: DumpOptions) throws -> CRIURun {
         try OwnerOnly.directory(options.imagesDirectory)
+        ConsoleKeeper.detachClients(initPID: options.pid)
         let drain = options.acceptQueueDrain.flatMap { ListenQueueDrain.begin(pid: options.pid, timeout: $0) }
         defer { drain?.end() }
         let log = CRIULogFile.named("dump.log", directory: options.imagesDirectory)

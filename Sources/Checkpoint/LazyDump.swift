@@ -30,6 +30,8 @@ public final class LazyDump: Sendable {
         // CRIU's end is CRIU's alone once it started (or never will be): it must not be held
         // open here, or CRIU's exit would not end the connection.
         defer { if let socket = options.lazyPagesSocket { close(socket) } }
+        // Before the freeze: a console client outside the container would make the dump fail.
+        ConsoleKeeper.detachClients(initPID: options.pid)
         let drain = options.acceptQueueDrain.flatMap { ListenQueueDrain.begin(pid: options.pid, timeout: $0) }
         if options.freezeBeforeDump, let freezer = options.freezerCgroup { Self.freezeFirst(freezer) }
         do {

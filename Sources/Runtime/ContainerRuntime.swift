@@ -103,6 +103,11 @@ public final class ContainerRuntime: Sendable {
         for dir in cgroup.directories { args += ["--cgroup", dir] }
         for line in spec.environmentLines { args += ["--env", line] }
         if spec.system { args.append("--system") }
+        // Built beside godwit-spawn (scripts/build-workloads.sh). Without it the container
+        // still starts, with its output going to the log file only and no interactive console.
+        let keeper = URL(fileURLWithPath: configuration.spawnHelper).deletingLastPathComponent()
+            .appendingPathComponent("godwit-console-keeper").path
+        if access(keeper, X_OK) == 0 { args += ["--keeper", keeper] }
         args += ["--"] + spec.initCommand
 
         let process = Process()

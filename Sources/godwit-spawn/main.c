@@ -9,9 +9,11 @@
 static const char usage[] =
     "usage:\n"
     "  godwit-spawn run --rootfs DIR --console PATH [--hostname NAME] [--cgroup DIR]...\n"
-    "                   [--env K=V]... [--system] -- INIT [ARG]...\n"
+    "                   [--env K=V]... [--system] [--keeper FILE] -- INIT [ARG]...\n"
     "      Starts INIT as pid 1 of new pid/mount/uts/ipc/net/cgroup namespaces rooted at DIR;\n"
     "      its stdout/stderr go to PATH inside the container (created, appended to).\n"
+    "      --keeper: FILE (static godwit-console-keeper) is copied into the container and\n"
+    "      holds a pty whose slave is /dev/console and INIT's stdio; it logs to PATH.\n"
     "      Protocol: prints \"pid N\" (N = INIT's host pid), waits for a line \"go\" on stdin\n"
     "      (the caller configures the network meanwhile), prints \"ok\" once INIT is exec'd.\n"
     "      --system: a distribution's init (systemd): tmpfs /run and /tmp, read-only\n"
@@ -20,6 +22,8 @@ static const char usage[] =
     "      Runs CMD inside the namespaces of the container whose init is PID; stdio passes\n"
     "      through and CMD's exit status is ours (128+N when killed by signal N). --tty runs\n"
     "      CMD on a pty of the container's own devpts and relays it (raw mode if stdin is a tty).\n"
+    "  godwit-spawn console --pid PID\n"
+    "      Attaches to the console of the container whose init is PID (Ctrl-a q detaches).\n"
     "  godwit-spawn file push|pull --pid PID ... (see file.c)\n"
     "  godwit-spawn tunnel --socket PATH -- ARG...\n"
     "      rsync's remote shell (-e \"godwit-spawn tunnel --socket PATH --\"): connects to the\n"
@@ -44,6 +48,7 @@ static void parse(int argc, char **argv, struct spawn_options *o) {
         else if (strcmp(a, "--hostname") == 0) o->hostname = need_value(argc, argv, &i);
         else if (strcmp(a, "--console") == 0) o->console = need_value(argc, argv, &i);
         else if (strcmp(a, "--system") == 0) o->system = 1;
+        else if (strcmp(a, "--keeper") == 0) o->keeper = need_value(argc, argv, &i);
         else if (strcmp(a, "--tty") == 0 || strcmp(a, "-t") == 0) o->tty = 1;
         else if (strcmp(a, "--cwd") == 0) o->cwd = need_value(argc, argv, &i);
         else if (strcmp(a, "--pid") == 0) o->target = (pid_t)atoi(need_value(argc, argv, &i));
@@ -82,6 +87,10 @@ int main(int argc, char **argv) {
         if (argc < 5 || strcmp(argv[2], "--socket") != 0 || strcmp(argv[4], "--") != 0 || argc < 6)
             die("tunnel needs --socket PATH -- ARG...\n%s", usage);
         return spawn_tunnel(argv[3], argv + 5);
+    }
+    if (strcmp(argv[1], "console") == 0) {
+        if (argc != 4 || strcmp(argv[2], "--pid") != 0 || atoi(argv[3]) <= 0) die("console needs --pid PID\n%s", usage);
+        return spawn_console((pid_t)atoi(argv[3]));
     }
     parse(argc, argv, &opts);
     if (strcmp(argv[1], "run") == 0) {

@@ -92,16 +92,28 @@ static void container_child(const struct spawn_options *o, int go_fd, int err_fd
     // A session leader inside the dumped tree: CRIU then needs no --shell-job.
     if (setsid() < 0) fail("setsid");
     if (o->hostname && sethostname(o->hostname, strlen(o->hostname)) < 0) fail("sethostname");
+    // Opened while the host's root is still ours: the copy is made once the container's
+    // /dev exists.
+    int keeper = -1;
+    if (o->keeper && (keeper = open(o->keeper, O_RDONLY | O_CLOEXEC)) < 0) fail("open %s", o->keeper);
     setup_root(o->rootfs);
     if (o->system) setup_system();
     int console = open_console(o->console);
+    struct console_setup pty;
+    if (keeper >= 0) console_prepare(keeper, &pty);
     char go;
     // EOF here means the helper died or the caller aborted: never run half-configured.
     if (read(go_fd, &go, 1) != 1) _exit(125);
     close(go_fd);
-    int devnull = open("/dev/null", O_RDWR);
-    if (devnull < 0) fail("open /dev/null");
-    if (dup2(devnull, 0) < 0 || dup2(console, 1) < 0 || dup2(console, 2) < 0) fail("dup2");
+    if (keeper >= 0) {
+        // The keeper appends the console's output to the log; the init gets the pty.
+        close(console);
+        console_start_keeper(&pty, o->console);
+    } else {
+        int devnull = open("/dev/null", O_RDWR);
+        if (devnull < 0) fail("open /dev/null");
+        if (dup2(devnull, 0) < 0 || dup2(console, 1) < 0 || dup2(console, 2) < 0) fail("dup2");
+    }
     close_inherited_fds(err_fd);
     // Last: nothing of ours may be refused by it.
     if (o->system) install_system_seccomp();
@@ -143,6 +155,8 @@ int spawn_run(const struct spawn_options *o) {
     while ((n = read(err[0], msg + total, sizeof msg - 1 - total)) > 0) total += n;
     if (total > 0) {
         msg[total] = 0;
+        // The init may be running already (a failed keeper exec is reported from its child).
+        kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         die("container setup failed: %s", msg);
     }

@@ -20,6 +20,7 @@ struct spawn_options {
     int tty;                 // exec: run CMD on a pty of the container's own
     pid_t target;            // exec: host pid of the container's init
     int system;              // run: a distribution's init (systemd): see system.c
+    const char *keeper;      // run: static console keeper to copy in (console.c); NULL: no pty console
     char **argv;             // what to exec (after "--")
 };
 
@@ -27,6 +28,12 @@ int spawn_run(const struct spawn_options *opts);
 int spawn_exec(const struct spawn_options *opts);
 
 int spawn_file(int argc, char **argv);
+
+// console.c
+struct console_setup { int master, slave, listener; };
+void console_prepare(int keeper_src, struct console_setup *c);
+void console_start_keeper(struct console_setup *c, const char *log);
+int spawn_console(pid_t target);
 
 // terminal.c
 void terminal_raw(void);

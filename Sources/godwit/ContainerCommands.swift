@@ -176,7 +176,12 @@ struct DeleteCommand: AsyncParsableCommand {
 }
 
 struct ConsoleCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "console", abstract: "Show a container's console log.")
+    static let configuration = CommandConfiguration(
+        commandName: "console", abstract: "Attach to a container's console, or show its log.",
+        discussion: """
+            Attaches to /dev/console of the container (its init's stdin/stdout/stderr); detach with
+            Ctrl-a q (Ctrl-a a sends Ctrl-a). One client at a time; a checkpoint or move detaches it.
+            """)
     @OptionGroup var daemon: DaemonOptions
     @Argument(help: "Container name.") var name: String
     @Flag(help: "Print the init's output so far.") var showLog = false
@@ -184,7 +189,15 @@ struct ConsoleCommand: AsyncParsableCommand {
     func run() async throws {
         try await CLI.run {
             guard showLog else {
-                throw GodwitError("interactive consoles are not supported", hint: "use `godwit console --show-log \(name)`, or `godwit exec \(name) -- sh`")
+                // Like file push/pull: the plan names the helper and the init; the keeper inside
+                // the container does the rest, the daemon relays nothing.
+                let plan = try await daemon.client.execPlan(name, ExecRequest(command: ["true"]))
+                guard plan.argv.first.map({ $0.hasSuffix("godwit-spawn") }) == true else {
+                    throw GodwitError("this daemon's driver has no consoles", hint: "use `godwit console --show-log \(name)`")
+                }
+                FileHandle.standardError.write(Data("Attached to \(name)'s console; detach with Ctrl-a q.\r\n".utf8))
+                try ExecCommand.replaceProcess(with: ExecPlan(argv: [plan.argv[0], "console", "--pid", String(plan.pid)],
+                                                              environment: ProcessInfo.processInfo.environment, pid: plan.pid))
             }
             print(try await daemon.client.console(name).log, terminator: "")
         }
