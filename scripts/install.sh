@@ -42,8 +42,10 @@ install_criu() {
   else
     # The private prefix: its wrapper names the checkout's paths; the copy names its own.
     cp -a .criu/root "$dst/root"
+    # The prlimit shim the wrapper preloads (scripts/criu-shim/prlimit.c).
+    [[ ! -d .criu/lib ]] || cp -a .criu/lib "$dst/lib"
     cp -a .criu/VERSION "$dst/VERSION" 2>/dev/null || true
-    sed "s|$ROOT/.criu/root|$LIBDIR/criu/root|g" "$src" >"$dst/bin/criu"
+    sed -e "s|$ROOT/.criu/root|$LIBDIR/criu/root|g" -e "s|$ROOT/.criu/lib|$LIBDIR/criu/lib|g" "$src" >"$dst/bin/criu"
     chmod 755 "$dst/bin/criu"
   fi
 }
