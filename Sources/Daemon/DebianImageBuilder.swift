@@ -5,6 +5,9 @@ import GodwitCore
 /// What a Debian image is built from. Two requests that name the same packages in another
 /// order or twice are the same recipe, so they share one cached tarball.
 public struct DebianRecipe: Sendable, Equatable {
+    /// The network namespace (a path) image builds run in, when not the daemon's own.
+    public static let buildNetnsVariable = "GODWIT_BUILD_NETNS"
+
     /// Bumped when the way Godwit builds changes, so old cached tarballs stop matching.
     static let version = 1
     static let releases = ["bookworm", "trixie"]
@@ -134,8 +137,14 @@ public struct DebianImageBuilder: Sendable {
         environment["TMPDIR"] = temp.path
         // A private mount namespace: whatever mmdebstrap mounts in its chroot goes away with
         // it, also when a cancelled build is killed before it could unmount.
-        let argv = ["unshare", "--mount", "--propagation", "private"] + recipe.mmdebstrapArguments
+        var argv = ["unshare", "--mount", "--propagation", "private"] + recipe.mmdebstrapArguments
             + [output.path, DebianRecipe.mirror]
+        // A simulated host (lab, test fixture) lives in a network namespace with no route to
+        // the archive; its daemon is told where the machine's network is, as a real host's
+        // daemon would simply use its own.
+        if let netns = environment[DebianRecipe.buildNetnsVariable], netns.hasPrefix("/") {
+            argv = ["nsenter", "--net=" + netns] + argv
+        }
         progress?.progress("mmdebstrap: starting (\(recipe.release), \(recipe.packages.count) packages)")
         let pid = try DetachedProcess.spawn(argv, log: log.path, environment: environment)
         var status: Int32?

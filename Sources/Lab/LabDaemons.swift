@@ -21,8 +21,12 @@ public enum LabDaemons {
         }
         for host in lab.hosts {
             let config = try initialize(host, godwit: (godwitd as NSString).deletingLastPathComponent + "/godwit", httpsPort: httpsPort)
-            let env = (environment[host.name] ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-            var argv = ["nsenter", "--net=" + host.netnsPath] + (env.isEmpty ? [] : ["env"] + env)
+            // Lab hosts have no route out: image builds use the machine's network
+            // (DebianImageBuilder), as a real host's daemon uses its own.
+            var hostEnvironment = environment[host.name] ?? [:]
+            if hostEnvironment["GODWIT_BUILD_NETNS"] == nil { hostEnvironment["GODWIT_BUILD_NETNS"] = "/proc/1/ns/net" }
+            let env = hostEnvironment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+            var argv = ["nsenter", "--net=" + host.netnsPath, "env"] + env
                 + [godwitd, "--config", config, "--cgroup-root", host.cgroups.name]
             for file in extraFiles { argv += ["--busybox-extra", "\(file.host):\(file.image)"] }
             argv += arguments[host.name] ?? []

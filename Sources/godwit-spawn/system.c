@@ -67,6 +67,16 @@ static void protect_proc(void) {
         mnt("/proc/sysrq-trigger", "/proc/sysrq-trigger", NULL, MS_BIND, NULL);
         mnt(NULL, "/proc/sysrq-trigger", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     }
+    // The host kernel's memory, timers, scheduler and keys, as Docker and Podman mask them:
+    // /dev/null (the container's own, on its /dev tmpfs, which CRIU dumps) bound over each.
+    static const char *masked[] = {"/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
+                                   "/proc/latency_stats"};
+    for (size_t i = 0; i < sizeof masked / sizeof masked[0]; i++) {
+        if (access(masked[i], F_OK) != 0) continue;
+        mnt("/dev/null", masked[i], NULL, MS_BIND, NULL);
+        // Not nodev: the file reads as empty, as on Docker, rather than failing to open.
+        mnt(NULL, masked[i], NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL);
+    }
 }
 
 void setup_system(void) {

@@ -101,6 +101,8 @@ final class RealDaemonFixture: @unchecked Sendable {
         logs.append(log)
         var environment = ProcessInfo.processInfo.environment
         environment["GODWIT_TESTING_FAKE_DRIVER"] = nil
+        // Its namespace has no route out: image builds use the machine's network.
+        environment["GODWIT_BUILD_NETNS"] = "/proc/1/ns/net"
         // nsenter execs godwitd (no --fork): the pid is the daemon's.
         daemon = try DetachedProcess.spawn(
             ["nsenter", "--net=" + netnsPath, Built.path("godwitd"),

@@ -95,6 +95,18 @@ struct SystemContainerMoveTests {
         let rows = Set(stored.stdout.split(separator: "\n").compactMap { Int($0) })
         #expect(acked.count > 1000, "only \(acked.count) rows were acknowledged")
         #expect(acked.subtracting(rows).isEmpty, "acknowledged rows missing after the moves: \(acked.subtracting(rows).sorted().prefix(20))")
+
+        // A clean halt (SIGRTMIN+3), well inside the timeout after which it would be killed,
+        // and the container boots again from the same files.
+        let t0 = Date()
+        let stopped = try lab.on("h1", ["stop"], ["db", "--timeout", "30"])
+        let stopSeconds = Date().timeIntervalSince(t0)
+        #expect(stopped.succeeded, "stop: \(stopped.stderr)")
+        #expect(stopSeconds < 25, "systemd did not halt on SIGRTMIN+3 (stop took \(stopSeconds) s)")
+        try #require(try lab.on("h1", ["start"], ["db"]).succeeded)
+        try SystemContainer.waitUntilRunning(lab, "h1", "db")
+        let count = try lab.sh("h1", "db", "su postgres -c \"psql -qAtc 'SELECT count(*) FROM \(PostgresLoad.table)'\"")
+        #expect(Int(count.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) == rows.count, "rows after a restart: \(count.stdout)")
     }
 }
 
@@ -134,6 +146,8 @@ enum SystemContainer {
             #expect(!mounts.contains(" - \(fs) "), "\(fs) is mounted in the container")
         }
         #expect(try lab.sh(host, name, "echo 1 > /proc/sys/kernel/ns_last_pid").succeeded == false, "/proc/sys is writable")
+        #expect(try lab.sh(host, name, "wc -c < /proc/timer_list").stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0",
+                "/proc/timer_list is not masked")
         // A nested uts namespace is what CRIU can't dump: creating one fails, also from exec.
         let unshare = try lab.sh(host, name, "unshare -u true")
         #expect(!unshare.succeeded && unshare.stderr.contains("Operation not permitted"), "unshare -u: \(unshare.stderr)")
