@@ -20,16 +20,18 @@ public enum ConsoleKeeper {
         return nil
     }
 
-    /// Signals the keeper (SIGUSR1: drop the client, refuse new ones for ~2 s) and waits, at
-    /// most `timeout`, until it holds no socket but its listener. Called before CRIU starts,
-    /// i.e. before the freeze: without a client it costs a couple of /proc reads.
+    /// When a client is attached, signals the keeper (SIGUSR1: drop the client, refuse new
+    /// ones for ~2 s) and waits, at most `timeout`, until it holds no socket but its listener.
+    /// Called before CRIU starts, i.e. before the freeze: without a client it costs a couple
+    /// of /proc reads and sends nothing.
     /// Returns false when a client was still connected at the deadline (the dump will then
     /// fail and say why; the container keeps running).
     @discardableResult
     public static func detachClients(initPID: Int32, timeout: TimeInterval = 1) -> Bool {
-        guard let keeper = find(initPID: initPID) else { return true }
-        // Always signalled, also with no client now: it closes the window in which one could
-        // attach between this check and CRIU's freeze.
+        // Only with a client attached: a signal still pending at the freeze is dumped, and the
+        // keeper then handles it on the destination after the restore. A client that attaches
+        // between this check and CRIU's freeze makes the dump fail, and the container resumes.
+        guard let keeper = find(initPID: initPID), let sockets = socketCount(keeper), sockets > 1 else { return true }
         kill(keeper, SIGUSR1)
         let deadline = Date().addingTimeInterval(timeout)
         while true {

@@ -12,6 +12,9 @@ public struct RuntimeConfiguration: Sendable {
     public var rootfsKind: RootFS.Kind
     /// The godwit-spawn executable (built beside godwit and godwitd).
     public var spawnHelper: String
+    /// Start each container with the console keeper (docs/console.md). Off only for the
+    /// engine's memory-exactness tests, which compare every page of every process.
+    public var consoleKeeper: Bool = true
 
     public init(stateRoot: String = "/var/lib/godwit/containers", cgroupParent: String = "godwit",
                 hostNetwork: NetworkNamespace = .current, rootfsKind: RootFS.Kind = .overlay,
@@ -107,7 +110,7 @@ public final class ContainerRuntime: Sendable {
         // still starts, with its output going to the log file only and no interactive console.
         let keeper = URL(fileURLWithPath: configuration.spawnHelper).deletingLastPathComponent()
             .appendingPathComponent("godwit-console-keeper").path
-        if access(keeper, X_OK) == 0 { args += ["--keeper", keeper] }
+        if configuration.consoleKeeper, access(keeper, X_OK) == 0 { args += ["--keeper", keeper] }
         args += ["--"] + spec.initCommand
 
         let process = Process()

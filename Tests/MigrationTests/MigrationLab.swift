@@ -47,10 +47,15 @@ final class MigrationLab {
         do {
             try Self.makeImage(at: image, scratch: directory)
             try Self.makeCgroupParent(destinationCgroupParent)
-            runtime = try ContainerRuntime(RuntimeConfiguration(
+            var configuration = RuntimeConfiguration(
                 stateRoot: directory + "/containers", cgroupParent: "godwit-mig-src-" + suffix,
                 hostNetwork: .named(sourceNetns),
-                spawnHelper: Self.spawnHelper()))
+                spawnHelper: Self.spawnHelper())
+            // These tests count the workload's processes and compare every page of each
+            // across the move. The console keeper is left out: one page of its heap differs
+            // after a restore (docs/console.md, "Open").
+            configuration.consoleKeeper = false
+            runtime = try ContainerRuntime(configuration)
         } catch {
             for ns in [sourceNetns, destinationNetns] { _ = try? Command.run(["ip", "netns", "del", ns]) }
             throw error
