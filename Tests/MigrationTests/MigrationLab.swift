@@ -52,8 +52,9 @@ final class MigrationLab {
                 hostNetwork: .named(sourceNetns),
                 spawnHelper: Self.spawnHelper())
             // These tests count the workload's processes and compare every page of each
-            // across the move. The console keeper is left out: one page of its heap differs
-            // after a restore (docs/console.md, "Open").
+            // across the move. The console keeper is left out: it keeps glibc's rseq area,
+            // which the kernel rewrites with the CPU it runs on (the workloads turn rseq off
+            // below; the keeper does not get their environment). docs/console.md.
             configuration.consoleKeeper = false
             runtime = try ContainerRuntime(configuration)
         } catch {
