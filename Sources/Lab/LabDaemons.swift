@@ -19,12 +19,15 @@ public enum LabDaemons {
         guard access(godwitd, X_OK) == 0 else {
             throw GodwitError("godwitd not found at \(godwitd)", hint: "run `make build` first")
         }
+        let outside = outsideNetwork(lab)
         for host in lab.hosts {
             let config = try initialize(host, godwit: (godwitd as NSString).deletingLastPathComponent + "/godwit", httpsPort: httpsPort)
             // Lab hosts have no route out: image builds use the machine's network
             // (DebianImageBuilder), as a real host's daemon uses its own.
             var hostEnvironment = environment[host.name] ?? [:]
-            if hostEnvironment["GODWIT_BUILD_NETNS"] == nil { hostEnvironment["GODWIT_BUILD_NETNS"] = "/proc/1/ns/net" }
+            if hostEnvironment["GODWIT_BUILD_NETNS"] == nil, let outside {
+                hostEnvironment["GODWIT_BUILD_NETNS"] = outside
+            }
             let env = hostEnvironment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
             var argv = ["nsenter", "--net=" + host.netnsPath, "env"] + env
                 + [godwitd, "--config", config, "--cgroup-root", host.cgroups.name]
@@ -40,6 +43,21 @@ public enum LabDaemons {
                                   hint: "see \(host.stateDirectory)/godwitd.log")
             }
         }
+    }
+
+    /// A handle on the network namespace this process runs in (the machine's), bind-mounted
+    /// into the lab's state directory, for the daemons' image builds: /proc/1/ns/net may be
+    /// out of reach (a sandboxed init), and this process exits long before the lab does.
+    /// `lab down` unmounts everything under the lab's directory. nil if it can't be made.
+    static func outsideNetwork(_ lab: Lab) -> String? {
+        let path = lab.stateDirectory + "/outside.netns"
+        if FileManager.default.fileExists(atPath: path) { return path }
+        guard FileManager.default.createFile(atPath: path, contents: nil) else { return nil }
+        guard mount("/proc/self/ns/net", path, nil, UInt(MS_BIND), nil) == 0 else {
+            try? FileManager.default.removeItem(atPath: path)
+            return nil
+        }
+        return path
     }
 
     /// `godwit init --preseed` inside the host, as a user sets up a machine: its uplink

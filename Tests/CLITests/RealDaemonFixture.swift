@@ -102,7 +102,7 @@ final class RealDaemonFixture: @unchecked Sendable {
         var environment = ProcessInfo.processInfo.environment
         environment["GODWIT_TESTING_FAKE_DRIVER"] = nil
         // Its namespace has no route out: image builds use the machine's network.
-        environment["GODWIT_BUILD_NETNS"] = "/proc/1/ns/net"
+        environment["GODWIT_BUILD_NETNS"] = "/proc/\(getpid())/ns/net"  // this test's, which outlives the daemon
         // nsenter execs godwitd (no --fork): the pid is the daemon's.
         daemon = try DetachedProcess.spawn(
             ["nsenter", "--net=" + netnsPath, Built.path("godwitd"),
