@@ -55,7 +55,13 @@ static int open_in_container(pid_t pid, const char *path, int flags, mode_t mode
         .flags = (uint64_t)(flags | O_CLOEXEC), .mode = (flags & O_CREAT) ? mode : 0,
         .resolve = GW_RESOLVE_IN_ROOT | GW_RESOLVE_NO_MAGICLINKS,
     };
-    int fd = (int)syscall(SYS_openat2, rootfd, path, &how, sizeof how);
+    // With ".." in the path the kernel answers EAGAIN when any rename or mount on the
+    // machine raced with the walk (it can't then vouch that ".." stayed inside): try again.
+    int fd = -1;
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        fd = (int)syscall(SYS_openat2, rootfd, path, &how, sizeof how);
+        if (fd >= 0 || (errno != EAGAIN && errno != EINTR)) break;
+    }
     int saved = errno;
     close(rootfd);
     if (fd < 0) {
