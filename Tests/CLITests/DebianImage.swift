@@ -19,7 +19,7 @@ enum DebianImage {
     /// The `debian` image on the daemon at `dir` (state directory, or a lab host's), built
     /// or taken from the cache; returns it as `image list` shows it.
     @discardableResult
-    static func ensure(dir: String, environment: [String: String]? = nil) throws -> ImageInfo {
+    static func ensure(dir: String) throws -> ImageInfo {
         if let image = try find(dir: dir) { return image }
         let result = try godwit(buildArguments, dir: dir)
         guard result.succeeded else {

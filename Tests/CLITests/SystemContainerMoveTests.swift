@@ -114,12 +114,7 @@ struct SystemContainerMoveTests {
 enum SystemContainer {
     /// The project's Debian image on a lab host (built once per machine, then cached).
     static func ensureImage(_ lab: MoveLab, _ host: String) throws {
-        let list = try lab.on(host, ["image", "list"], ["--format", "json"])
-        if list.succeeded, (try? APICoding.decoder().decode([ImageInfo].self, from: Data(list.stdout.utf8)))?
-            .contains(where: { $0.alias == DebianImage.alias }) == true { return }
-        let args = Array(DebianImage.buildArguments.dropFirst(2))
-        let built = try lab.on(host, ["image", "build"], args)
-        guard built.succeeded else { throw GodwitError("image build on \(host) failed: \(built.stderr)") }
+        try DebianImage.ensure(dir: lab.stateDirectory(host))
     }
 
     /// Waits for `systemctl is-system-running` to say running; "degraded" fails at once
