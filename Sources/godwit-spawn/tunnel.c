@@ -22,19 +22,6 @@
 
 static char buf[CHUNK];
 
-static int write_all(int fd, const char *p, size_t n, int is_socket) {
-    while (n > 0) {
-        ssize_t w = is_socket ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 // JSON string escaping: quote, backslash and control characters; other bytes pass as is.
 static int write_json_argv(int fd, char **argv) {
     static char line[64 * 1024];
@@ -56,7 +43,7 @@ static int write_json_argv(int fd, char **argv) {
     PUT(']');
     PUT('\n');
 #undef PUT
-    return write_all(fd, line, len, 1);
+    return write_all_fd(fd, line, len);
 }
 
 int spawn_tunnel(const char *socket_path, char **argv) {
@@ -88,7 +75,7 @@ int spawn_tunnel(const char *socket_path, char **argv) {
                 if (n < 0) failed = 1;
                 shutdown(sock, SHUT_WR);
                 in_open = 0;
-            } else if (write_all(sock, buf, (size_t)n, 1) < 0) {
+            } else if (write_all_fd(sock, buf, (size_t)n) < 0) {
                 // The other side is gone: nothing more can be delivered either way.
                 fprintf(stderr, "godwit-spawn: tunnel: writing to %s: %s\n", socket_path, strerror(errno));
                 return 1;
@@ -109,7 +96,7 @@ int spawn_tunnel(const char *socket_path, char **argv) {
                 // so waiting for its EOF would deadlock.
                 if (in_open) shutdown(sock, SHUT_WR);
                 in_open = 0;
-            } else if (write_all(1, buf, (size_t)n, 0) < 0) {
+            } else if (write_all_fd(1, buf, (size_t)n) < 0) {
                 fprintf(stderr, "godwit-spawn: tunnel: writing to stdout: %s\n", strerror(errno));
                 return 1;
             }
