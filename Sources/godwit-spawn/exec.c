@@ -24,10 +24,12 @@ static void forward(int sig) {
     if (child_pid > 0) kill(child_pid, sig);
 }
 
-// mnt last: after it, /proc/PID/ns and /sys/fs/cgroup are the container's, not ours.
-// time: CRIU restores every container into a new time namespace.
+// user first: an unprivileged container's namespaces belong to it, and joining it gives
+// the capabilities the other joins need there. mnt last: after it, /proc/PID/ns and
+// /sys/fs/cgroup are the container's, not ours. time: CRIU restores every container into
+// a new time namespace.
 static const struct { const char *name; int type; } namespaces[] = {
-    {"cgroup", CLONE_NEWCGROUP}, {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS},
+    {"user", CLONE_NEWUSER}, {"cgroup", CLONE_NEWCGROUP}, {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS},
     {"net", CLONE_NEWNET}, {"pid", CLONE_NEWPID}, {"time", CLONE_NEWTIME},
     {"mnt", CLONE_NEWNS},
 };
@@ -127,12 +129,18 @@ int spawn_exec(const struct spawn_options *o) {
             fail("open %s (is the container running?)", path);
     }
     join_cgroups(o);
+    int joined_user = 0;
     for (size_t i = 0; i < NNS; i++) {
         if (fds[i] < 0) continue;
-        if (!same_namespace(fds[i], namespaces[i].name) && setns(fds[i], namespaces[i].type) < 0)
-            fail("setns %s of pid %d", namespaces[i].name, o->target);
+        if (!same_namespace(fds[i], namespaces[i].name)) {
+            if (setns(fds[i], namespaces[i].type) < 0) fail("setns %s of pid %d", namespaces[i].name, o->target);
+            if (namespaces[i].type == CLONE_NEWUSER) joined_user = 1;
+        }
         close(fds[i]);
     }
+    // Host root is unmapped in there: what it ran would be "nobody" and create files that
+    // the container's root doesn't own.
+    if (joined_user) become_namespace_root();
     int master = -1, slave = -1;
     if (o->tty) open_container_pty(&master, &slave);
     fflush(stdout);
@@ -150,9 +158,10 @@ int spawn_exec(const struct spawn_options *o) {
         const char *cwd = o->cwd ? o->cwd : "/";
         if (chdir(cwd) < 0) fail("chdir %s", cwd);
         close_inherited_fds(-1);
-        // What runs in a system container lives under its init's filter (as lxc-attach
-        // does): a nested namespace made from a shell would block the next checkpoint.
-        if (o->system) install_system_seccomp();
+        // What runs in a container lives under its init's bounding set and filter (as
+        // lxc-attach does): a nested namespace made from a shell would block the next
+        // checkpoint, and a denied syscall must stay denied.
+        apply_confinement(o);
         exec_command(o);
     }
     child_pid = pid;

@@ -7,6 +7,10 @@
 
 #define MAX_CGROUPS 32
 #define MAX_ENV 256
+#define MAX_CAPDROP 64
+#define MAX_DENY 512
+// In the container's /dev tmpfs: what masked /proc files are bound to (system.c).
+#define EMPTY_FILE "/dev/.empty"
 
 struct spawn_options {
     const char *rootfs;      // run: directory that becomes the container's /
@@ -22,6 +26,13 @@ struct spawn_options {
     int system;              // run: a distribution's init (systemd): see system.c
     const char *keeper;      // run: static console keeper to copy in (console.c); NULL: no pty console
     char **argv;             // what to exec (after "--")
+    unsigned userns_base;    // run: host id that is 0 inside; 0 = no user namespace
+    unsigned userns_count;
+    int capdrop[MAX_CAPDROP];  // run, exec: capability numbers out of the bounding set
+    int ncapdrop;
+    int deny[MAX_DENY];      // run, exec: syscall numbers that fail with EPERM
+    int ndeny;
+    int no_new_privs;        // run, exec: PR_SET_NO_NEW_PRIVS before exec
 };
 
 int spawn_run(const struct spawn_options *opts);
@@ -52,6 +63,16 @@ void exec_command(const struct spawn_options *opts) __attribute__((noreturn));
 
 // system.c
 void setup_system(void);
-void install_system_seccomp(void);
+
+// security.c
+void parse_idmap(const char *text, struct spawn_options *o);
+void write_idmap(pid_t pid, unsigned base, unsigned count);
+void become_namespace_root(void);
+void drop_capabilities(const struct spawn_options *o);
+void install_seccomp(const struct spawn_options *o);
+void apply_confinement(const struct spawn_options *o);
+
+// idmap.c
+int spawn_idmap(int argc, char **argv);
 
 #endif

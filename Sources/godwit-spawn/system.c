@@ -3,17 +3,10 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <sched.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "spawn.h"
@@ -68,13 +61,14 @@ static void protect_proc(void) {
         mnt(NULL, "/proc/sysrq-trigger", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     }
     // The host kernel's memory, timers, scheduler and keys, as Docker and Podman mask them:
-    // /dev/null (the container's own, on its /dev tmpfs, which CRIU dumps) bound over each.
+    // an empty read-only file on the container's /dev tmpfs (which CRIU dumps) bound over
+    // each. Not /dev/null: in a user namespace that is a bind of the host's node, and a
+    // bind of a bind of an external mount is more than CRIU resolves.
     static const char *masked[] = {"/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
                                    "/proc/latency_stats"};
     for (size_t i = 0; i < sizeof masked / sizeof masked[0]; i++) {
         if (access(masked[i], F_OK) != 0) continue;
-        mnt("/dev/null", masked[i], NULL, MS_BIND, NULL);
-        // Not nodev: the file reads as empty, as on Docker, rather than failing to open.
+        mnt(EMPTY_FILE, masked[i], NULL, MS_BIND, NULL);
         mnt(NULL, masked[i], NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL);
     }
 }
@@ -85,42 +79,4 @@ void setup_system(void) {
     mnt("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_STRICTATIME, "mode=1777,size=50%");
     mask_units();
     protect_proc();
-}
-
-// Namespace creation fails with EPERM, which systemd takes for "containerized execution"
-// and runs the unit without that sandboxing (ProtectHostname, PrivateTmp, PrivateUsers,
-// ...): CRIU 4.2 can't dump nested uts/user/pid/ipc/cgroup namespaces, and the nested mount
-// and net namespaces sandboxing makes are where its dumps fail next. bpf() fails too: a
-// program attached to a cgroup (systemd's IPAddressDeny=) is neither dumped nor restored,
-// so the container would lose it silently on a move. clone3 passes its flags in memory,
-// out of seccomp's reach: ENOSYS, so libc falls back to clone. Foreign-ABI syscalls (i386,
-// x32) would get round all of this: they fail with ENOSYS.
-#define NS_FLAGS (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | \
-                  CLONE_NEWNET | CLONE_NEWCGROUP | 0x00000080 /* CLONE_NEWTIME */)
-#define X32_SYSCALL_BIT 0x40000000
-
-void install_system_seccomp(void) {
-    struct sock_filter f[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_bpf, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 1, 0),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_unshare, 0, 3),
-        // clone's and unshare's flags are both arg 0; the namespace bits are in its low word.
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
-        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, NS_FLAGS, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = { .len = sizeof f / sizeof f[0], .filter = f };
-    // No PR_SET_NO_NEW_PRIVS: we hold CAP_SYS_ADMIN, and setuid programs (su, sudo) and
-    // systemd's own privilege handling must keep working.
-    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) fail("seccomp");
 }
