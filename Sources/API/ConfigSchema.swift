@@ -1,6 +1,10 @@
 import Foundation
 import GodwitCore
 
+extension ConfigKey.Kind {
+    var isSyscalls: Bool { if case .syscalls = self { true } else { false } }
+}
+
 /// The configuration keys a container accepts, each with its parser and default. One place,
 /// so the CLI, the daemon and migration all validate the same way and give the same errors.
 public enum ConfigKey {
@@ -17,6 +21,10 @@ public enum ConfigKey {
         case choice([String])
         /// A link rate as tc writes it ("100mbit", "1gbit", "50mbps" = 50 MB/s), or "unlimited".
         case rate
+        /// Syscall names (SecurityNames.syscalls), comma or space separated.
+        case syscalls
+        /// Capability names (SecurityNames.capabilities), with or without CAP_.
+        case capabilities
     }
 
     public struct Definition: Sendable {
@@ -51,7 +59,27 @@ public enum ConfigKey {
               help: "cap on the memory pages a move sends, e.g. 100mbit, 1gbit or 50mbps (bytes/s, as in tc); `godwit move --bandwidth` wins"),
         .init(key: "migration.compression", kind: .choice(["auto", "on", "off"]), defaultValue: "auto",
               help: "zstd compression of memory pages on the wire: auto (only while the link is slower than compressing), on (every chunk that shrinks), off"),
+        .init(key: "security.privileged", kind: .boolean, defaultValue: "false",
+              help: "run without a user namespace: root inside is root on the host (only at launch)"),
+        .init(key: "security.syscalls.deny", kind: .syscalls, defaultValue: nil,
+              help: "more syscalls that fail with EPERM inside, e.g. \"mount, ptrace\" (from the next start)"),
+        .init(key: "security.syscalls.deny_default", kind: .boolean, defaultValue: "true",
+              help: "deny kexec, module loading, open_by_handle_at and the keyring syscalls (from the next start)"),
+        .init(key: "security.capabilities.drop", kind: .capabilities, defaultValue: nil,
+              help: "more capabilities out of the bounding set, e.g. \"net_raw sys_ptrace\" (from the next start)"),
+        .init(key: volatileIdmapBase, kind: .integer(1...Int(UInt32.max) - 65536), defaultValue: nil,
+              help: "host uid and gid that are 0 inside; chosen by the daemon at launch, kept by moves"),
     ]
+
+    /// The first host id of the container's map. Set by the daemon (never by a user), and
+    /// carried with the container's configuration by a move, whose destination reserves it.
+    public static let volatileIdmapBase = "volatile.idmap.base"
+
+    /// Keys the daemon owns: a user's launch, PUT or PATCH may not set, change or remove them.
+    public static func isDaemonOwned(_ key: String) -> Bool { key.hasPrefix("volatile.") }
+
+    /// Keys fixed at launch: changing them would need the container's files re-owned.
+    public static let launchOnly: Set<String> = ["security.privileged"]
 
     /// `environment.NAME` keys carry the init's environment; anything else must be defined above.
     public static let environmentPrefix = "environment."
@@ -118,6 +146,13 @@ public enum ConfigKey {
             do { return try MigrationBandwidth.parse(value)?.description ?? "unlimited" } catch let error as GodwitError {
                 throw GodwitError("invalid value for \(key): \(error.message)", hint: error.hint ?? definition.help)
             }
+        case .syscalls, .capabilities:
+            let table = definition.kind.isSyscalls ? SecurityNames.syscalls : SecurityNames.capabilities
+            let words = SecurityNames.words(value)
+            guard words.count <= 256 else { throw bad("at most 256 names") }
+            do { _ = try SecurityNames.numbers(words, in: table, what: definition.kind.isSyscalls ? "syscall" : "capability") }
+            catch let error as GodwitError { throw GodwitError("invalid value for \(key): \(error.message)", hint: error.hint) }
+            return words.joined(separator: ",")
         }
     }
 
@@ -150,6 +185,22 @@ public struct ContainerConfig: Codable, Sendable, Equatable {
     public var memoryLimit: UInt64? { values["limits.memory"].flatMap { UInt64($0) } }
     public var processLimit: Int? { values["limits.processes"].flatMap { Int($0) } }
     public var cpuLimit: Double? { values["limits.cpu"].flatMap { Double($0) } }
+    public var privileged: Bool { self["security.privileged"] == "true" }
+    /// nil for a privileged container, or one launched before user namespaces (see `SecurityDefaults`).
+    public var idmapBase: UInt32? { values[ConfigKey.volatileIdmapBase].flatMap { UInt32($0) } }
+    /// The syscall numbers that fail with EPERM: the defaults (unless turned off) and the key's.
+    public var deniedSyscalls: [Int32] {
+        var names = self["security.syscalls.deny_default"] == "false" ? [] : SecurityNames.defaultSyscallDenials
+        names += SecurityNames.words(values["security.syscalls.deny"] ?? "")
+        let numbers = names.compactMap { SecurityNames.syscalls[$0] }
+        return numbers.enumerated().filter { !numbers[..<$0.offset].contains($0.element) }.map(\.element)
+    }
+    /// The capability numbers out of the bounding set: the defaults and the key's.
+    public var droppedCapabilities: [Int32] {
+        let names = SecurityNames.defaultCapabilityDrops + SecurityNames.words(values["security.capabilities.drop"] ?? "")
+        let numbers = names.compactMap { SecurityNames.capabilities[$0] }
+        return numbers.enumerated().filter { !numbers[..<$0.offset].contains($0.element) }.map(\.element)
+    }
     public var environment: [String: String] {
         var env: [String: String] = [:]
         for (key, value) in values where key.hasPrefix(ConfigKey.environmentPrefix) {

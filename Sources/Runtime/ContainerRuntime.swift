@@ -58,7 +58,8 @@ public final class ContainerRuntime: Sendable {
     public func directory(for name: String) -> String { configuration.stateRoot + "/" + name }
     public func cgroup(for name: String) -> Cgroup { Cgroup(path: configuration.cgroupParent + "/" + name, layout: cgroupLayout) }
     public func rootfs(for spec: ContainerSpec) -> RootFS {
-        RootFS(image: spec.image, directory: directory(for: spec.name), kind: configuration.rootfsKind)
+        RootFS(image: spec.image, directory: directory(for: spec.name), kind: configuration.rootfsKind,
+               idmap: spec.security.idmap)
     }
     public func veth(for spec: ContainerSpec) -> Veth? {
         spec.network.map { Veth(containerName: spec.name, mac: $0.mac) }
@@ -79,15 +80,22 @@ public final class ContainerRuntime: Sendable {
         do {
             try FileManager.default.createDirectory(atPath: directory(for: spec.name), withIntermediateDirectories: true)
             let rootfs = rootfs(for: spec)
-            try rootfs.prepare()
+            try rootfs.prepare(spawnHelper: configuration.spawnHelper)
             // systemd sets the hostname from /etc/hostname at boot, which an image built
             // elsewhere fills with its build host's name (as LXD's templates do, write ours).
             if spec.system, FileManager.default.fileExists(atPath: rootfs.path + "/etc") {
-                try Data((spec.hostname + "\n").utf8).write(to: URL(fileURLWithPath: rootfs.path + "/etc/hostname"))
+                let file = rootfs.path + "/etc/hostname"
+                try Data((spec.hostname + "\n").utf8).write(to: URL(fileURLWithPath: file))
+                // Written by host root: owned by the container's root, not by "nobody".
+                if let base = spec.security.idmap?.hostBase, chown(file, base, base) != 0 {
+                    throw GodwitError.errno("chown \(file)")
+                }
             }
             let cgroup = cgroup(for: spec.name)
             try cgroup.create()
             try cgroup.apply(spec.limits)
+            // systemd inside creates its own cgroups below the container's.
+            if let base = spec.security.idmap?.hostBase { try cgroup.delegate(to: base) }
             let identity = try spawn(spec, rootfs: rootfs, cgroup: cgroup)
             let container = RunningContainer(spec: spec, initProcess: identity, cgroup: cgroup,
                                              veth: veth(for: spec), rootfs: rootfs)
@@ -106,6 +114,8 @@ public final class ContainerRuntime: Sendable {
         for dir in cgroup.directories { args += ["--cgroup", dir] }
         for line in spec.environmentLines { args += ["--env", line] }
         if spec.system { args.append("--system") }
+        if let idmap = spec.security.idmap { args += ["--userns", idmap.spawnArgument] }
+        args += spec.security.confinementArguments
         // Built beside godwit-spawn (scripts/build-workloads.sh). Without it the container
         // still starts, with its output going to the log file only and no interactive console.
         let keeper = URL(fileURLWithPath: configuration.spawnHelper).deletingLastPathComponent()
@@ -239,6 +249,7 @@ public final class ContainerRuntime: Sendable {
         }
         var args = ["exec", "--pid", String(container.initPID)] + (terminal ? ["--tty"] : [])
         if container.spec.system { args.append("--system") }
+        args += container.spec.security.confinementArguments
         for dir in container.cgroup.directories { args += ["--cgroup", dir] }
         var spec = container.spec
         if let environment { spec.environment = environment }

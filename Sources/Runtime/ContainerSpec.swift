@@ -19,10 +19,13 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
     /// The init is a distribution's systemd: it gets the system-container environment
     /// (godwit-spawn --system, docs/system-containers.md) and halts on SIGRTMIN+3.
     public var system: Bool
+    /// User namespace, bounding set and seccomp filter (SecurityProfile).
+    public var security: SecurityProfile
 
     public init(name: String, image: String, hostname: String? = nil, initCommand: [String],
                 environment: [String: String] = [:], network: NetworkSpec? = nil,
-                limits: ResourceLimits = ResourceLimits(), system: Bool = false) throws {
+                limits: ResourceLimits = ResourceLimits(), system: Bool = false,
+                security: SecurityProfile = .unconfined) throws {
         try Self.validate(name: name)
         guard !initCommand.isEmpty else { throw GodwitError("container \(name) has no init command") }
         self.name = name
@@ -33,11 +36,13 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
         self.network = network
         self.limits = limits
         self.system = system
+        self.security = security
     }
 
-    enum CodingKeys: String, CodingKey { case name, image, hostname, initCommand, environment, network, limits, system }
+    enum CodingKeys: String, CodingKey { case name, image, hostname, initCommand, environment, network, limits, system, security }
 
-    /// State files written before `system` existed describe busybox-style containers.
+    /// State files written before `system` existed describe busybox-style containers, and
+    /// those before `security` privileged ones.
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         name = try c.decode(String.self, forKey: .name)
@@ -48,6 +53,7 @@ public struct ContainerSpec: Codable, Sendable, Equatable {
         network = try c.decodeIfPresent(NetworkSpec.self, forKey: .network)
         limits = try c.decode(ResourceLimits.self, forKey: .limits)
         system = try c.decodeIfPresent(Bool.self, forKey: .system) ?? false
+        security = try c.decodeIfPresent(SecurityProfile.self, forKey: .security) ?? .unconfined
     }
 
     /// What systemd reads to know it runs in a container (and so skips the kernel's API

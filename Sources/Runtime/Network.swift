@@ -64,6 +64,27 @@ public struct Veth: Codable, Sendable, Equatable {
         }
     }
 
+    /// The container's end while it waits in the host's namespace for CRIU to move it in.
+    public var waitingPeerName: String { "gp" + hostName.dropFirst(2) }
+
+    /// Makes the pair in the host's namespace, host end up on `bridge`, for a restore that
+    /// moves the peer in (`VethMapping.precreatedPeer`); returns the peer's name.
+    public func precreate(bridge: String, in host: NetworkNamespace) throws -> String {
+        let ip = try Command.resolve("ip")
+        try remove(in: host)
+        try Command.check(host.wrap([ip, "link", "add", hostName, "type", "veth", "peer", "name", waitingPeerName,
+                                     "address", mac.description]),
+                          hint: "is \(hostName) free?")
+        do {
+            try Command.check(host.wrap([ip, "link", "set", hostName, "master", bridge, "up"]),
+                              hint: "does bridge \(bridge) exist in the host's network namespace?")
+        } catch {
+            try? remove(in: host)
+            throw error
+        }
+        return waitingPeerName
+    }
+
     /// Deletes the host end (which takes the peer with it); fine if it is already gone,
     /// as it is once the container's netns died.
     public func remove(in host: NetworkNamespace) throws {
