@@ -6,11 +6,17 @@ public struct VethMapping: Sendable, Equatable {
     public var containerInterface: String
     public var hostInterface: String
     public var bridge: String
+    /// The container's end, made beforehand in this host's namespace (host end already on
+    /// the bridge): CRIU moves it in and renames it instead of creating the pair. For user
+    /// namespaces, where CRIU 4.2.1's own creation (through usernsd) fails on this kernel
+    /// with EOPNOTSUPP (`couldn't restore veth interface eth0 via usernsd`).
+    public var precreatedPeer: String?
 
-    public init(containerInterface: String, hostInterface: String, bridge: String) {
+    public init(containerInterface: String, hostInterface: String, bridge: String, precreatedPeer: String? = nil) {
         self.containerInterface = containerInterface
         self.hostInterface = hostInterface
         self.bridge = bridge
+        self.precreatedPeer = precreatedPeer
     }
 }
 
@@ -76,6 +82,9 @@ public struct RestoreOptions: Sendable {
     public var leaveStopped = false
     /// The container's cgroup on this host: the dumped tree is recreated below it first.
     public var cgroup: Cgroup?
+    /// An unprivileged container's root on the host: the recreated cgroup tree is
+    /// delegated to it, and its device nodes are bound from this host (ExternalDevices).
+    public var unprivilegedRoot: UInt32?
 
     public init(imagesDirectory: String, rootfs: String, pidFile: String) {
         self.imagesDirectory = imagesDirectory
@@ -121,6 +130,7 @@ public struct CRIU: Sendable {
         args += ["--enable-fs", "ramfs"]
         if o.manageCgroups { args.append("--manage-cgroups=full") }
         if let freezer = o.freezerCgroup { args += ["--freeze-cgroup", freezer] }
+        args += ExternalDevices.dumpArguments(pid: o.pid)
         if o.leaveRunning { args.append("--leave-running") }
         if o.lazyPagesSocket != nil {
             args += ["--lazy-pages", "--ps-socket", String(CRIUProcess.pageServerFD)]
@@ -142,8 +152,13 @@ public struct CRIU: Sendable {
         // The container's veth is dumped as an external device; restore recreates it with a
         // new host end attached to this host's bridge (IP, routes and MAC come back inside).
         for veth in o.veths {
-            args += ["--external", "veth[\(veth.containerInterface)]:\(veth.hostInterface)@\(veth.bridge)"]
+            if let peer = veth.precreatedPeer {
+                args += ["--external", "netdev[\(veth.containerInterface)]:\(peer)"]
+            } else {
+                args += ["--external", "veth[\(veth.containerInterface)]:\(veth.hostInterface)@\(veth.bridge)"]
+            }
         }
+        if o.unprivilegedRoot != nil { args += ExternalDevices.restoreArguments }
         if o.lazyPages { args.append("--lazy-pages") }
         if o.leaveStopped { args.append("--leave-stopped") }
         return args
@@ -168,7 +183,11 @@ public struct CRIU: Sendable {
     public func restore(_ options: RestoreOptions) throws -> (pid: Int32, run: CRIURun) {
         // CRIU refuses to overwrite a pidfile.
         try? FileManager.default.removeItem(atPath: options.pidFile)
-        if let cgroup = options.cgroup { try CgroupTree.recreate(below: cgroup, from: options.imagesDirectory) }
+        if let cgroup = options.cgroup {
+            try CgroupTree.recreate(below: cgroup, from: options.imagesDirectory)
+            if let root = options.unprivilegedRoot { try cgroup.delegate(to: root) }
+        }
+        if let root = options.unprivilegedRoot { try Self.handImages(in: options.imagesDirectory, to: root) }
         let log = CRIULogFile.named("restore.log", directory: options.imagesDirectory)
         let run = try run(restoreArguments(options, log: log), directory: options.imagesDirectory, logPath: log.path, phase: "restore")
         guard let text = HostEnvironment.read(options.pidFile), let pid = Int32(text) else {
@@ -176,6 +195,19 @@ public struct CRIU: Sendable {
                               context: [("phase", "restore"), ("log", run.logPath)])
         }
         return (pid, run)
+    }
+
+    /// CRIU opens some images (tty-info.img, ...) from the restored tasks, already inside
+    /// the container's user namespace, where host root is nobody: the directory and its
+    /// files become the container root's, still 0700/0600. Only the directory matters, not
+    /// its parents: CRIU opens images relative to a descriptor of it.
+    static func handImages(in directory: String, to uid: UInt32) throws {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        for path in [directory] + entries.map({ directory + "/" + $0 }) {
+            guard lchown(path, uid, uid) == 0 else {
+                throw GodwitError.errno("chown \(path) to the container's root").with("phase", "restore")
+            }
+        }
     }
 
     /// Starts CRIU in the background (e.g. `criu page-server` for a benchmark baseline): it
