@@ -73,8 +73,7 @@ step_sysctl() {
   capbnd=$(awk '/^CapBnd:/ {print $2}' /proc/self/status)
   # With CAP_SYS_RESOURCE (bit 24) CRIU may grow pipes past fs.pipe-max-size itself;
   # without it, lazy dumps fail unless the limit already allows CRIU's 4 MiB pipes.
-  # vm.unprivileged_userfaultfd is deliberately left as it is: Godwit asks for
-  # UFFD_USER_MODE_ONLY, which works with either setting.
+  # vm.unprivileged_userfaultfd: see step_userfaultfd.
   if (((0x$capbnd >> 24) & 1)); then
     echo "sysctl: nothing to change (CAP_SYS_RESOURCE present)"
     return
@@ -98,6 +97,34 @@ step_sysctl() {
   fi
 }
 
+# Unprivileged containers (user namespaces) restored lazily (pre-copy's last round,
+# post-copy, hybrid): CRIU opens the userfaultfd from the restored task, already inside the
+# container's user namespace, without UFFD_USER_MODE_ONLY (it must also catch the kernel's
+# own accesses to missing pages, or a read() into one would fail with EFAULT). With
+# vm.unprivileged_userfaultfd=0 the kernel refuses that to anyone without CAP_SYS_PTRACE in
+# the initial namespace. The trade-off (docs/unprivileged.md): any local user may then
+# handle kernel-mode faults, which exploits use to widen races. Godwit's own dirty
+# tracker asks for UFFD_USER_MODE_ONLY and needs neither setting.
+step_userfaultfd() {
+  local cur
+  cur=$(cat /proc/sys/vm/unprivileged_userfaultfd 2>/dev/null || echo missing)
+  if [[ "$cur" == 1 || "$cur" == missing ]]; then
+    echo "sysctl: vm.unprivileged_userfaultfd $cur (ok)"
+    return
+  fi
+  if ! is_root; then
+    echo "sysctl: vm.unprivileged_userfaultfd $cur: lazy moves of unprivileged containers need 1"
+    needs_root+=("set vm.unprivileged_userfaultfd=1")
+    return
+  fi
+  if echo 1 >/proc/sys/vm/unprivileged_userfaultfd 2>/dev/null; then
+    echo "sysctl: vm.unprivileged_userfaultfd $cur -> 1 (lazy restores of unprivileged containers)"
+  else
+    echo "sysctl: ERROR: could not set vm.unprivileged_userfaultfd=1; unprivileged containers can only move stop-and-copy"
+    failed=1
+  fi
+}
+
 # --- Swift toolchain (never installed by us: it isn't a Debian package) ------------------
 step_swift() {
   local swift
@@ -117,6 +144,7 @@ step_swift() {
 step_packages
 step_criu
 step_sysctl
+step_userfaultfd
 step_swift
 
 if [[ ${#needs_root[@]} -gt 0 ]]; then

@@ -104,16 +104,16 @@ public final class ContainerService: Sendable {
     public func launch(_ request: LaunchRequest) throws -> OperationInfo {
         try RequestError.validating { try ContainerName.validate(request.name) }
         let config = try RequestError.validating { try ContainerConfig(validating: request.config) }
+        try Self.refuseDaemonOwned(request.config.keys)
         guard try images.isKnown(request.image) else { throw ImageStore.unknown(request.image) }
         let name = request.name
         try claim(name, for: "launching")
         let inserted: ContainerRecord
         do {
-            var record = ContainerRecord(name: name, image: request.image,
+            let record = ContainerRecord(name: name, image: request.image,
                                          imageFingerprint: try store.image(request.image)?.fingerprint ?? "",
                                          config: config.values, status: .creating, mac: StableMAC.forContainer(name))
-            record = try store.insertContainer(record, addresses: addresses)
-            inserted = record
+            inserted = try insertAllocatingIdmap(record)
         } catch {
             release(name)
             throw error
@@ -194,15 +194,19 @@ public final class ContainerService: Sendable {
 
     // MARK: configuration
 
-    /// PUT: the new configuration replaces the old one.
+    /// PUT: the new configuration replaces the old one (the daemon's volatile keys stay).
     public func replaceConfig(_ name: String, _ put: ContainerPut) async throws -> ContainerInfo {
         let config = try RequestError.validating { try ContainerConfig(validating: put.config) }
-        return try await applyConfig(name) { _ in config.values }
+        try Self.refuseDaemonOwned(put.config.keys)
+        return try await applyConfig(name) { current in
+            config.values.merging(current.filter { ConfigKey.isDaemonOwned($0.key) }) { _, kept in kept }
+        }
     }
 
     /// PATCH: merges; null unsets.
     public func patchConfig(_ name: String, _ patch: ContainerPatch) async throws -> ContainerInfo {
         var changes: [String: String?] = [:]
+        try Self.refuseDaemonOwned(patch.config.keys)
         for (key, value) in patch.config {
             if let value {
                 changes[key] = try RequestError.validating { try ConfigKey.validate(key, value) }
@@ -223,7 +227,12 @@ public final class ContainerService: Sendable {
         try claim(name, for: "updating its configuration")
         defer { release(name) }
         var record = try record(name)
+        let before = record.config
         record.config = change(record.config)
+        for key in ConfigKey.launchOnly where ContainerConfig(before)[key] != ContainerConfig(record.config)[key] {
+            throw RequestError.badRequest(GodwitError("\(key) can only be set at launch",
+                hint: "its files would have to change owner: copy the container instead (`godwit launch` a new one with -c \(key)=...)"))
+        }
         let initProcess = record.status.hasProcess ? record.initProcess : nil
         do {
             try await driver.reconfigure(spec(record), init: initProcess)

@@ -33,9 +33,20 @@ public final class RuntimeDriver: ContainerDriver, Sendable {
         }
         let limits = ResourceLimits(memoryBytes: spec.config.memoryLimit, pidsMax: spec.config.processLimit,
                                     cpuQuota: spec.config.cpuLimit)
+        let system = ContainerSpec.initIsSystemd(imageRootfs: spec.imageRootfs.path)
         return try ContainerSpec(name: spec.name, image: spec.imageRootfs.path, initCommand: Self.initCommand,
                                  environment: spec.config.environment, network: network, limits: limits,
-                                 system: ContainerSpec.initIsSystemd(imageRootfs: spec.imageRootfs.path))
+                                 system: system, security: Self.securityProfile(spec.config, system: system))
+    }
+
+    /// The container's confinement from its security.* keys. A container without a map
+    /// base is privileged: by choice (security.privileged), or launched before Godwit had
+    /// user namespaces. no_new_privs only where the init is not systemd, whose setuid
+    /// programs (su, sudo) and services' privilege changes it would break.
+    static func securityProfile(_ config: ContainerConfig, system: Bool) throws -> SecurityProfile {
+        let idmap = try config.privileged ? nil : config.idmapBase.map { try IdMap(hostBase: $0) }
+        return SecurityProfile(idmap: idmap, droppedCapabilities: config.droppedCapabilities,
+                               deniedSyscalls: config.deniedSyscalls, noNewPrivileges: !system)
     }
 
 
@@ -51,7 +62,7 @@ public final class RuntimeDriver: ContainerDriver, Sendable {
         let cspec = try containerSpec(spec)
         try await blocking { [runtime] in
             try FileManager.default.createDirectory(atPath: runtime.directory(for: cspec.name), withIntermediateDirectories: true)
-            try runtime.rootfs(for: cspec).prepare()
+            try runtime.rootfs(for: cspec).prepare(spawnHelper: runtime.configuration.spawnHelper)
         }
     }
 
@@ -95,16 +106,19 @@ public final class RuntimeDriver: ContainerDriver, Sendable {
         let criu = try CRIU.locate(setting: criuSetting)
         let restored = try await blocking { [runtime] () throws -> RunningContainer in
             let rootfs = runtime.rootfs(for: cspec)
-            try rootfs.prepare()
+            try rootfs.prepare(spawnHelper: runtime.configuration.spawnHelper)
             let cgroup = runtime.cgroup(for: cspec.name)
             try cgroup.create()
             var options = RestoreOptions(imagesDirectory: directory.path, rootfs: rootfs.path,
                                          pidFile: directory.appendingPathComponent("restore.pid").path)
             options.cgroup = cgroup
+            options.unprivilegedRoot = cspec.security.idmap?.hostBase
             if let network = cspec.network, let veth = runtime.veth(for: cspec) {
                 try veth.remove(in: runtime.configuration.hostNetwork)
                 options.veths = [VethMapping(containerInterface: Veth.containerName, hostInterface: veth.hostName,
-                                             bridge: network.bridge)]
+                                             bridge: network.bridge,
+                                             precreatedPeer: cspec.security.idmap == nil ? nil
+                                                 : try veth.precreate(bridge: network.bridge, in: runtime.configuration.hostNetwork))]
             }
             let (pid, _) = try criu.restore(options)
             try cgroup.apply(cspec.limits)

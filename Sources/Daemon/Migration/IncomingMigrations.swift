@@ -102,7 +102,7 @@ public final class IncomingMigrations: Sendable {
                                      imageFingerprint: image?.fingerprint ?? request.imageFingerprint,
                                      config: config.values, status: .creating, mac: request.mac)
         record.ipv4 = request.ipv4
-        record = try context.store.insertContainer(record, addresses: context.containers.addresses)
+        record = try context.containers.insertReservingIdmap(record, hostName: context.options.hostName)
         let host = DaemonDestinationHost(context: context, driver: driver, name: request.name,
                                          journalEntry: DestinationJournal(migrationID: id, container: request.name,
                                                                           peerFingerprint: peerFingerprint, peerName: peerName,

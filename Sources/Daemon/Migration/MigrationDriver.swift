@@ -59,17 +59,22 @@ extension RuntimeDriver: MigrationDriver {
         let cspec = try containerSpec(spec)
         let criu = try CRIU.locate(setting: criuSetting)
         let rootfs = runtime.rootfs(for: cspec)
-        try rootfs.prepare()
+        try rootfs.prepare(spawnHelper: runtime.configuration.spawnHelper)
         let cgroup = runtime.cgroup(for: cspec.name)
         try cgroup.create()
         var options = RestoreOptions(imagesDirectory: images, rootfs: rootfs.path, pidFile: images + "/restore.pid")
+        // CRIU brings back the user namespace with the map it dumped: the same range here
+        // (reserved when the move began), and an idmapped root made with it.
+        options.unprivilegedRoot = cspec.security.idmap?.hostBase
         // The source's cgroup path differs (another parent, maybe another name).
         options.cgroupRoot = "/" + cgroup.path
         options.cgroup = cgroup
         if let network = cspec.network, let veth = runtime.veth(for: cspec) {
             try veth.remove(in: runtime.configuration.hostNetwork)
             options.veths = [VethMapping(containerInterface: Veth.containerName, hostInterface: veth.hostName,
-                                         bridge: network.bridge)]
+                                         bridge: network.bridge,
+                                         precreatedPeer: cspec.security.idmap == nil ? nil
+                                             : try veth.precreate(bridge: network.bridge, in: runtime.configuration.hostNetwork))]
         }
         return IncomingTarget(criu: criu, restore: options, cgroup: cgroup, storeDirectory: store)
     }
