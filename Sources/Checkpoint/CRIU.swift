@@ -197,15 +197,19 @@ public struct CRIU: Sendable {
         return (pid, run)
     }
 
-    /// CRIU opens some images (tty-info.img, ...) from the restored tasks, already inside
-    /// the container's user namespace, where host root is nobody: the directory and its
-    /// files become the container root's, still 0700/0600. Only the directory matters, not
-    /// its parents: CRIU opens images relative to a descriptor of it.
-    static func handImages(in directory: String, to uid: UInt32) throws {
+    /// CRIU opens images from the restored tasks, inside the container's user namespace,
+    /// in two guises: early (timens) still as host root, unmapped there, and later
+    /// (tty-info) as the container's root, which is the map's base on the host. Owner root
+    /// and group base, 0750/0640, lets both read and nobody else. Only the directory
+    /// matters, not its parents: CRIU opens images relative to a descriptor of it.
+    static func handImages(in directory: String, to gid: UInt32) throws {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        for path in [directory] + entries.map({ directory + "/" + $0 }) {
-            guard lchown(path, uid, uid) == 0 else {
-                throw GodwitError.errno("chown \(path) to the container's root").with("phase", "restore")
+        for (index, path) in ([directory] + entries.map({ directory + "/" + $0 })).enumerated() {
+            var info = stat()
+            guard lstat(path, &info) == 0 else { continue }
+            guard (info.st_mode & S_IFMT) != S_IFLNK else { continue }
+            guard chown(path, 0, gid) == 0, chmod(path, index == 0 ? 0o750 : (info.st_mode & 0o600) | 0o040) == 0 else {
+                throw GodwitError.errno("handing \(path) to the container's root").with("phase", "restore")
             }
         }
     }
