@@ -104,7 +104,7 @@ let package = Package(
         .testTarget(name: "HostCheckTests", dependencies: ["HostCheck", "Checkpoint", "GodwitCore"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "GodwitCore"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Checkpoint", "GodwitCore"]),
-        .testTarget(name: "CLITests", dependencies: ["GodwitCore", "API"]),
+        .testTarget(name: "CLITests", dependencies: ["GodwitCore", "API", "Runtime"]),
         .testTarget(
             name: "DaemonTests",
             dependencies: [

@@ -18,16 +18,16 @@ extension ContainerService {
     /// The host's subordinate range for unprivileged containers (/etc/subuid and /etc/subgid).
     var subordinateRange: SubordinateRange { SubordinateRange.host() }
 
-    /// Inserts a new container, giving it the lowest free slot of the host's range unless
-    /// it is privileged. Each container has its own slot (LXD's security.idmap.isolated):
-    /// root escaping one container owns none of another's files.
+    /// Inserts a new container, giving it a free slot of the host's range (searched from
+    /// a hash of its name) unless it is privileged. Each container has its own slot (LXD's
+    /// security.idmap.isolated): root escaping one container owns none of another's files.
     func insertAllocatingIdmap(_ record: ContainerRecord) throws -> ContainerRecord {
         try idmapAllocation.withLock { _ in
             var record = record
             if !ContainerConfig(record.config).privileged {
                 let range = subordinateRange
                 let used = Set(try store.containers().compactMap { ContainerConfig($0.config).idmapBase })
-                guard let map = (0..<range.slots).lazy.compactMap({ range.slot($0) }).first(where: { !used.contains($0.hostBase) }) else {
+                guard let map = range.allocate(for: record.name, used: used) else {
                     throw RequestError.conflict(GodwitError("no free id range for an unprivileged container: all \(range.slots) slots of \(range) are taken",
                                                             hint: "add a larger root range to /etc/subuid and /etc/subgid, or launch with -c security.privileged=true"))
                 }

@@ -78,6 +78,22 @@ public struct SubordinateRange: Sendable, Equatable, CustomStringConvertible {
         return try? IdMap(hostBase: start + index * IdMap.defaultCount)
     }
 
+    /// Where a container's search for a free slot starts: a hash of its name, the same on
+    /// every host. Two containers launched on different hosts then rarely share a slot
+    /// (1 in `slots`), so moving one to the other's host seldom finds its range taken.
+    public func preferredSlot(for name: String) -> UInt32 {
+        slots == 0 ? 0 : UInt32(StableHash.fnv1a64("idmap:" + name) % UInt64(slots))
+    }
+
+    /// The first free slot from `preferredSlot(for:)` on, wrapping around.
+    public func allocate(for name: String, used: Set<UInt32>) -> IdMap? {
+        let start = preferredSlot(for: name)
+        for step in 0..<slots {
+            if let map = slot((start + step) % slots), !used.contains(map.hostBase) { return map }
+        }
+        return nil
+    }
+
     /// Whether `map` lies inside the range on a slot boundary (a peer's word is checked).
     public func contains(_ map: IdMap) -> Bool {
         map.hostBase >= start && UInt64(map.hostBase) + UInt64(map.count) <= UInt64(start) + UInt64(count)

@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
+#include <sys/fsuid.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -92,6 +94,47 @@ static void require_regular(int fd, const char *path, const char *where) {
     if (!S_ISREG(st.st_mode)) die("%s is not a regular file%s", path, where);
 }
 
+// The host id of `id` inside the container whose init is `pid` (its /proc/PID/uid_map or
+// gid_map); the identity for a privileged container. -1 when the map doesn't cover it.
+static long host_id(pid_t pid, const char *map, long id) {
+    char path[64], line[128];
+    snprintf(path, sizeof path, "/proc/%d/%s", pid, map);
+    FILE *f = fopen(path, "re");
+    if (!f) fail("open %s", path);
+    long found = -1;
+    unsigned long inside, outside, count;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "%lu %lu %lu", &inside, &outside, &count) == 3 && (unsigned long)id >= inside &&
+            (unsigned long)id - inside < count) {
+            found = (long)(outside + ((unsigned long)id - inside));
+            break;
+        }
+    fclose(f);
+    return found;
+}
+
+// An unprivileged container's file systems of its own (/tmp, /run: tmpfs mounted in its
+// user namespace) refuse to create files for host root, who is unmapped there
+// (EOVERFLOW). Inside the container we act as its root: fsuid and fsgid become the map's
+// base (which also makes new files the container root's), and the effective capabilities
+// that change drops are raised again, so permissions are what root inside would have.
+static void act_as_container_root(long uid, long gid) {
+    if (uid <= 0) return;
+    setfsgid((gid_t)gid);
+    setfsuid((uid_t)uid);
+    struct __user_cap_header_struct head = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    if (syscall(SYS_capget, &head, data) < 0) fail("capget");
+    data[0].effective = data[0].permitted;
+    data[1].effective = data[1].permitted;
+    if (syscall(SYS_capset, &head, data) < 0) fail("capset");
+}
+
+static void act_as_host_root(void) {
+    setfsuid(0);
+    setfsgid(0);
+}
+
 int spawn_file(int argc, char **argv) {
     // argv: godwit-spawn file push|pull --pid PID [options] A B
     if (argc < 3) die("%s", file_usage);
@@ -120,6 +163,8 @@ int spawn_file(int argc, char **argv) {
         require_regular(in, args[0], "");
         // Not O_TRUNC at open: a file we must not write (a directory) fails first, and a
         // FIFO or device in the container is refused before anything touches it.
+        long root_uid = host_id(pid, "uid_map", 0), root_gid = host_id(pid, "gid_map", 0);
+        act_as_container_root(root_uid, root_gid);
         int out = open_in_container(pid, args[1], O_WRONLY | O_CREAT | O_NOCTTY | O_NONBLOCK,
                                     mode >= 0 ? (mode_t)mode : 0644);
         require_regular(out, args[1], " in the container");
@@ -127,6 +172,9 @@ int spawn_file(int argc, char **argv) {
         int flags = fcntl(out, F_GETFL);
         if (flags >= 0) fcntl(out, F_SETFL, flags & ~O_NONBLOCK);
         copy(in, out, args[1]);
+        // --uid and --gid are ids inside the container (new files are already its root's).
+        if (uid >= 0 && (uid = host_id(pid, "uid_map", uid)) < 0) die("that uid is not mapped in the container");
+        if (gid >= 0 && (gid = host_id(pid, "gid_map", gid)) < 0) die("that gid is not mapped in the container");
         if ((uid >= 0 || gid >= 0) && fchown(out, uid >= 0 ? (uid_t)uid : (uid_t)-1, gid >= 0 ? (gid_t)gid : (gid_t)-1) < 0)
             fail("chown %s", args[1]);
         // After chown, which clears set-id bits; and explicit, as the umask shaped O_CREAT's.
@@ -134,7 +182,10 @@ int spawn_file(int argc, char **argv) {
         if (close(out) < 0) fail("close %s", args[1]);
         return 0;
     }
+    act_as_container_root(host_id(pid, "uid_map", 0), host_id(pid, "gid_map", 0));
     int in = open_in_container(pid, args[0], O_RDONLY | O_NOCTTY | O_NONBLOCK, 0);
+    // The local copy is the caller's (host root's), not the container's.
+    act_as_host_root();
     require_regular(in, args[0], " in the container");
     int flags = fcntl(in, F_GETFL);
     if (flags >= 0) fcntl(in, F_SETFL, flags & ~O_NONBLOCK);

@@ -21,6 +21,9 @@ struct LaunchCommand: AsyncParsableCommand {
                 let (key, value) = try ConfigKey.parseAssignment(assignment)
                 values[key] = value
             }
+            if ContainerConfig(values).privileged {
+                FileHandle.standardError.write(Data("warning: \(name) is privileged (security.privileged=true): root in it is root on this host, with no user namespace between them\n".utf8))
+            }
             let client = daemon.client
             let operation = try await client.launch(LaunchRequest(name: name, image: image, config: values))
             let done = try await CLI.follow(client, operation)
@@ -88,6 +91,10 @@ struct InfoCommand: AsyncParsableCommand {
             table.add(["MAC:", c.mac])
             table.add(["Created:", CLI.format(c.createdAt)])
             table.add(["Last migration:", CLI.format(c.lastMigration)])
+            // As /proc/PID/uid_map shows it (uids and gids alike).
+            let config = ContainerConfig(c.config)
+            table.add(["Id map:", config.privileged ? "none (privileged: root inside is root on the host)"
+                : config.idmapBase.map { "0 \($0) 65536 (unprivileged)" } ?? "none (launched before user namespaces: privileged)"])
             print(table.render())
             if !c.config.isEmpty {
                 print("Config:")

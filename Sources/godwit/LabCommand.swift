@@ -56,8 +56,8 @@ struct LabUp: AsyncParsableCommand {
         if !noDaemons {
             do {
                 // The workload programs built beside godwit go into every host's busybox image.
-                let memtouch = GodwitPaths.sibling("memtouch")
-                let extras = access(memtouch, X_OK) == 0 ? [(host: memtouch, image: "usr/bin/memtouch")] : []
+                let extras = ["memtouch", "confine-probe"].map { (host: GodwitPaths.sibling($0), image: "usr/bin/" + $0) }
+                    .filter { access($0.host, X_OK) == 0 }
                 try LabDaemons.start(created, godwitd: GodwitPaths.sibling("godwitd"), extraFiles: extras,
                                      httpsPort: LabDaemons.httpsPort)
                 if !noTrust { try await LabTrust.enrollAll(created) }

@@ -25,6 +25,12 @@ struct SystemContainerMoveTests {
         try SystemContainer.waitUntilRunning(lab, "h1", "db")
         let failedBefore = try SystemContainer.failedUnits(lab, "h1", "db")
         try SystemContainer.expectShapedEnvironment(lab, "h1", "db")
+        // Unprivileged by default (issue 17): pushed in through `godwit file push`, which
+        // also has to write as the container's root.
+        let probe = URL(fileURLWithPath: LabCLITests.godwit).deletingLastPathComponent().appendingPathComponent("confine-probe").path
+        let pushed = try lab.on("h1", ["file", "push"], [probe, "db/usr/local/bin/confine-probe", "--mode", "0755"])
+        try #require(pushed.succeeded, "file push: \(pushed.stderr)")
+        let base = try Confinement.expectConfined(lab, "h1", "db", probePath: "/usr/local/bin/confine-probe")
 
         // Configuration, not unit changes: PostgreSQL listens on the container's address and
         // trusts the lab's client; nginx serves a page the client can recognise.
@@ -66,6 +72,8 @@ struct SystemContainerMoveTests {
                 #expect(waitUntil(30) { db.acknowledged.count >= rowsBefore + 50 },
                         "no rows acknowledged on \(to) after the \(mode) move; psql: \(db.errors)")
                 try SystemContainer.waitUntilRunning(lab, to, "db")
+                #expect(try Confinement.expectConfined(lab, to, "db", probePath: "/usr/local/bin/confine-probe") == base,
+                        "the map changed in the \(mode) move")
             }
         }
         let marker = "godwit-journal-check-\(UUID().uuidString.prefix(8))"
