@@ -37,7 +37,9 @@ struct BaselineMove {
         let images = work + "/images"
         let layout = try CgroupLayout.detect()
         let cgroup = Cgroup(path: destination.cgroups.name + "/" + workload.name, layout: layout)
-        let rootfs = RootFS(image: container.rootfs.image, directory: work, kind: container.rootfs.kind)
+        // An unprivileged container's copy sees the image through the same id map.
+        let rootfs = RootFS(image: container.rootfs.image, directory: work, kind: container.rootfs.kind,
+                            idmap: container.rootfs.idmap)
         let veth = container.veth
         let hostNetwork = NetworkNamespace.named(destination.netns)
         // Whatever happens, the restored copy and its files go at the end of the run.
@@ -63,8 +65,13 @@ struct BaselineMove {
         dump.freezerCgroup = container.cgroup.directory(for: "freezer")
         var restore = RestoreOptions(imagesDirectory: images, rootfs: rootfs.path, pidFile: images + "/restore.pid")
         restore.cgroupRoot = "/" + cgroup.path
+        restore.unprivilegedRoot = container.spec.security.idmap?.hostBase
         if let veth, let network = container.spec.network {
-            restore.veths = [VethMapping(containerInterface: Veth.containerName, hostInterface: veth.hostName, bridge: network.bridge)]
+            // What the daemon's restore does too (MigrationDriver): a user namespace needs
+            // the pair made beforehand.
+            restore.veths = [VethMapping(containerInterface: Veth.containerName, hostInterface: veth.hostName, bridge: network.bridge,
+                                         precreatedPeer: container.spec.security.idmap == nil ? nil
+                                             : try veth.precreate(bridge: network.bridge, in: hostNetwork))]
         }
         let port = Self.port + Int.random(in: 0..<1000)
         let clock = BenchClock()
