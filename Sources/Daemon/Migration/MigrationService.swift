@@ -71,7 +71,7 @@ public final class MigrationService: Sendable {
             return StrategyOffer(strategy: $0.strategy.rawValue, asSource: $0.source.available,
                                  asDestination: $0.destination.available,
                                  reason: why.isEmpty ? nil : why.joined(separator: "; "))
-        })
+        }, unprivilegedLazyRestore: report.unprivileged.userfaultfd.available)
     }
 
     private func check() throws -> (capabilities: PeerCapabilities, tracker: DirtyTrackerKind?) {
