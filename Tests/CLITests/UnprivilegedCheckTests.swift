@@ -9,13 +9,13 @@ import Testing
 struct UnprivilegedCheckTests {
     /// The section as `--format json` prints it (decoded here, as a script would).
     struct Probe: Decodable { var available: Bool; var detail: String }
-    struct Range: Decodable { var start: UInt32; var count: UInt32; var source: String; var slots: UInt32; var usable: Probe }
+    struct RangeSection: Decodable { var start: UInt32; var count: UInt32; var source: String; var slots: UInt32; var usable: Probe }
     struct Section: Decodable {
         var userNamespaces: Probe
         var imagesDirectory: String
         var fileSystem: String?
         var idmappedMounts: Probe
-        var subordinateRange: Range
+        var subordinateRange: RangeSection
         var userfaultfd: Probe
         var warnings: [String]
         var supported: Bool
