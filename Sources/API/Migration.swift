@@ -87,14 +87,19 @@ public struct PeerCapabilities: Codable, Sendable, Equatable {
     /// Page-record extensions this host reads as a destination ("zstd": compressed page
     /// records). Absent in older hosts' answers: the source then sends plain records only.
     public var pageRecordFeatures: [String]?
+    /// vm.unprivileged_userfaultfd is 1: CRIU's lazy restore works inside an unprivileged
+    /// container's user namespace. Absent in older hosts' answers (not known).
+    public var unprivilegedLazyRestore: Bool?
 
     /// What this version of Godwit reads.
     public static let currentPageRecordFeatures = ["zstd"]
 
     public init(host: String, criuVersion: String?, strategies: [StrategyOffer],
-                pageRecordFeatures: [String]? = PeerCapabilities.currentPageRecordFeatures) {
+                pageRecordFeatures: [String]? = PeerCapabilities.currentPageRecordFeatures,
+                unprivilegedLazyRestore: Bool? = nil) {
         self.host = host; self.criuVersion = criuVersion; self.strategies = strategies
         self.pageRecordFeatures = pageRecordFeatures
+        self.unprivilegedLazyRestore = unprivilegedLazyRestore
     }
 }
 

@@ -6,7 +6,9 @@ import Memory
 /// Measures this host by exercising each capability: a namespace is created, a page is
 /// written and tracked, CRIU is asked. Nothing is read from kernel config files.
 public enum HostProbe {
-    public static func run(criuSetting: String? = nil) -> HostReport {
+    /// `stateDirectory`: the daemon's, whose images/ file system must take idmapped mounts.
+    public static func run(criuSetting: String? = nil, stateDirectory: String = "/var/lib/godwit",
+                           spawnHelper: String = GodwitPaths.sibling("godwit-spawn")) -> HostReport {
         let criu = probeCRIU(setting: criuSetting)
         let memory = MemoryReport(
             softDirty: MemoryProbes.softDirty(),
@@ -34,6 +36,7 @@ public enum HostProbe {
             pipeSize: pipeSize,
             dirtyTracker: StrategyPlanner.dirtyTracker(inputs),
             strategies: StrategyPlanner.strategies(inputs),
+            unprivileged: UnprivilegedProbe.run(stateDirectory: stateDirectory, spawnHelper: spawnHelper),
             canRunContainers: HostEnvironment.isRoot && namespaces.available && cgroups.available)
     }
 

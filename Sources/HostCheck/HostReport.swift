@@ -17,6 +17,9 @@ public struct HostReport: Codable, Sendable {
     /// The tracker pre-copy would use here, if any.
     public var dirtyTracker: DirtyTrackerKind?
     public var strategies: [StrategySupport]
+    /// User namespaces, idmapped mounts on the images' file system, the subordinate range,
+    /// and whether such containers move lazily.
+    public var unprivileged: UnprivilegedReport
     /// False when this host cannot run containers at all: `godwit check` then exits non-zero.
     public var canRunContainers: Bool
 

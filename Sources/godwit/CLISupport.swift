@@ -11,7 +11,8 @@ struct DaemonOptions: ParsableArguments {
                                             valueName: "dir"))
     var dir: String?
 
-    var client: GodwitClient { GodwitClient(stateDir: LabPaths.daemonDirectory(dir ?? GodwitClient.defaultStateDir())) }
+    var stateDir: String { LabPaths.daemonDirectory(dir ?? GodwitClient.defaultStateDir()) }
+    var client: GodwitClient { GodwitClient(stateDir: stateDir) }
 }
 
 enum CLI {

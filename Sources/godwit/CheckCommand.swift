@@ -11,7 +11,7 @@ struct CheckCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
         abstract: "Measure what this host supports for containers and each migration strategy.",
-        discussion: "Every capability is exercised (a page is written and tracked, namespaces are created, CRIU is asked), not read from kernel config. Exits non-zero only when this host cannot run containers at all.")
+        discussion: "Every capability is exercised (a page is written and tracked, namespaces are created, CRIU is asked, an idmapped mount is made on the file system of --dir's images), not read from kernel config. Exits non-zero only when this host cannot run containers at all.")
 
     @Option(name: .shortAndLong, help: "Output format: human or json.")
     var format: OutputFormat = .human
@@ -61,7 +61,7 @@ struct CheckCommand: AsyncParsableCommand {
             }
             return
         }
-        let report = HostProbe.run(criuSetting: criu)
+        let report = HostProbe.run(criuSetting: criu, stateDirectory: daemon.stateDir)
         switch format {
         case .json: print(try JSONOutput.encode(report))
         case .human: print(CheckCommand.render(report))
@@ -82,6 +82,19 @@ struct CheckCommand: AsyncParsableCommand {
         out += "Network here: \(network(r.local))\nNetwork on \(r.remote): \(network(r.peer))\n"
         out += "Addresses move with containers: \(r.addressesPortable ? "yes" : "no"): \(r.reason)\n"
         for warning in r.warnings { out += "warning: \(warning)\n" }
+        return out
+    }
+
+    static func render(_ u: UnprivilegedReport) -> String {
+        func mark(_ p: ProbeResult) -> String { p.available ? "yes" : "no" }
+        var table = TextTable(header: ["Unprivileged containers", u.supported ? "yes" : "no", "measured"])
+        table.add(["user namespaces", mark(u.userNamespaces), u.userNamespaces.detail])
+        table.add(["idmapped mounts", mark(u.idmappedMounts), u.idmappedMounts.detail])
+        table.add(["subordinate ids", mark(u.subordinateRange.usable), u.subordinateRange.usable.detail])
+        table.add(["lazy moves", mark(u.userfaultfd), u.userfaultfd.detail])
+        var out = table.render()
+        for warning in u.warnings { out += "\nwarning: \(warning)" }
+        if !u.supported { out += "\nUntil these work, only containers launched with -c security.privileged=true start here." }
         return out
     }
 
@@ -106,6 +119,8 @@ struct CheckCommand: AsyncParsableCommand {
         }
         kernel.add(["cgroups", r.cgroups.available ? "yes" : "no", "\(r.cgroups.kind); freezer: \(r.cgroups.freezer)"])
         out += kernel.render() + "\n\n"
+
+        out += render(r.unprivileged) + "\n\n"
 
         out += "Dirty tracker for pre-copy: \(r.dirtyTracker?.rawValue ?? "none")\n\n"
         var strategies = TextTable(header: ["Strategy", "as source", "as destination"])

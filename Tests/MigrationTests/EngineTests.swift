@@ -250,6 +250,32 @@ struct EngineTests {
             try MovePlanner.plan(requested: nil, source: caps("a", all), destination: caps("b", all, version: "4.1.1"), container: big)
         }
     }
+
+    /// An unprivileged container's lazy restore needs vm.unprivileged_userfaultfd=1 on the
+    /// destination: with 0 only stop-and-copy is left, and the reason names the sysctl.
+    @Test func plannerKeepsUnprivilegedContainersOffLazyRestoresWithoutTheSysctl() throws {
+        func caps(_ host: String, lazy: Bool?) -> PeerCapabilities {
+            PeerCapabilities(host: host, criuVersion: "4.2.1", strategies: MigrationStrategy.allCases.map {
+                StrategyOffer(strategy: $0.rawValue, asSource: true, asDestination: true, reason: nil)
+            }, unprivilegedLazyRestore: lazy)
+        }
+        let keys = ["migration.incremental.memory": "true", "migration.postcopy": "true"]
+        let unprivileged = MovePlanner.Container(memoryBytes: 1 << 30, config: ContainerConfig(keys.merging(["volatile.idmap.base": "1065536"]) { a, _ in a }))
+        let privileged = MovePlanner.Container(memoryBytes: 1 << 30, config: ContainerConfig(keys))
+        for mode in [MigrationStrategy.preCopy, .postCopy, .hybrid] {
+            let error = #expect(throws: GodwitError.self) {
+                try MovePlanner.plan(requested: mode, source: caps("a", lazy: true), destination: caps("b", lazy: false), container: unprivileged)
+            }
+            #expect(error?.message.contains("b has vm.unprivileged_userfaultfd=0") == true, "\(mode): \(error?.message ?? "")")
+            #expect(try MovePlanner.plan(requested: mode, source: caps("a", lazy: false), destination: caps("b", lazy: true), container: unprivileged).mode == mode)
+            #expect(try MovePlanner.plan(requested: mode, source: caps("a", lazy: true), destination: caps("b", lazy: false), container: privileged).mode == mode)
+            // An older destination doesn't say: it is not held against it.
+            #expect(try MovePlanner.plan(requested: mode, source: caps("a", lazy: true), destination: caps("b", lazy: nil), container: unprivileged).mode == mode)
+        }
+        let auto = try MovePlanner.plan(requested: nil, source: caps("a", lazy: true), destination: caps("b", lazy: false), container: unprivileged)
+        #expect(auto.mode == .stopAndCopy && auto.reason.contains("vm.unprivileged_userfaultfd=0"), "\(auto.reason)")
+        #expect(try MovePlanner.plan(requested: .stopAndCopy, source: caps("a", lazy: true), destination: caps("b", lazy: false), container: unprivileged).mode == .stopAndCopy)
+    }
 }
 
 /// Progress lines as a user sees them.

@@ -71,7 +71,7 @@ public final class MigrationService: Sendable {
             return StrategyOffer(strategy: $0.strategy.rawValue, asSource: $0.source.available,
                                  asDestination: $0.destination.available,
                                  reason: why.isEmpty ? nil : why.joined(separator: "; "))
-        })
+        }, unprivilegedLazyRestore: report.unprivileged.userfaultfd.available)
     }
 
     private func check() throws -> (capabilities: PeerCapabilities, tracker: DirtyTrackerKind?) {
@@ -79,7 +79,7 @@ public final class MigrationService: Sendable {
         if let cached = state.withLock({ $0.checkCache }), Date().timeIntervalSince(cached.at) < 60 {
             return (cached.capabilities, cached.tracker)
         }
-        let report = HostProbe.run(criuSetting: context.options.criu)
+        let report = HostProbe.run(criuSetting: context.options.criu, stateDirectory: context.options.stateDir.path)
         var capabilities = Self.capabilities(report)
         capabilities.host = context.options.hostName
         let fresh = capabilities

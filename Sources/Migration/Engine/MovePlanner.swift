@@ -62,6 +62,12 @@ public enum MovePlanner {
             let d = destination.strategies.first { $0.strategy == mode.rawValue }
             guard let s, s.asSource else { return "\(source.host) can't be its source: \(s?.reason ?? "unknown strategy")" }
             guard let d, d.asDestination else { return "\(destination.host) can't be its destination: \(d?.reason ?? "unknown strategy")" }
+            // Every restore but stop-and-copy's is lazy (pre-copy's from the local store): CRIU
+            // opens its userfaultfd inside the container's user namespace, which the kernel
+            // refuses there unless vm.unprivileged_userfaultfd=1.
+            if mode.behaviour.restore != .copy, container.config.idmapBase != nil, destination.unprivilegedLazyRestore == false {
+                return "\(destination.host) has vm.unprivileged_userfaultfd=0, so CRIU's lazy restore of this unprivileged container (volatile.idmap.base) would fail there: run `make setup` on \(destination.host) (or `sysctl vm.unprivileged_userfaultfd=1`), or move it by stop-and-copy"
+            }
             return nil
         }
         if let requested {
