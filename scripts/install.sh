@@ -63,6 +63,13 @@ do_install() {
   install -D -m 644 <("$RELEASE_DIR/godwit" --generate-completion-script bash) "$DESTDIR$BASHDIR/godwit"
   install -D -m 644 <("$RELEASE_DIR/godwit" --generate-completion-script zsh) "$DESTDIR$ZSHDIR/_godwit"
   install -D -m 644 <("$RELEASE_DIR/godwit" --generate-completion-script fish) "$DESTDIR$FISHDIR/godwit.fish"
+  # The ids unprivileged containers map to (docs/unprivileged.md), reserved for root as LXD
+  # does, so that no account is ever given them. Only on the real system, and kept on uninstall.
+  if [[ -z $DESTDIR ]]; then
+    for f in /etc/subuid /etc/subgid; do
+      grep -qE '^(root|0):' "$f" 2>/dev/null || echo "root:1000000:1000000000" >>"$f"
+    done
+  fi
   echo "installed under $DESTDIR$PREFIX; next: godwit init, then systemctl enable --now godwitd"
 }
 
