@@ -30,6 +30,8 @@ struct MigrateBench: AsyncParsableCommand {
     @Option(help: "Link rate of each lab host, e.g. 1gbit, 500mbit, or unlimited.") var bandwidth: String = "1gbit"
     @Option(help: "Page compression of Godwit's moves: auto, on or off (the containers' migration.compression; default auto).")
     var compression: String?
+    @Flag(help: "Launch the containers privileged (security.privileged=true), to compare with the default unprivileged ones.")
+    var privileged = false
     @Option(help: "Comma-separated: stop-and-copy, pre-copy, post-copy, hybrid, criu-page-server, criu-lazy; or all, godwit, baselines (default: all).")
     var modes: String?
     @Option(help: "Comma-separated memtouch strides: 1, 2, 4 (write every Nth page), 0 (write none) (default: 1,2,4,0).")
@@ -107,7 +109,8 @@ struct MigrateBench: AsyncParsableCommand {
                 let runner = BenchRunner(lab: lab, criu: criu, godwit: LabCommand.executable, warmSeconds: warmSeconds,
                                          rawDirectory: directory + "/raw",
                                          deadline: limit.map { started.addingTimeInterval($0 * 60) }, criuSpool: spool)
-                runner.launchConfig = plan.compression.map { ["-c", "migration.compression=\($0)"] } ?? []
+                runner.launchConfig = (plan.compression.map { ["-c", "migration.compression=\($0)"] } ?? [])
+                    + (privileged ? ["-c", "security.privileged=true"] : [])
                 let samples = runner.runAll(plan)
                 if let spool {
                     runner.fileCRIULogs("after-last-run")
@@ -126,7 +129,7 @@ struct MigrateBench: AsyncParsableCommand {
                                                       toPath: directory + "/raw/\(host.name)-godwitd.log")
                 }
                 try Self.write(samples: samples, plan: plan, directory: directory, criuVersion: criuVersion,
-                               seconds: Date().timeIntervalSince(started))
+                               seconds: Date().timeIntervalSince(started), privileged: privileged)
             } catch {
                 guardian.parkIfInterrupted()
                 throw error
@@ -144,7 +147,8 @@ struct MigrateBench: AsyncParsableCommand {
         return checkout + "/bench/results/" + formatter.string(from: Date())
     }
 
-    static func write(samples: [BenchSample], plan: BenchPlan, directory: String, criuVersion: String?, seconds: Double) throws {
+    static func write(samples: [BenchSample], plan: BenchPlan, directory: String, criuVersion: String?, seconds: Double,
+                      privileged: Bool = false) throws {
         let summaries = BenchSummary.summarize(samples)
         let commit = try? Command.run(["git", "-C", GodwitPaths.findUpwards("Package.swift")?.deletingLastPathComponent().path ?? ".",
                                        "rev-parse", "--short", "HEAD"])
@@ -155,6 +159,7 @@ struct MigrateBench: AsyncParsableCommand {
         let sizes = plan.sizesMiB.map { "\($0) MiB" }.joined(separator: ", ")
         let heading = "memtouch moved h1 → h2 at \(plan.bandwidth ?? "unshaped"), \(sizes)"
             + (plan.compression.map { ", compression \($0)" } ?? "")
+            + (privileged ? ", privileged containers" : ", unprivileged containers")
         let minutes = String(format: "%.1f", seconds / 60)
         let markdown = """
             # godwit bench migrate: \(plan.profile) profile
