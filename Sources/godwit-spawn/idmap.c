@@ -8,11 +8,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,35 +40,30 @@ int spawn_idmap(int argc, char **argv) {
     const char *src = argv[4], *dst = argv[5];
     if (src[0] != '/' || dst[0] != '/') die("idmap needs absolute paths");
 
-    int ready[2];
-    if (pipe2(ready, O_CLOEXEC) < 0) fail("pipe");
+    // hold: parent -> child, its EOF ends the child. made: child -> parent, one byte once
+    // the child has its own user namespace (readiness told, not polled).
+    int hold[2], made[2];
+    if (pipe2(hold, O_CLOEXEC) < 0 || pipe2(made, O_CLOEXEC) < 0) fail("pipe");
     pid_t child = fork();
     if (child < 0) fail("fork");
     if (child == 0) {
-        // Holds the namespace until the parent has taken its map; then EOF ends it.
-        close(ready[1]);
+        close(hold[1]);
+        close(made[0]);
         if (unshare(CLONE_NEWUSER) < 0) _exit(1);
+        if (write(made[1], "u", 1) != 1) _exit(1);
         char c;
-        if (read(ready[0], &c, 1) < 0) {}
+        if (read(hold[0], &c, 1) < 0) {}
         _exit(0);
     }
-    close(ready[0]);
-    // The child has unshared once its user namespace differs from ours.
+    close(hold[0]);
+    close(made[1]);
+    char c;
+    if (read(made[0], &c, 1) != 1) die("the helper could not make a user namespace");
+    close(made[0]);
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/ns/user", child);
-    int userns = -1;
-    for (int tries = 0; tries < 2000 && userns < 0; tries++) {
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) fail("open %s", path);
-        int self = open("/proc/self/ns/user", O_RDONLY | O_CLOEXEC);
-        struct stat a, b;
-        if (self >= 0 && fstat(fd, &a) == 0 && fstat(self, &b) == 0 && a.st_ino != b.st_ino) userns = fd;
-        else { close(fd); usleep(500); }
-        if (self >= 0) close(self);
-        int status;
-        if (userns < 0 && waitpid(child, &status, WNOHANG) == child) die("the helper could not make a user namespace");
-    }
-    if (userns < 0) die("the helper's user namespace did not appear");
+    int userns = open(path, O_RDONLY | O_CLOEXEC);
+    if (userns < 0) fail("open %s", path);
     write_idmap(child, o.userns_base, o.userns_count);
 
     int tree = (int)syscall(SYS_open_tree, AT_FDCWD, src, GW_OPEN_TREE_CLONE | AT_RECURSIVE | O_CLOEXEC);
@@ -80,7 +73,7 @@ int spawn_idmap(int argc, char **argv) {
         fail("idmapping %s (does its file system support idmapped mounts?)", src);
     if (syscall(SYS_move_mount, tree, "", AT_FDCWD, dst, GW_MOVE_MOUNT_F_EMPTY_PATH) < 0)
         fail("attaching the idmapped %s at %s", src, dst);
-    close(ready[1]);
+    close(hold[1]);
     waitpid(child, NULL, 0);
     return 0;
 }

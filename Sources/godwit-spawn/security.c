@@ -34,22 +34,14 @@ void parse_idmap(const char *text, struct spawn_options *o) {
     o->userns_count = (unsigned)count;
 }
 
-static void write_file(const char *path, const char *text) {
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0) fail("open %s", path);
-    ssize_t n = (ssize_t)strlen(text);
-    if (write(fd, text, n) != n) fail("write %s", path);
-    close(fd);
-}
-
 // From the parent (root in the host's user namespace), which may write any map.
 void write_idmap(pid_t pid, unsigned base, unsigned count) {
     char path[64], map[64];
     snprintf(map, sizeof map, "0 %u %u\n", base, count);
     snprintf(path, sizeof path, "/proc/%d/uid_map", pid);
-    write_file(path, map);
+    write_string(path, map);
     snprintf(path, sizeof path, "/proc/%d/gid_map", pid);
-    write_file(path, map);
+    write_string(path, map);
 }
 
 // Root of the user namespace: uid and gid 0 inside, the map's base on the host. Caps stay

@@ -57,6 +57,7 @@ int write_all_fd(int fd, const char *p, size_t n);
 void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 int report_fd(int fd);
 void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+void write_string(const char *path, const char *value);
 void join_cgroups(const struct spawn_options *opts);
 void close_inherited_fds(int keep);
 void exec_command(const struct spawn_options *opts) __attribute__((noreturn));

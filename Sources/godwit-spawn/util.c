@@ -56,7 +56,7 @@ void fail(const char *fmt, ...) {
     _exit(125);
 }
 
-static void write_string(const char *path, const char *value) {
+void write_string(const char *path, const char *value) {
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0) fail("open %s", path);
     ssize_t len = (ssize_t)strlen(value);
