@@ -186,20 +186,21 @@ public struct ContainerConfig: Codable, Sendable, Equatable {
     public var processLimit: Int? { values["limits.processes"].flatMap { Int($0) } }
     public var cpuLimit: Double? { values["limits.cpu"].flatMap { Double($0) } }
     public var privileged: Bool { self["security.privileged"] == "true" }
-    /// nil for a privileged container, or one launched before user namespaces (see `SecurityDefaults`).
+    /// nil for a privileged container, or one launched before user namespaces (see
+    /// RuntimeDriver.securityProfile).
     public var idmapBase: UInt32? { values[ConfigKey.volatileIdmapBase].flatMap { UInt32($0) } }
     /// The syscall numbers that fail with EPERM: the defaults (unless turned off) and the key's.
     public var deniedSyscalls: [Int32] {
-        var names = self["security.syscalls.deny_default"] == "false" ? [] : SecurityNames.defaultSyscallDenials
-        names += SecurityNames.words(values["security.syscalls.deny"] ?? "")
-        let numbers = names.compactMap { SecurityNames.syscalls[$0] }
-        return numbers.enumerated().filter { !numbers[..<$0.offset].contains($0.element) }.map(\.element)
+        let defaults = self["security.syscalls.deny_default"] == "false" ? [] : SecurityNames.defaultSyscallDenials
+        return Self.numbers(defaults, plus: values["security.syscalls.deny"], in: SecurityNames.syscalls)
     }
     /// The capability numbers out of the bounding set: the defaults and the key's.
     public var droppedCapabilities: [Int32] {
-        let names = SecurityNames.defaultCapabilityDrops + SecurityNames.words(values["security.capabilities.drop"] ?? "")
-        let numbers = names.compactMap { SecurityNames.capabilities[$0] }
-        return numbers.enumerated().filter { !numbers[..<$0.offset].contains($0.element) }.map(\.element)
+        Self.numbers(SecurityNames.defaultCapabilityDrops, plus: values["security.capabilities.drop"], in: SecurityNames.capabilities)
+    }
+    /// `words` dedupes names, so the defaults and the key's list go through it together.
+    private static func numbers(_ defaults: [String], plus key: String?, in table: [String: Int32]) -> [Int32] {
+        SecurityNames.words((defaults + [key ?? ""]).joined(separator: ",")).compactMap { table[$0] }
     }
     public var environment: [String: String] {
         var env: [String: String] = [:]

@@ -104,7 +104,7 @@ public final class RuntimeDriver: ContainerDriver, Sendable {
     public func restore(_ spec: DriverSpec, from directory: URL) async throws -> ProcessIdentity {
         let cspec = try containerSpec(spec)
         let criu = try CRIU.locate(setting: criuSetting)
-        let restored = try await blocking { [runtime] () throws -> RunningContainer in
+        let restored = try await blocking { [self, runtime] () throws -> RunningContainer in
             let rootfs = runtime.rootfs(for: cspec)
             try rootfs.prepare(spawnHelper: runtime.configuration.spawnHelper)
             let cgroup = runtime.cgroup(for: cspec.name)
@@ -113,18 +113,24 @@ public final class RuntimeDriver: ContainerDriver, Sendable {
                                          pidFile: directory.appendingPathComponent("restore.pid").path)
             options.cgroup = cgroup
             options.unprivilegedRoot = cspec.security.idmap?.hostBase
-            if let network = cspec.network, let veth = runtime.veth(for: cspec) {
-                try veth.remove(in: runtime.configuration.hostNetwork)
-                options.veths = [VethMapping(containerInterface: Veth.containerName, hostInterface: veth.hostName,
-                                             bridge: network.bridge,
-                                             precreatedPeer: cspec.security.idmap == nil ? nil
-                                                 : try veth.precreate(bridge: network.bridge, in: runtime.configuration.hostNetwork))]
-            }
+            options.veths = try self.restoreVeths(cspec)
             let (pid, _) = try criu.restore(options)
             try cgroup.apply(cspec.limits)
             return try runtime.adopt(spec: cspec, initPID: pid)
         }
         return restored.initProcess
+    }
+
+    /// The container's eth0 for a restore on this host: the old host end goes; CRIU makes
+    /// a new pair on this host's bridge, or, in a user namespace, moves in one made here
+    /// (VethMapping.precreatedPeer). Both the stateful start and a move's destination use it.
+    func restoreVeths(_ cspec: ContainerSpec) throws -> [VethMapping] {
+        guard let network = cspec.network, let veth = runtime.veth(for: cspec) else { return [] }
+        let host = runtime.configuration.hostNetwork
+        try veth.remove(in: host)
+        let peer = cspec.security.idmap == nil ? nil : try veth.precreate(bridge: network.bridge, in: host)
+        return [VethMapping(containerInterface: Veth.containerName, hostInterface: veth.hostName,
+                            bridge: network.bridge, precreatedPeer: peer)]
     }
 
     public func reconfigure(_ spec: DriverSpec, init initProcess: ProcessIdentity?) async throws {

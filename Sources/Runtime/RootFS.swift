@@ -85,9 +85,7 @@ public struct RootFS: Codable, Sendable, Equatable {
     public var isMounted: Bool { isMounted(path) }
 
     func isMounted(_ point: String) -> Bool {
-        guard let mountinfo = HostEnvironment.read("/proc/self/mountinfo") else { return false }
-        let escaped = point.replacingOccurrences(of: " ", with: "\\040")
-        return mountinfo.split(separator: "\n").contains { $0.split(separator: " ").dropFirst(4).first.map(String.init) == escaped }
+        MountInfo.current().contains { $0.mountPoint == point }
     }
 
     /// The image, shared by every container and owned by 0 on disk, appears owned by the

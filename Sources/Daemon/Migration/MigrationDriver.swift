@@ -69,13 +69,7 @@ extension RuntimeDriver: MigrationDriver {
         // The source's cgroup path differs (another parent, maybe another name).
         options.cgroupRoot = "/" + cgroup.path
         options.cgroup = cgroup
-        if let network = cspec.network, let veth = runtime.veth(for: cspec) {
-            try veth.remove(in: runtime.configuration.hostNetwork)
-            options.veths = [VethMapping(containerInterface: Veth.containerName, hostInterface: veth.hostName,
-                                         bridge: network.bridge,
-                                         precreatedPeer: cspec.security.idmap == nil ? nil
-                                             : try veth.precreate(bridge: network.bridge, in: runtime.configuration.hostNetwork))]
-        }
+        options.veths = try restoreVeths(cspec)
         return IncomingTarget(criu: criu, restore: options, cgroup: cgroup, storeDirectory: store)
     }
 
